@@ -1,0 +1,1 @@
+"""Server-rendered pages and small static JS modules for crowd workers, experts and admins."""

@@ -1,0 +1,1 @@
+"""Pages, one module per area: home, imports, labelling, review, dashboard, training."""

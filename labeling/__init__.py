@@ -1,0 +1,1 @@
+"""Projects, items, import, assignment, votes, gold, aggregation and expert review."""

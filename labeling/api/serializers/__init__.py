@@ -1,0 +1,1 @@
+"""Serializers, one module per area, beside the views of the same name."""

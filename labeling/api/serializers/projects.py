@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from labeling.models import LabelClass, Membership, Project
+from labeling.services.projects import create_project, validate_class_names
+
+
+class LabelClassSerializer(serializers.ModelSerializer):
+    key = serializers.SerializerMethodField(help_text="Keyboard shortcut on the annotator page.")
+
+    class Meta:
+        model = LabelClass
+        fields = ["id", "name", "index", "key"]
+
+    def get_key(self, obj: LabelClass) -> str:
+        return str(obj.index + 1)
+
+
+PROJECT_SETTINGS = [
+    "description",
+    "task_type",
+    "question",
+    "overlap",
+    "max_overlap",
+    "gold_rate",
+    "holdout_fraction",
+    "lease_minutes",
+    "confidence_threshold",
+    "gold_min_answers",
+    "gold_accuracy_threshold",
+    "aggregate_every",
+    "default_method",
+    "window_preset",
+    "keep_original_files",
+    "expected_channels",
+    "patch_size",
+    "patch_stride",
+]
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    """A project as its admins see it."""
+
+    label_classes = LabelClassSerializer(many=True, read_only=True)
+    classes = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        write_only=True,
+        min_length=2,
+        max_length=9,
+        help_text="Label class names in key order (creation only).",
+    )
+    role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = ["id", "name", "role", "label_classes", "classes", *PROJECT_SETTINGS, "created_at"]
+        read_only_fields = ["created_at"]
+
+    def get_role(self, obj: Project) -> str | None:
+        from labeling.selectors import role_of
+
+        request = self.context.get("request")
+        return role_of(request.user, obj) if request else None
+
+    def validate_classes(self, value: list[str]) -> list[str]:
+        try:
+            return validate_class_names(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+
+    def validate(self, attrs):
+        overlap = attrs.get("overlap", getattr(self.instance, "overlap", 3))
+        max_overlap = attrs.get("max_overlap", getattr(self.instance, "max_overlap", 7))
+        if max_overlap < overlap:
+            raise serializers.ValidationError({"max_overlap": "Must be at least the overlap k."})
+        if overlap < 1:
+            raise serializers.ValidationError({"overlap": "At least one vote per item."})
+        for field in ("gold_rate", "holdout_fraction", "confidence_threshold", "gold_accuracy_threshold"):
+            if field in attrs and not 0 <= attrs[field] <= 1:
+                raise serializers.ValidationError({field: "Must be between 0 and 1."})
+        if attrs.get("expected_channels") not in (None, 1, 3):
+            raise serializers.ValidationError({"expected_channels": "Use 1, 3 or leave empty."})
+        return attrs
+
+    def create(self, validated_data):
+        classes = validated_data.pop("classes")
+        try:
+            return create_project(
+                classes=classes, created_by=self.context["request"].user, **validated_data
+            )
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages) from exc
+
+    def update(self, instance, validated_data):
+        if "classes" in validated_data:
+            raise serializers.ValidationError(
+                {"classes": "Label classes cannot change once a project exists."}
+            )
+        return super().update(instance, validated_data)
+
+
+class CrowdProjectSerializer(serializers.ModelSerializer):
+    """What a crowd worker may know about a project: its question and classes, nothing else."""
+
+    label_classes = LabelClassSerializer(many=True, read_only=True)
+    role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = ["id", "name", "question", "label_classes", "role"]
+
+    def get_role(self, obj: Project) -> str:
+        return Membership.Role.CROWD
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    user = serializers.SlugRelatedField(
+        slug_field="username", queryset=Membership._meta.get_field("user").related_model.objects.all()
+    )
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "username", "role", "is_blocked", "blocked_reason", "blocked_at"]
+        read_only_fields = ["is_blocked", "blocked_reason", "blocked_at"]

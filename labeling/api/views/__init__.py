@@ -1,0 +1,1 @@
+"""API views, one module per area: projects, imports, crowd, review, aggregation, exports."""

@@ -1,0 +1,406 @@
+"""The labelling domain: projects and their classes, members and roles, items, leases, votes,
+expert labels, and the stored results of every aggregation method.
+
+State lives here; multi-step changes live in ``services.py``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Project(models.Model):
+    class TaskType(models.TextChoices):
+        IMAGE = "image", "Image classification"
+        BAG = "bag", "Bag of patches (multiple-instance learning)"
+
+    class WindowPreset(models.TextChoices):
+        FROM_FILE = "file", "From the DICOM file (else min-max)"
+        LUNG = "lung", "Lung (W 1500 / L -600)"
+        MEDIASTINUM = "mediastinum", "Mediastinum (W 350 / L 50)"
+        SOFT_TISSUE = "soft_tissue", "Soft tissue (W 400 / L 40)"
+        BONE = "bone", "Bone (W 1800 / L 400)"
+        BRAIN = "brain", "Brain (W 80 / L 40)"
+        MINMAX = "minmax", "Full range (min-max)"
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    task_type = models.CharField(max_length=16, choices=TaskType.choices, default=TaskType.IMAGE)
+    question = models.CharField(
+        max_length=300, blank=True, help_text="The question crowd workers answer for each image."
+    )
+    overlap = models.PositiveSmallIntegerField(
+        default=3, help_text="Votes wanted per item (k) before aggregation exists."
+    )
+    max_overlap = models.PositiveSmallIntegerField(
+        default=7, help_text="Adaptive redundancy: an uncertain item may receive up to this many votes."
+    )
+    gold_rate = models.FloatField(default=0.1, help_text="Share of assignments that are gold items.")
+    holdout_fraction = models.FloatField(
+        default=0.1, help_text="Share of items drawn into the blind expert hold-out."
+    )
+    lease_minutes = models.PositiveIntegerField(default=10)
+    confidence_threshold = models.FloatField(
+        default=0.9,
+        help_text="Items whose consensus posterior is below this go to expert review; "
+        "items above it stop receiving votes.",
+    )
+    gold_min_answers = models.PositiveIntegerField(
+        default=5, help_text="Gold answers a worker gives before they can be blocked."
+    )
+    gold_accuracy_threshold = models.FloatField(
+        default=0.5, help_text="Workers whose gold accuracy falls below this are blocked."
+    )
+    aggregate_every = models.PositiveIntegerField(
+        default=50, help_text="Re-aggregate automatically after this many new votes (0: never)."
+    )
+    default_method = models.CharField(max_length=40, default="dawid_skene")
+    window_preset = models.CharField(
+        max_length=16, choices=WindowPreset.choices, default=WindowPreset.FROM_FILE
+    )
+    keep_original_files = models.BooleanField(
+        default=False, help_text="Keep the de-identified original DICOM file next to the rendering."
+    )
+    expected_channels = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="1 (grayscale) or 3 (colour); empty accepts both."
+    )
+    patch_size = models.PositiveIntegerField(default=128, help_text="Bag projects: patch side in px.")
+    patch_stride = models.PositiveIntegerField(default=128, help_text="Bag projects: stride in px.")
+    votes_since_aggregation = models.PositiveIntegerField(default=0, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="project_gold_rate_01"
+            ),
+            models.CheckConstraint(
+                condition=Q(holdout_fraction__gte=0) & Q(holdout_fraction__lte=1),
+                name="project_holdout_fraction_01",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.label_classes.all()]
+
+
+class LabelClass(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="label_classes")
+    name = models.CharField(max_length=100)
+    index = models.PositiveSmallIntegerField(help_text="Order on the page; key index+1 picks it.")
+    description = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["project", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="labelclass_unique_name"),
+            models.UniqueConstraint(fields=["project", "index"], name="labelclass_unique_index"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        CROWD = "crowd", "Crowd worker"
+        EXPERT = "expert", "Expert"
+        ADMIN = "admin", "Admin"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=8, choices=Role.choices)
+    is_blocked = models.BooleanField(default=False)
+    blocked_reason = models.CharField(max_length=300, blank=True)
+    blocked_at = models.DateTimeField(null=True, blank=True)
+    is_simulated = models.BooleanField(default=False, help_text="A simulated crowd worker.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} on {self.project}"
+
+
+class ImportBatch(models.Model):
+    class Source(models.TextChoices):
+        COMMAND = "command", "Management command"
+        UPLOAD = "upload", "Browser upload"
+        API = "api", "REST API"
+        DEMO = "demo", "Demo data"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_batches")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    n_imported = models.PositiveIntegerField(default=0)
+    n_duplicates = models.PositiveIntegerField(default=0)
+    n_failed = models.PositiveIntegerField(default=0)
+    n_labels = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=list, help_text="One line per file: name, status, message.")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+def _item_upload_path(item: Item, filename: str) -> str:
+    return f"items/{item.project_id}/{item.content_hash[:2]}/{filename}"
+
+
+class Item(models.Model):
+    """One unit a crowd votes on: an image, a DICOM frame, or (bag projects) a whole image."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    batch = models.ForeignKey(
+        ImportBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="items"
+    )
+    content_hash = models.CharField(max_length=64, help_text="SHA-256 of the decoded pixels.")
+    source_name = models.CharField(
+        max_length=500, help_text="Original file name; never shown to crowd workers."
+    )
+    frame_index = models.PositiveIntegerField(default=0)
+    image = models.FileField(upload_to=_item_upload_path, max_length=300)
+    thumbnail = models.FileField(upload_to=_item_upload_path, max_length=300)
+    array = models.FileField(
+        upload_to=_item_upload_path,
+        max_length=300,
+        blank=True,
+        help_text="Full-precision pixels (.npy) for training, e.g. DICOM after rescale.",
+    )
+    original = models.FileField(upload_to=_item_upload_path, max_length=300, blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    channels = models.PositiveSmallIntegerField(default=1)
+    modality = models.CharField(max_length=16, blank=True)
+    metadata = models.JSONField(default=dict, help_text="Technical metadata only; no PHI.")
+    is_holdout = models.BooleanField(default=False, db_index=True)
+    is_gold = models.BooleanField(default=False, db_index=True)
+    expert_answer = models.ForeignKey(
+        LabelClass,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The final expert label (from import, hold-out or adjudication).",
+    )
+    # Maintained by services so that assignment can pick an item with one indexed query.
+    vote_count = models.PositiveIntegerField(default=0)
+    votes_wanted = models.PositiveSmallIntegerField(default=0)
+    uncertainty = models.FloatField(
+        null=True, blank=True, help_text="Entropy of the latest consensus posterior."
+    )
+    needs_review = models.BooleanField(default=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_hash"], name="item_unique_hash"),
+        ]
+        indexes = [
+            models.Index(fields=["project", "is_holdout", "vote_count"], name="item_assign_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.pk}"
+
+
+class Region(models.Model):
+    """A point or box an expert marked on an item (e.g. a white cell); truth for localisation."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="regions")
+    label = models.ForeignKey(
+        LabelClass, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    name = models.CharField(max_length=100, blank=True, help_text="Free-text kind, e.g. WBC.")
+    x0 = models.FloatField()
+    y0 = models.FloatField()
+    x1 = models.FloatField(help_text="Equal to x0 for a point.")
+    y1 = models.FloatField(help_text="Equal to y0 for a point.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    @property
+    def is_point(self) -> bool:
+        return self.x0 == self.x1 and self.y0 == self.y1
+
+
+class Assignment(models.Model):
+    """A lease: one worker may vote on one item until ``expires_at``."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        SUBMITTED = "submitted", "Submitted"
+        RELEASED = "released", "Released"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    worker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["item", "worker"],
+                condition=Q(status="open"),
+                name="assignment_one_open_lease_per_worker_item",
+            ),
+        ]
+        indexes = [models.Index(fields=["item", "status", "expires_at"], name="lease_live_idx")]
+
+
+class Vote(models.Model):
+    class Kind(models.TextChoices):
+        LABEL = "label", "Class label"
+        UNSURE = "unsure", "Unsure"
+        SKIP = "skip", "Skip"
+
+    class Source(models.TextChoices):
+        WEB = "web", "Annotator page"
+        API = "api", "API"
+        SIMULATED = "simulated", "Simulated crowd"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="votes")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="votes")
+    worker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="votes"
+    )
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="vote"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.LABEL)
+    label = models.ForeignKey(
+        LabelClass, null=True, blank=True, on_delete=models.PROTECT, related_name="votes"
+    )
+    idempotency_key = models.CharField(max_length=100)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
+    was_gold = models.BooleanField(default=False, help_text="The item was gold when voted on.")
+    gold_correct = models.BooleanField(null=True, blank=True)
+    is_excluded = models.BooleanField(
+        default=False, help_text="The worker is blocked: kept, flagged, not aggregated."
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "worker"], name="vote_one_per_worker_item"),
+            models.UniqueConstraint(
+                fields=["worker", "idempotency_key"], name="vote_unique_idempotency_key"
+            ),
+            models.CheckConstraint(
+                condition=(Q(kind="label") & Q(label__isnull=False))
+                | (~Q(kind="label") & Q(label__isnull=True)),
+                name="vote_label_iff_kind_label",
+            ),
+        ]
+        indexes = [models.Index(fields=["project", "worker"], name="vote_project_worker_idx")]
+
+    @property
+    def counts(self) -> bool:
+        """Whether this vote counts toward an item's overlap and aggregation."""
+        return self.kind == self.Kind.LABEL and not self.is_excluded
+
+
+class ExpertLabel(models.Model):
+    class Source(models.TextChoices):
+        IMPORT = "import", "Imported with the images"
+        HOLDOUT = "holdout", "Blind hold-out labelling"
+        REVIEW = "review", "Adjudication of crowd disagreement"
+        TIEBREAK = "tiebreak", "Hold-out disagreement resolved"
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="expert_labels")
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    label = models.ForeignKey(LabelClass, on_delete=models.PROTECT, related_name="+")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["item", "expert", "source"],
+                condition=Q(expert__isnull=False),
+                name="expertlabel_one_per_expert_source",
+            ),
+        ]
+
+
+class AggregationRun(models.Model):
+    """One aggregation of a project's votes with one method; runs are kept to compare methods."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="aggregation_runs")
+    method = models.CharField(max_length=40)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    failure_reason = models.TextField(blank=True)
+    trigger = models.CharField(max_length=20, default="manual")
+    n_votes = models.PositiveIntegerField(default=0)
+    n_items = models.PositiveIntegerField(default=0)
+    n_workers = models.PositiveIntegerField(default=0)
+    fleiss_kappa = models.FloatField(null=True, blank=True)
+    krippendorff_alpha = models.FloatField(null=True, blank=True)
+    holdout_accuracy = models.FloatField(null=True, blank=True)
+    holdout_size = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class ConsensusLabel(models.Model):
+    run = models.ForeignKey(AggregationRun, on_delete=models.CASCADE, related_name="consensus")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="consensus_labels")
+    label = models.ForeignKey(LabelClass, on_delete=models.PROTECT, related_name="+")
+    posterior = models.JSONField(help_text="Probability per class, in class index order.")
+    confidence = models.FloatField()
+    entropy = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "item"], name="consensus_unique_run_item"),
+        ]
+
+
+class WorkerReliability(models.Model):
+    run = models.ForeignKey(AggregationRun, on_delete=models.CASCADE, related_name="reliabilities")
+    worker = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    n_votes = models.PositiveIntegerField()
+    accuracy = models.FloatField(help_text="Estimated probability of a correct vote.")
+    confusion = models.JSONField(help_text="Row = true class, column = vote; rows sum to 1.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "worker"], name="reliability_unique_run_worker"),
+        ]

@@ -1,0 +1,1 @@
+"""Services: functions that change state, each in a transaction. One module per area."""

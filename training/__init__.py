@@ -1,0 +1,1 @@
+"""Training runs, evaluations and checkpoints; ``engine/`` is the pure-torch core."""
