@@ -1,0 +1,21 @@
+#!/usr/bin/env sh
+# Roles: web (gunicorn), worker (queue default), worker-gpu (queue gpu), or any command.
+set -eu
+role="${1:-web}"
+case "$role" in
+  web)
+    python manage.py migrate --noinput
+    python manage.py collectstatic --noinput -v 0
+    exec gunicorn quorum.wsgi:application -c /etc/quorum/gunicorn.conf.py
+    ;;
+  worker)
+    exec celery -A quorum worker -Q default --loglevel INFO --concurrency "${WORKER_CONCURRENCY:-2}"
+    ;;
+  worker-gpu)
+    # One training run at a time per GPU; a run is acknowledged only when it ends (acks_late).
+    exec celery -A quorum worker -Q gpu --loglevel INFO --concurrency 1 --prefetch-multiplier 1
+    ;;
+  *)
+    exec "$@"
+    ;;
+esac
