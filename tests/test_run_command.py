@@ -1,0 +1,89 @@
+"""The README's run command, embedded mode: it migrates, seeds the demo, serves, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from labeling.management.commands.seed_demo import DEMO_ACCOUNTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _login(base: str, username: str, password: str) -> str:
+    """Log in through the login form like a browser; return the home page HTML."""
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(f"{base}/login/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    body = urlencode({"username": username, "password": password, "csrfmiddlewaretoken": token})
+    request = urllib.request.Request(
+        f"{base}/login/", data=body.encode(), headers={"Referer": f"{base}/login/"}
+    )
+    response = opener.open(request, timeout=10)
+    return response.read().decode()
+
+
+@pytest.mark.slow
+def test_embedded_run_serves_demo_and_stops_cleanly(tmp_path):
+    if not (Path(os.environ.get("QUORUM_DATA_DIR", ROOT.parent / "shared" / "data"))).exists():
+        pytest.skip("the demo needs the shared data folder")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env.update(QUORUM_VAR_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "run.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quorum.cli", "run", "--port", str(port), "--concurrency", "1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert process.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{base}/login/", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the site never answered"
+                time.sleep(1)
+        output = (tmp_path / "run.log").read_text()
+        for username, password, role, _staff in DEMO_ACCOUNTS:
+            assert f"{username:<8} {password:<14} {role}" in output
+            home = _login(base, username, password)
+            assert f'data-testid="username">{username}<' in home
+            assert "Blood smears: white-cell type" in home
+        assert f"http://127.0.0.1:{port}/" in output
+        worker_started = re.search(r"embedded@\S+ ready", output)
+        deadline = time.monotonic() + 60
+        while not worker_started and time.monotonic() < deadline:
+            time.sleep(1)
+            worker_started = re.search(r"embedded@\S+ ready", (tmp_path / "run.log").read_text())
+        assert worker_started, "the Celery worker did not start"
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    output = (tmp_path / "run.log").read_text()
+    assert process.returncode == 0, output[-3000:]
+    assert "Stopped." in output
