@@ -1,0 +1,118 @@
+"""AggNet: expectation-maximisation with the CNN in the loop.
+
+Albarqouni et al., "AggNet: Deep Learning From Crowds for Mitosis Detection in Breast Cancer
+Histology Images", IEEE TMI 35(5), 2016, after Raykar et al., "Learning From Crowds", JMLR 11,
+2010 (sections 2.1-2.3), generalised from sensitivity/specificity to a full confusion matrix per
+annotator as in Dawid & Skene (1979).
+
+E-step (Raykar eq. 6 / Albarqouni eq. 4), for item ``i`` with votes ``l_ij`` from annotators
+``j``:
+
+    mu_ik  ∝  p_cnn(k | x_i) * prod_j  pi_j[k, l_ij]
+
+M-step: the CNN is trained for one epoch on the soft targets ``mu`` (maximising
+``sum_i sum_k mu_ik log p_cnn(k | x_i)``), then each confusion matrix has the closed form
+(Raykar eq. 7, with ``s`` pseudo-counts per cell as a Dirichlet prior):
+
+    pi_j[k, l] = (s + sum_{i voted by j} mu_ik [l_ij = l]) / (K s + sum_{i voted by j} mu_ik)
+
+For two classes ``pi_j[1, 1]`` is the annotator's sensitivity and ``pi_j[0, 0]`` the
+specificity, Raykar's ``alpha_j`` and ``beta_j``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.engine.data import CrowdVotes
+
+__all__ = [
+    "AggNetEM",
+    "confusions_from_posteriors",
+    "posteriors_from_votes",
+    "sensitivity_specificity",
+]
+
+
+def confusions_from_posteriors(
+    posteriors: np.ndarray, votes: CrowdVotes, smoothing: float = 1.0
+) -> np.ndarray:
+    """Closed-form M-step: ``[n_workers, K, K]`` confusions, ``[worker, true, observed]``."""
+    num_classes = posteriors.shape[1]
+    counts = np.zeros((votes.n_workers, num_classes, num_classes), dtype=np.float64)
+    # counts[w, :, l] += mu_i for every vote (i, w, l); np.add.at handles repeated (w, l) pairs
+    np.add.at(counts, (votes.workers, slice(None), votes.labels), posteriors[votes.items])
+    counts += smoothing
+    return counts / counts.sum(axis=2, keepdims=True)
+
+
+def posteriors_from_votes(
+    prior: np.ndarray, confusions: np.ndarray, votes: CrowdVotes
+) -> np.ndarray:
+    """E-step: ``[N, K]`` posterior of the true class given the prior and every item's votes."""
+    log_posterior = np.log(np.clip(prior, 1e-12, None)).astype(np.float64)
+    vote_terms = np.log(np.clip(confusions[votes.workers, :, votes.labels], 1e-12, None))
+    np.add.at(log_posterior, votes.items, vote_terms)
+    log_posterior -= log_posterior.max(axis=1, keepdims=True)
+    posterior = np.exp(log_posterior)
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def sensitivity_specificity(confusions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-annotator (sensitivity, specificity) of a two-class confusion array, class 1 positive."""
+    if confusions.shape[1:] != (2, 2):
+        raise ValueError("sensitivity/specificity need two classes")
+    return confusions[:, 1, 1], confusions[:, 0, 0]
+
+
+class AggNetEM:
+    """The annotator side of AggNet: current soft targets ``posteriors_`` and ``confusions_``.
+
+    The trainer alternates: train the CNN on ``posteriors_``, call :meth:`e_step` with the
+    CNN's class probabilities for the training items, then :meth:`m_step`.
+    """
+
+    def __init__(self, votes: CrowdVotes, init_posteriors: np.ndarray, smoothing: float = 1.0):
+        init_posteriors = np.asarray(init_posteriors, dtype=np.float64)
+        if init_posteriors.ndim != 2:
+            raise ValueError("init_posteriors must be [n_items, K]")
+        votes.check(init_posteriors.shape[0], init_posteriors.shape[1])
+        self.votes = votes
+        self.smoothing = smoothing
+        self.posteriors_ = init_posteriors / init_posteriors.sum(axis=1, keepdims=True)
+        self.confusions_ = confusions_from_posteriors(self.posteriors_, votes, smoothing)
+
+    def e_step(self, classifier_probabilities: np.ndarray) -> np.ndarray:
+        """Combine the CNN's probabilities (as prior) with the votes; returns new soft targets."""
+        if classifier_probabilities.shape != self.posteriors_.shape:
+            raise ValueError(
+                f"expected probabilities of shape {self.posteriors_.shape}, "
+                f"got {classifier_probabilities.shape}"
+            )
+        self.posteriors_ = posteriors_from_votes(
+            classifier_probabilities, self.confusions_, self.votes
+        )
+        return self.posteriors_
+
+    def m_step(self) -> np.ndarray:
+        """Re-estimate every annotator's confusion from the current soft targets."""
+        self.confusions_ = confusions_from_posteriors(self.posteriors_, self.votes, self.smoothing)
+        return self.confusions_
+
+    def reliabilities(self) -> np.ndarray:
+        """``[n_workers, K]`` probability of a correct vote per true class (diagonal).
+
+        For two classes column 0 is specificity and column 1 sensitivity.
+        """
+        return np.diagonal(self.confusions_, axis1=1, axis2=2).copy()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "posteriors": torch.from_numpy(self.posteriors_.copy()),
+            "confusions": torch.from_numpy(self.confusions_.copy()),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.posteriors_ = state["posteriors"].numpy().astype(np.float64)
+        self.confusions_ = state["confusions"].numpy().astype(np.float64)

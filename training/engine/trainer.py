@@ -1,0 +1,514 @@
+"""One training loop for every label source.
+
+``label_source``:
+  - ``"expert"``: the training items' own targets (expert labels, hard or soft);
+  - ``"majority_vote"``: hard majority vote (argmax of ``init_posteriors`` or of the vote shares,
+    ties broken by the seed);
+  - ``"dawid_skene"``: the soft Dawid-Skene posteriors passed as ``init_posteriors``;
+  - ``"aggnet"``: EM with the CNN in the loop (see :mod:`training.engine.aggnet`);
+  - ``"crowd_layer"``: per-annotator confusions learned end to end
+    (see :mod:`training.engine.crowd_layer`).
+
+The loop is AdamW with a cosine schedule, mixed precision (autocast + GradScaler) on CUDA,
+an atomic checkpoint after every epoch, cancellation between batches, and exact resumption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.engine.aggnet import AggNetEM, confusions_from_posteriors
+from training.engine.backbones import build_model
+from training.engine.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    save_model_file,
+)
+from training.engine.crowd_layer import CrowdLayer
+from training.engine.data import CrowdVotes, ItemDataset, ItemSet, Preprocessing, make_loader
+from training.engine.inference import predict
+
+__all__ = [
+    "LABEL_SOURCES",
+    "EpochRecord",
+    "TrainConfig",
+    "TrainingCallbacks",
+    "TrainingResult",
+    "train",
+]
+
+LabelSource = Literal["expert", "majority_vote", "dawid_skene", "aggnet", "crowd_layer"]
+LABEL_SOURCES: tuple[str, ...] = ("expert", "majority_vote", "dawid_skene", "aggnet", "crowd_layer")
+CHECKPOINT_FORMAT = "quorum-training-checkpoint/1"
+CHECKPOINT_NAME = "last.pt"
+MODEL_NAME = "model.safetensors"
+
+# a resumed run must have been started with the same values for these
+_RESUME_MUST_MATCH = (
+    "label_source",
+    "num_classes",
+    "model_name",
+    "in_chans",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "seed",
+    "augment",
+    "schedule",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (plain values, so it round-trips through JSON)."""
+
+    label_source: LabelSource = "expert"
+    num_classes: int = 2
+    model_name: str = "tf_efficientnet_lite0"
+    weights: str = "imagenet"  # "imagenet" | "none" | "hub:<tag>" | path to a state dict
+    in_chans: int = 3
+    image_size: int | None = None  # None: the backbone's native size
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    schedule: Literal["cosine", "constant"] = "cosine"
+    drop_rate: float = 0.0
+    augment: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    device: str | None = None  # None: CUDA if available, else CPU
+    amp: bool = True  # mixed precision, used on CUDA only
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+    checkpoint_dir: str | None = None  # None: a fresh temporary folder
+    cache_dir: str | None = None  # where converted pretrained weights are cached
+    crowd_layer_trace_weight: float = 0.01
+    crowd_layer_lr_scale: float = 10.0  # confusions start near a good value and need to move fast
+    aggnet_smoothing: float = 1.0
+    cancel_check_every: int = 10  # batches between should_stop() calls
+
+    def __post_init__(self) -> None:
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(
+                f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}"
+            )
+        if self.num_classes < 2:
+            raise ValueError("num_classes must be at least 2")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError("schedule must be 'cosine' or 'constant'")
+
+
+@dataclass
+class EpochRecord:
+    """What the trainer reports after each epoch (1-based ``epoch``)."""
+
+    epoch: int
+    train_loss: float
+    holdout_loss: float | None
+    holdout_accuracy: float | None
+    seconds: float  # whole epoch, including hold-out evaluation and AggNet's E-step
+    images_per_second: float  # training steps only
+    learning_rate: float
+
+
+class TrainingCallbacks(Protocol):
+    """What the caller plugs in. Both methods are optional on the object passed to train()."""
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        """Called after each epoch, once its checkpoint is on disk."""
+
+    def should_stop(self) -> bool:
+        """Polled before each epoch and every ``cancel_check_every`` batches."""
+
+
+@dataclass
+class TrainingResult:
+    """Outcome of :func:`train`. ``status`` is "completed" or "cancelled"."""
+
+    status: Literal["completed", "cancelled"]
+    epochs_completed: int
+    history: list[EpochRecord]
+    model_path: Path | None  # safetensors + metadata, only when completed
+    checkpoint_path: Path | None  # last good epoch; resume_from this
+    preprocessing: Preprocessing
+    device: str
+    annotator_confusions: np.ndarray | None = None  # [n_workers, K, K], [worker, true, observed]
+    train_posteriors: np.ndarray | None = None  # AggNet's final soft targets per training item
+    holdout_ids: list[Any] = field(default_factory=list)
+    holdout_targets: np.ndarray | None = None
+    holdout_probabilities: np.ndarray | None = None  # [n_holdout, K], from the final model
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+
+def train(
+    config: TrainConfig,
+    train_data: ItemSet,
+    holdout_data: ItemSet | None = None,
+    votes: CrowdVotes | None = None,
+    init_posteriors: np.ndarray | None = None,
+    init_confusions: np.ndarray | None = None,
+    callbacks: Any | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+) -> TrainingResult:
+    """Train ``config.model_name`` on ``train_data`` with the labels ``config.label_source`` names.
+
+    ``votes`` index ``train_data`` by position; ``init_posteriors`` ``[N, K]`` are majority-vote
+    or Dawid-Skene posteriors (required for "dawid_skene", the start of "aggnet");
+    ``init_confusions`` ``[n_workers, K, K]`` start the crowd layer (else they are estimated
+    from ``init_posteriors``, else near identity). ``holdout_data`` carries expert labels.
+    """
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    use_amp = config.amp and device.type == "cuda"
+    checkpoint_dir = Path(config.checkpoint_dir or tempfile.mkdtemp(prefix="quorum-run-"))
+    checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
+    _seed_everything(config.seed)
+
+    resumed = load_checkpoint(resume_from) if resume_from is not None else None
+    if resumed is not None:
+        _check_resumable(resumed, config)
+    model, data_config = build_model(
+        config.model_name,
+        config.num_classes,
+        "none" if resumed is not None else config.weights,  # the checkpoint overwrites weights
+        in_chans=config.in_chans,
+        cache_dir=config.cache_dir,
+        drop_rate=config.drop_rate,
+    )
+    model.to(device)
+    preprocessing = Preprocessing.for_model(data_config, config.image_size, augment=config.augment)
+    evaluation = preprocessing.without_augmentation()
+
+    n_items = len(train_data)
+    if votes is not None:
+        votes.check(n_items, config.num_classes)
+    targets = _initial_targets(config, train_data, votes, init_posteriors)
+    train_set = ItemSet(train_data.images, targets, train_data.ids)
+    train_dataset = ItemDataset(train_set, config.num_classes, preprocessing)
+    train_eval_dataset = ItemDataset(train_set, config.num_classes, evaluation)
+    holdout_dataset = (
+        ItemDataset(holdout_data, config.num_classes, evaluation)
+        if holdout_data is not None
+        else None
+    )
+
+    aggnet: AggNetEM | None = None
+    crowd_layer: CrowdLayer | None = None
+    vote_workers = vote_labels = None
+    if config.label_source == "aggnet":
+        aggnet = AggNetEM(votes, targets, smoothing=config.aggnet_smoothing)  # type: ignore[arg-type]
+    elif config.label_source == "crowd_layer":
+        assert votes is not None
+        if init_confusions is None and init_posteriors is not None:
+            init_confusions = confusions_from_posteriors(
+                np.asarray(init_posteriors, dtype=np.float64), votes, config.aggnet_smoothing
+            )
+        crowd_layer = CrowdLayer(votes.n_workers, config.num_classes, init_confusions).to(device)
+        padded_workers, padded_labels = votes.padded(n_items)
+        vote_workers = torch.from_numpy(padded_workers)
+        vote_labels = torch.from_numpy(padded_labels)
+
+    parameter_groups = [{"params": list(model.parameters())}]
+    if crowd_layer is not None:
+        parameter_groups.append(
+            {
+                "params": list(crowd_layer.parameters()),
+                "lr": config.lr * config.crowd_layer_lr_scale,
+                "weight_decay": 0.0,  # decay would pull confusions toward uniform
+            }
+        )
+    optimizer = torch.optim.AdamW(parameter_groups, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(n_items / config.batch_size)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+        if config.schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    history: list[EpochRecord] = []
+    start_epoch = 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        if crowd_layer is not None:
+            crowd_layer.load_state_dict(resumed["crowd_layer"])
+        if aggnet is not None:
+            aggnet.load_state_dict(resumed["aggnet"])
+            train_dataset.set_targets(aggnet.posteriors_)
+        history = [EpochRecord(**record) for record in resumed["history"]]
+        start_epoch = int(resumed["epoch"])
+        _restore_rng(resumed["rng"])
+
+    def stop_requested() -> bool:
+        check = getattr(callbacks, "should_stop", None)
+        return bool(check()) if check is not None else False
+
+    def result(
+        status: Literal["completed", "cancelled"], model_path: Path | None
+    ) -> TrainingResult:
+        holdout_probabilities = (
+            predict(model, holdout_dataset, batch_size=config.batch_size * 2, device=device)
+            if holdout_dataset is not None and status == "completed"
+            else None
+        )
+        confusions = (
+            crowd_layer.annotator_confusions()
+            if crowd_layer is not None
+            else aggnet.confusions_.copy()
+            if aggnet is not None
+            else None
+        )
+        return TrainingResult(
+            status=status,
+            epochs_completed=len(history),
+            history=history,
+            model_path=model_path,
+            checkpoint_path=checkpoint_path if checkpoint_path.is_file() else None,
+            preprocessing=preprocessing,
+            device=str(device),
+            annotator_confusions=confusions,
+            train_posteriors=aggnet.posteriors_.copy() if aggnet is not None else None,
+            holdout_ids=holdout_data.item_ids if holdout_data is not None else [],
+            holdout_targets=(
+                holdout_data.hard_targets()
+                if holdout_data is not None and holdout_data.targets is not None
+                else None
+            ),
+            holdout_probabilities=holdout_probabilities,
+        )
+
+    autocast = (
+        (lambda: torch.autocast(device_type="cuda", dtype=torch.float16))
+        if use_amp
+        else nullcontext
+    )
+    for epoch in range(start_epoch, config.epochs):
+        if stop_requested():
+            return result("cancelled", None)
+        epoch_started = time.perf_counter()
+        # each epoch reseeds from (seed, epoch): a resumed run replays exactly the same stream
+        epoch_seed = config.seed * 100_003 + epoch
+        _seed_everything(epoch_seed)
+        loader = make_loader(
+            train_dataset,
+            config.batch_size,
+            shuffle=True,
+            seed=epoch_seed,
+            num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        images_seen = 0
+        for step, (images, batch_targets, indices) in enumerate(loader):
+            if step and step % config.cancel_check_every == 0 and stop_requested():
+                return result("cancelled", None)
+            images = images.to(device, non_blocking=True)
+            with autocast():
+                logits = model(images)
+            if crowd_layer is not None:
+                loss = crowd_layer.loss(
+                    logits,
+                    vote_workers[indices].to(device, non_blocking=True),
+                    vote_labels[indices].to(device, non_blocking=True),
+                    config.crowd_layer_trace_weight,
+                )
+            else:
+                batch_targets = batch_targets.to(device, non_blocking=True)
+                loss = -(batch_targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.detach() * images.shape[0]
+            images_seen += images.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - epoch_started
+        train_loss = float(loss_sum) / max(images_seen, 1)
+
+        if aggnet is not None:
+            classifier_probabilities = predict(
+                model, train_eval_dataset, batch_size=config.batch_size * 2, device=device
+            )
+            aggnet.e_step(classifier_probabilities.astype(np.float64))
+            aggnet.m_step()
+            train_dataset.set_targets(aggnet.posteriors_)
+
+        holdout_loss = holdout_accuracy = None
+        if (
+            holdout_dataset is not None
+            and holdout_data is not None
+            and holdout_data.targets is not None
+        ):
+            probabilities = predict(
+                model, holdout_dataset, batch_size=config.batch_size * 2, device=device
+            )
+            expected = holdout_data.soft_targets(config.num_classes)
+            holdout_loss = float(
+                -(expected * np.log(np.clip(probabilities, 1e-12, None))).sum(1).mean()
+            )
+            holdout_accuracy = float((probabilities.argmax(1) == expected.argmax(1)).mean())
+
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            holdout_loss=holdout_loss,
+            holdout_accuracy=holdout_accuracy,
+            seconds=time.perf_counter() - epoch_started,
+            images_per_second=images_seen / max(train_seconds, 1e-9),
+            learning_rate=float(optimizer.param_groups[0]["lr"]),
+        )
+        history.append(record)
+        save_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch + 1,
+                "config": dataclasses.asdict(config),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "crowd_layer": crowd_layer.state_dict() if crowd_layer is not None else None,
+                "aggnet": aggnet.state_dict() if aggnet is not None else None,
+                "history": [dataclasses.asdict(r) for r in history],
+                "rng": _rng_state(),
+            },
+            checkpoint_path,
+        )
+        on_epoch_end = getattr(callbacks, "on_epoch_end", None)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    model_path = save_model_file(
+        model,
+        checkpoint_dir / MODEL_NAME,
+        {
+            "model_name": config.model_name,
+            "num_classes": config.num_classes,
+            "in_chans": config.in_chans,
+            "label_source": config.label_source,
+            "preprocessing": {**dataclasses.asdict(evaluation), "augment": False},
+        },
+    )
+    return result("completed", model_path)
+
+
+def _initial_targets(
+    config: TrainConfig,
+    train_data: ItemSet,
+    votes: CrowdVotes | None,
+    init_posteriors: np.ndarray | None,
+) -> np.ndarray:
+    """``[N, K]`` starting soft targets for the label source (crowd layer: unused placeholder)."""
+    n_items, num_classes = len(train_data), config.num_classes
+    source = config.label_source
+    if init_posteriors is not None:
+        init_posteriors = np.asarray(init_posteriors, dtype=np.float64)
+        if init_posteriors.shape != (n_items, num_classes):
+            raise ValueError(
+                f"init_posteriors must have shape {(n_items, num_classes)}, got {init_posteriors.shape}"
+            )
+    if source == "expert":
+        if train_data.targets is None:
+            raise ValueError("label_source 'expert' needs targets on the training items")
+        return train_data.soft_targets(num_classes)
+    if source in ("aggnet", "crowd_layer") and votes is None:
+        raise ValueError(f"label_source {source!r} needs the crowd votes")
+    if source == "dawid_skene":
+        if init_posteriors is None:
+            raise ValueError(
+                "label_source 'dawid_skene' needs init_posteriors (Dawid-Skene posteriors)"
+            )
+        return (init_posteriors / init_posteriors.sum(axis=1, keepdims=True)).astype(np.float32)
+    if init_posteriors is not None:
+        shares = init_posteriors
+    elif votes is not None:
+        shares = votes.vote_fractions(n_items, num_classes)
+    elif source == "majority_vote" and train_data.targets is not None:
+        shares = train_data.soft_targets(num_classes).astype(np.float64)
+    else:
+        raise ValueError(f"label_source {source!r} needs votes or init_posteriors")
+    if source == "majority_vote":
+        # ties go to a seeded random winner rather than always to the lowest class index
+        jitter = np.random.default_rng(config.seed).uniform(0, 1e-6, size=shares.shape)
+        return np.eye(num_classes, dtype=np.float32)[(shares + jitter).argmax(axis=1)]
+    return (shares / shares.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig) -> None:
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"unsupported checkpoint format {checkpoint.get('format')!r}")
+    saved = checkpoint["config"]
+    different = [
+        f"{key}: checkpoint {saved.get(key)!r} vs now {getattr(config, key)!r}"
+        for key in _RESUME_MUST_MATCH
+        if saved.get(key) != getattr(config, key)
+    ]
+    if different:
+        raise CheckpointError("cannot resume, the run's settings changed: " + "; ".join(different))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "position": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
