@@ -1,0 +1,294 @@
+"""Handing items to crowd workers: leases, gold mixing and the order items are served in.
+
+A lease (``Assignment``) reserves one of an item's ``votes_wanted`` slots for one worker until
+``expires_at``. An item has a free slot while ``vote_count`` (counted votes) plus its live
+leases stay below ``votes_wanted``.
+
+Concurrency: every service that adds a lease or a counted vote to a regular item first holds
+that item's row, so the capacity re-check after taking the row cannot race.
+- PostgreSQL: candidates are read with ``SELECT ... FOR UPDATE SKIP LOCKED``; concurrent workers
+  skip each other's rows instead of queueing on them, and the capacity is checked again with a
+  fresh statement once the row is held (READ COMMITTED then sees every committed lease).
+- SQLite has no row locks but one writer at a time: the transaction starts with a write (a
+  no-op update of the project row), which takes the database write lock the way ``BEGIN
+  IMMEDIATE`` would, so the reads that follow cannot be overtaken by another writer. A "database
+  is locked" error past the busy timeout is retried a few times.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from labeling.models import Assignment, Item, Membership, Project, Vote
+
+# The page holds the shown assignment and one prefetched; more would hoard slots.
+MAX_LIVE_LEASES = 2
+# A stale candidate (its last slot taken between the read and the lock) is rare; give up after.
+MAX_TAKE_ATTEMPTS = 20
+SQLITE_LOCK_RETRIES = 5
+
+
+class CrowdError(Exception):
+    """A refusal a crowd worker can read; views turn each subclass into one HTTP status."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class WorkerBlocked(CrowdError):
+    pass
+
+
+class LeaseNotFound(CrowdError):
+    pass
+
+
+class LeaseConflict(CrowdError):
+    pass
+
+
+class InvalidAnswer(CrowdError):
+    pass
+
+
+# Ordering strategies: each takes the candidate items and returns them in serving order.
+Ordering = Callable[[QuerySet], QuerySet]
+ORDERINGS: dict[str, Ordering] = {}
+DEFAULT_ORDERING = "fewest_votes"
+
+
+def register_ordering(name: str) -> Callable[[Ordering], Ordering]:
+    def decorator(func: Ordering) -> Ordering:
+        ORDERINGS[name] = func
+        return func
+
+    return decorator
+
+
+@register_ordering("fewest_votes")
+def fewest_votes_then_most_uncertain(items: QuerySet) -> QuerySet:
+    """Spread votes evenly; among equals, the item the consensus is least sure of first."""
+    return items.order_by("vote_count", F("uncertainty").desc(nulls_last=True), "id")
+
+
+@register_ordering("most_uncertain")
+def most_uncertain_first(items: QuerySet) -> QuerySet:
+    """Active-learning flavour: resolve disagreement before spreading votes."""
+    return items.order_by(F("uncertainty").desc(nulls_last=True), "vote_count", "id")
+
+
+def live_leases(now: datetime | None = None) -> QuerySet:
+    return Assignment.objects.filter(
+        status=Assignment.Status.OPEN, expires_at__gt=now or timezone.now()
+    )
+
+
+def _live_lease_count(now: datetime) -> Subquery:
+    counts = (
+        live_leases(now)
+        .filter(item=OuterRef("pk"))
+        .order_by()
+        .values("item")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counts, output_field=IntegerField()), Value(0))
+
+
+def _regular_pool(project: Project) -> QuerySet:
+    """Items the crowd labels: not the experts' blind hold-out, not gold (gold is drawn apart)."""
+    return Item.objects.filter(project=project, is_holdout=False, is_gold=False)
+
+
+def _gold_pool(project: Project) -> QuerySet:
+    return Item.objects.filter(
+        project=project, is_holdout=False, is_gold=True, expert_answer__isnull=False
+    )
+
+
+def open_slots(item_id: int, *, now: datetime | None = None, exclude_lease: int | None = None) -> int:
+    """Free slots of an item, read fresh: votes wanted minus counted votes and live leases."""
+    now = now or timezone.now()
+    leases = live_leases(now).filter(item_id=item_id)
+    if exclude_lease is not None:
+        leases = leases.exclude(pk=exclude_lease)
+    wanted, counted = Item.objects.filter(pk=item_id).values_list("votes_wanted", "vote_count").get()
+    return wanted - counted - leases.count()
+
+
+def candidates(worker, project: Project, *, now: datetime, ordering: str = DEFAULT_ORDERING) -> QuerySet:
+    """Regular items this worker may be served now, in serving order."""
+    items = (
+        _regular_pool(project)
+        .exclude(votes__worker=worker)
+        .exclude(pk__in=live_leases(now).filter(worker=worker).values("item_id"))
+        .alias(leased=_live_lease_count(now))
+        .filter(vote_count__lt=F("votes_wanted") - F("leased"))
+    )
+    return ORDERINGS[ordering](items)
+
+
+def check_not_blocked(worker, project: Project) -> None:
+    membership = Membership.objects.filter(project=project, user=worker).first()
+    if membership is not None and membership.is_blocked:
+        reason = membership.blocked_reason or "an admin blocked you"
+        raise WorkerBlocked(f"You are blocked from this project: {reason}.")
+
+
+def next_item(
+    worker,
+    project: Project,
+    *,
+    exclude: Iterable[int] = (),
+    ordering: str = DEFAULT_ORDERING,
+    rng: random.Random | None = None,
+) -> Assignment | None:
+    """The worker's next lease in the project, or None when nothing is left for them.
+
+    A live lease the worker already holds is returned again (a page refresh is idempotent);
+    ``exclude`` names leases the caller already shows, so that the page can prefetch a second.
+    With probability ``project.gold_rate`` a gold item comes first, ignoring capacity.
+    """
+    check_not_blocked(worker, project)
+    now = timezone.now()
+    exclude = {int(pk) for pk in exclude}
+    held = list(
+        live_leases(now).filter(worker=worker, project=project).order_by("created_at", "id")
+    )
+    for lease in held:
+        if lease.pk not in exclude:
+            return lease
+    if len(held) >= MAX_LIVE_LEASES:
+        raise LeaseConflict(
+            f"You already hold {len(held)} open assignments; answer them before taking more."
+        )
+    # An expired lease of this worker would collide with a new lease on the same item.
+    Assignment.objects.filter(
+        worker=worker, project=project, status=Assignment.Status.OPEN, expires_at__lte=now
+    ).update(status=Assignment.Status.RELEASED)
+
+    if project.gold_rate > 0 and (rng or random).random() < project.gold_rate:
+        lease = _take_gold(worker, project, now)
+        if lease is not None:
+            return lease
+    return _take_regular(worker, project, now, ordering)
+
+
+def _expiry(project: Project, now: datetime) -> datetime:
+    return now + timedelta(minutes=project.lease_minutes)
+
+
+def _take_gold(worker, project: Project, now: datetime) -> Assignment | None:
+    """A gold item the worker has never been served; gold checks the worker, so no capacity."""
+    gold = (
+        _gold_pool(project)
+        .exclude(votes__worker=worker)
+        .exclude(assignments__worker=worker)
+        .order_by("?")
+        .first()
+    )
+    if gold is None:
+        return None
+    try:
+        with transaction.atomic():
+            return Assignment.objects.create(
+                project=project, item=gold, worker=worker, expires_at=_expiry(project, now)
+            )
+    except IntegrityError:
+        # The same worker's concurrent request leased it first.
+        return None
+
+
+def _take_regular(worker, project: Project, now: datetime, ordering: str) -> Assignment | None:
+    for attempt in range(SQLITE_LOCK_RETRIES):
+        try:
+            return _take_regular_once(worker, project, now, ordering)
+        except OperationalError as exc:
+            if "locked" not in str(exc) or attempt == SQLITE_LOCK_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return None
+
+
+def _take_regular_once(worker, project: Project, now: datetime, ordering: str) -> Assignment | None:
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    tried: set[int] = set()
+    for _ in range(MAX_TAKE_ATTEMPTS):
+        with transaction.atomic():
+            if not skip_locked:
+                # SQLite: write first so this transaction holds the write lock (BEGIN IMMEDIATE).
+                Project.objects.filter(pk=project.pk).update(
+                    votes_since_aggregation=F("votes_since_aggregation")
+                )
+            items = candidates(worker, project, now=now, ordering=ordering).exclude(pk__in=tried)
+            if skip_locked:
+                items = items.select_for_update(skip_locked=True)
+            item = items.only("id").first()
+            if item is None and skip_locked:
+                # Every candidate is held by a concurrent request: wait for one rather than
+                # answer "nothing left" while slots may still free up.
+                item = (
+                    candidates(worker, project, now=now, ordering=ordering)
+                    .exclude(pk__in=tried)
+                    .select_for_update()
+                    .only("id")
+                    .first()
+                )
+            if item is None:
+                return None
+            if open_slots(item.pk, now=now) <= 0:
+                tried.add(item.pk)
+                continue
+            try:
+                with transaction.atomic():
+                    return Assignment.objects.create(
+                        project=project, item=item, worker=worker, expires_at=_expiry(project, now)
+                    )
+            except IntegrityError:
+                # The same worker's concurrent request took this item; try another.
+                tried.add(item.pk)
+    return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    votes_today: int
+    items_left: int
+
+
+def progress(worker, project: Project) -> Progress:
+    """The worker's own progress line: nothing about other workers or single items."""
+    midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    votes_today = Vote.objects.filter(project=project, worker=worker, created_at__gte=midnight).count()
+    items_left = (
+        _regular_pool(project)
+        .filter(vote_count__lt=F("votes_wanted"))
+        .exclude(votes__worker=worker)
+        .count()
+    )
+    return Progress(votes_today=votes_today, items_left=items_left)
+
+
+def release_expired_leases(project: Project | None = None) -> int:
+    """Mark expired open leases released (housekeeping; capacity already ignores them)."""
+    leases = Assignment.objects.filter(
+        status=Assignment.Status.OPEN, expires_at__lte=timezone.now()
+    )
+    if project is not None:
+        leases = leases.filter(project=project)
+    return leases.update(status=Assignment.Status.RELEASED)
+
+
+def lease_is_live(lease: Assignment, now: datetime | None = None) -> bool:
+    return lease.expires_at > (now or timezone.now())
+
