@@ -65,6 +65,9 @@ class TrainingRun(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life from the worker running it."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

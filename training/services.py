@@ -1,0 +1,477 @@
+"""Training runs: launch, cancel, resume, execute on a worker, and record every outcome.
+
+A run's life: ``launch_run`` creates it ``queued`` and dispatches ``training.tasks.run_training``
+after the commit; ``execute_run`` (the task body) claims it (``running``), builds the data from
+the database (``training.datasets``), calls the engine with callbacks that write each epoch
+and poll for cancellation, then stores the report (Evaluation, plots, Predictions, learned
+annotator reliabilities). Every exception ends the run ``failed`` with a reason a person can
+read; a worker that dies leaves it ``running`` with a stale heartbeat, which a redelivered task
+resumes from the last checkpoint and ``fail_if_worker_gone`` turns into a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import fields as dataclass_fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from labeling.models import Item, Project
+from training import selectors
+from training.datasets import NoLabelledItems, TrainingData, build_training_data, item_image
+from training.models import EpochMetric, Evaluation, Prediction, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+Status = TrainingRun.Status
+Weights = TrainingRun.Weights
+
+# A running run whose worker said nothing for this long is presumed dead.
+STALE_AFTER = timedelta(minutes=getattr(settings, "QUORUM_TRAINING_STALE_MINUTES", 15))
+HEARTBEAT_SECONDS = 30
+
+# Method options an admin may set in ``params``, with the TrainConfig field each one feeds.
+PARAM_FIELDS = {
+    "trace_lambda": "crowd_layer_trace_weight",
+    "crowd_layer_trace_weight": "crowd_layer_trace_weight",
+    "crowd_layer_lr_scale": "crowd_layer_lr_scale",
+    "aggnet_smoothing": "aggnet_smoothing",
+    "weight_decay": "weight_decay",
+    "drop_rate": "drop_rate",
+    "schedule": "schedule",
+    "num_workers": "num_workers",
+    "amp": "amp",
+}
+
+
+class RunStateError(Exception):
+    """The run is not in a state that allows the request (e.g. cancelling a finished run)."""
+
+
+class LaunchError(ValueError):
+    """A launch setting is invalid; ``field`` names it for the form or the API."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# -- launching -------------------------------------------------------------------------------
+
+
+def check_launch_settings(project: Project, values: dict[str, Any]) -> None:
+    """Raise :class:`LaunchError` for a backbone, weights, label source or params that cannot work."""
+    import timm  # imported here: the web process only needs it to validate a launch
+
+    backbone = values.get("backbone") or ""
+    if not timm.is_model(backbone):
+        close = timm.list_models(f"*{backbone.split('.')[0][:12]}*")[:5] if backbone else []
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise LaunchError("backbone", f"unknown timm model {backbone!r}{hint}")
+    weights, path = values.get("weights"), (values.get("weights_path") or "").strip()
+    if weights == Weights.FILE:
+        if not path:
+            raise LaunchError("weights_path", "weights 'file' needs the path of a checkpoint file")
+        if not Path(path).is_file():
+            raise LaunchError("weights_path", f"weights file {path} does not exist on the server")
+    source = values.get("label_source")
+    if source == TrainingRun.LabelSource.MIL:
+        raise LaunchError(
+            "label_source",
+            "MIL training is for bag projects and is not available yet"
+            if project.task_type == Project.TaskType.BAG
+            else "MIL is only for bag projects",
+        )
+    params = values.get("params") or {}
+    unknown = sorted(set(params) - set(PARAM_FIELDS))
+    if unknown:
+        raise LaunchError("params", f"unknown method options {unknown}; known: {sorted(PARAM_FIELDS)}")
+    for key, value in params.items():
+        expected = {"schedule": str, "amp": bool, "num_workers": int}.get(key, (int, float))
+        if isinstance(value, bool) is not (expected is bool) or not isinstance(value, expected):
+            raise LaunchError("params", f"method option {key!r} has the wrong type: {value!r}")
+    if params.get("schedule", "cosine") not in ("cosine", "constant"):
+        raise LaunchError("params", "schedule must be 'cosine' or 'constant'")
+
+
+def launch_run(project: Project, user, **values: Any) -> TrainingRun:
+    """Create a queued run and dispatch it to a ``gpu`` worker once the transaction commits."""
+    check_launch_settings(project, values)
+    with transaction.atomic():
+        run = TrainingRun.objects.create(project=project, created_by=user, **values)
+        _dispatch(run)
+    return run
+
+
+def _dispatch(run: TrainingRun) -> None:
+    # tasks imports this module, so the task is looked up at call time
+    from training.tasks import run_training
+
+    task_id = str(uuid.uuid4())
+    TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=task_id)
+    run.celery_task_id = task_id
+    transaction.on_commit(lambda: run_training.apply_async((run.pk,), task_id=task_id))
+
+
+def request_cancel(run: TrainingRun) -> TrainingRun:
+    """A queued run is cancelled at once; a running one stops at the engine's next check."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status == Status.QUEUED:
+            run.status, run.finished_at = Status.CANCELLED, timezone.now()
+        elif run.status != Status.RUNNING:
+            raise RunStateError(f"run {run.pk} has already {run.status}")
+        run.cancel_requested = True
+        run.save(update_fields=["status", "finished_at", "cancel_requested"])
+    return run
+
+
+def resume_run(run: TrainingRun) -> TrainingRun:
+    """Queue a failed or cancelled run again; it continues from its last checkpoint."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status not in (Status.FAILED, Status.CANCELLED):
+            raise RunStateError(f"only failed or cancelled runs resume; run {run.pk} is {run.status}")
+        if selectors.checkpoint_file(run) is None:
+            raise RunStateError(f"run {run.pk} has no checkpoint to resume from; launch a new run")
+        run.status, run.cancel_requested, run.failure_reason = Status.QUEUED, False, ""
+        run.finished_at = None
+        run.save(update_fields=["status", "cancel_requested", "failure_reason", "finished_at"])
+        _dispatch(run)
+    return run
+
+
+def fail_if_worker_gone(run: TrainingRun) -> TrainingRun:
+    """Mark a ``running`` run whose worker stopped sending heartbeats as failed."""
+    if run.status != Status.RUNNING or not _is_stale(run):
+        return run
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status != Status.RUNNING or not _is_stale(run):
+            return run
+        last = run.heartbeat_at or run.started_at
+        seen = f"no sign of life since {last:%Y-%m-%d %H:%M} UTC" if last else "it never reported"
+        checkpoint = selectors.checkpoint_file(run)
+        advice = (
+            f"; resume it from its checkpoint after epoch {run.current_epoch}"
+            if checkpoint
+            else "; it left no checkpoint"
+        )
+        run.status, run.finished_at = Status.FAILED, timezone.now()
+        run.failure_reason = f"the worker running it stopped ({seen}){advice}"
+        run.save(update_fields=["status", "finished_at", "failure_reason"])
+    return run
+
+
+def _is_stale(run: TrainingRun) -> bool:
+    last = run.heartbeat_at or run.started_at or run.created_at
+    return last is None or timezone.now() - last > STALE_AFTER
+
+
+# -- executing (the Celery task's body) ------------------------------------------------------
+
+
+def execute_run(run_id: int, task_id: str = "") -> None:
+    """Train run ``run_id`` to the end, recording progress, the report or the failure.
+
+    Idempotent: a finished run is left alone; a run another live worker holds is left to it;
+    a run whose worker died (stale heartbeat) resumes from its checkpoint.
+    """
+    run = _claim(run_id, task_id)
+    if run is None:
+        return
+    try:
+        _train_and_report(run)
+    except Exception as error:
+        logger.exception("training run %s failed", run_id)
+        _release_gpu_memory()
+        _finish(run_id, Status.FAILED, failure_reason=failure_reason(error, run))
+
+
+def _claim(run_id: int, task_id: str) -> TrainingRun | None:
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None:
+            logger.warning("training run %s does not exist; dropping its task", run_id)
+            return None
+        if run.is_finished:
+            return None
+        if run.status == Status.RUNNING and not _is_stale(run):
+            logger.warning("training run %s is held by a live worker; dropping a duplicate", run_id)
+            return None
+        now = timezone.now()
+        run.status, run.heartbeat_at, run.failure_reason = Status.RUNNING, now, ""
+        run.started_at = run.started_at or now
+        run.celery_task_id = task_id or run.celery_task_id
+        run.save(
+            update_fields=["status", "heartbeat_at", "failure_reason", "started_at", "celery_task_id"]
+        )
+    return run
+
+
+def train_config(run: TrainingRun, data: TrainingData):
+    """The engine's TrainConfig for this run (checkpoints under MEDIA_ROOT/runs/<id>/)."""
+    from training.engine import TrainConfig
+
+    weights = {
+        Weights.IMAGENET: "imagenet",
+        Weights.NONE: "none",
+        Weights.FILE: run.weights_path,
+        Weights.HUB: f"hub:{run.weights_path}",
+    }[run.weights]
+    options = {PARAM_FIELDS[key]: value for key, value in (run.params or {}).items()
+               if key in PARAM_FIELDS}
+    known = {f.name for f in dataclass_fields(TrainConfig)}
+    return TrainConfig(
+        label_source=run.label_source,
+        num_classes=len(data.class_names),
+        model_name=run.backbone,
+        weights=weights,
+        in_chans=3,
+        image_size=run.image_size,
+        epochs=run.epochs,
+        batch_size=run.batch_size,
+        lr=run.learning_rate,
+        augment=run.augment,
+        seed=run.seed,
+        checkpoint_dir=str(selectors.run_folder(run)),
+        cache_dir=str(Path(settings.QUORUM_CACHE_DIR) / "weights"),
+        **{k: v for k, v in options.items() if k in known},
+    )
+
+
+class RunProgress:
+    """The engine's callbacks: one short write per epoch, a cheap cancel poll, a heartbeat."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        self.run_id = run.pk
+        self.epochs = run.epochs
+        self.checkpoint = f"runs/{run.pk}/{selectors.CHECKPOINT_NAME}"
+        self._last_beat = time.monotonic()
+
+    def on_epoch_end(self, record) -> None:
+        with transaction.atomic():
+            _store_epoch(self.run_id, record)
+            TrainingRun.objects.filter(pk=self.run_id).update(
+                current_epoch=record.epoch,
+                progress=min(record.epoch / self.epochs, 1.0),
+                checkpoint=self.checkpoint,
+                heartbeat_at=timezone.now(),
+            )
+        self._last_beat = time.monotonic()
+
+    def should_stop(self) -> bool:
+        if time.monotonic() - self._last_beat > HEARTBEAT_SECONDS:
+            TrainingRun.objects.filter(pk=self.run_id).update(heartbeat_at=timezone.now())
+            self._last_beat = time.monotonic()
+        return TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+
+
+def _store_epoch(run_id: int, record) -> None:
+    EpochMetric.objects.update_or_create(
+        run_id=run_id,
+        epoch=record.epoch,
+        defaults={
+            "train_loss": record.train_loss,
+            "holdout_loss": record.holdout_loss,
+            "holdout_accuracy": record.holdout_accuracy,
+            "seconds": record.seconds,
+            "images_per_second": record.images_per_second,
+        },
+    )
+
+
+def _train_and_report(run: TrainingRun) -> None:
+    from training.engine import train
+
+    data = build_training_data(run)
+    config = train_config(run, data)
+    resume_from = selectors.checkpoint_file(run)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        n_train_items=len(data.train),
+        n_holdout_items=len(data.holdout) if data.holdout is not None else 0,
+    )
+    result = train(
+        config,
+        data.train,
+        data.holdout,
+        votes=data.votes,
+        init_posteriors=data.init_posteriors,
+        init_confusions=data.init_confusions,
+        callbacks=RunProgress(run),
+        resume_from=resume_from,
+    )
+    if result.cancelled:
+        with transaction.atomic():
+            for record in result.history:
+                _store_epoch(run.pk, record)
+            _finish(run.pk, Status.CANCELLED, device=result.device)
+        return
+    report = _build_report(run, data, result)
+    with transaction.atomic():
+        for record in result.history:  # epochs restored from a checkpoint may lack their row
+            _store_epoch(run.pk, record)
+        _store_report(run, report)
+        _finish(
+            run.pk,
+            Status.SUCCEEDED,
+            device=result.device,
+            progress=1.0,
+            current_epoch=result.epochs_completed,
+            checkpoint=f"runs/{run.pk}/{selectors.CHECKPOINT_NAME}",
+            annotator_reliability=report["reliability"],
+        )
+
+
+def _build_report(run: TrainingRun, data: TrainingData, result) -> dict[str, Any]:
+    """Everything slow (scores, plots, predictions) computed before the one short write."""
+    from training import engine
+
+    names = data.class_names
+    report: dict[str, Any] = {"evaluation": None, "predictions": [], "reliability": {}}
+    if data.holdout is not None and result.holdout_probabilities is not None:
+        targets, probabilities = result.holdout_targets, result.holdout_probabilities
+        scores = engine.evaluate(targets, probabilities, names)
+        report["evaluation"] = {
+            "scores": scores,
+            "plots": {
+                "confusion": engine.plot_confusion_matrix(scores.confusion_matrix, names),
+                "roc": engine.plot_roc_curves(targets, probabilities, names),
+                "calibration": engine.plot_reliability_diagram(targets, probabilities),
+            },
+        }
+        report["predictions"] += list(zip(result.holdout_ids, probabilities, strict=True))
+
+    review = list(
+        Item.objects.filter(project=run.project, needs_review=True, is_holdout=False).order_by("id")
+    )
+    if review and result.model_path is not None:
+        model, preprocessing = engine.load_trained_model(result.model_path, device=result.device)
+        dataset = engine.ItemDataset(
+            engine.ItemSet([item_image(i) for i in review]), len(names), preprocessing
+        )
+        probabilities = engine.predict(
+            model, dataset, batch_size=run.batch_size * 2, device=result.device
+        )
+        report["predictions"] += list(zip([i.id for i in review], probabilities, strict=True))
+    report["reliability"] = _learned_reliability(data, result)
+    return report
+
+
+def _learned_reliability(data: TrainingData, result) -> dict[str, dict]:
+    """Worker username -> the confusion the run learned for them and its implied accuracy."""
+    confusions = result.annotator_confusions
+    if confusions is None or data.votes is None:
+        return {}
+    posteriors = result.train_posteriors if result.train_posteriors is not None else data.init_posteriors
+    prior = np.asarray(posteriors, dtype=np.float64).mean(axis=0)
+    counts = np.bincount(data.votes.workers, minlength=len(data.worker_ids))
+    usernames = dict(
+        get_user_model().objects.filter(pk__in=data.worker_ids).values_list("pk", "username")
+    )
+    reliability = {}
+    for code, user_id in enumerate(data.worker_ids):
+        confusion = np.asarray(confusions[code], dtype=np.float64)
+        reliability[usernames.get(user_id, str(user_id))] = {
+            "user_id": user_id,
+            "n_votes": int(counts[code]),
+            # the probability of a correct vote on an item drawn from the class prior
+            "accuracy": float(prior @ np.diag(confusion)),
+            "confusion": np.round(confusion, 4).tolist(),
+        }
+    return reliability
+
+
+def _store_report(run: TrainingRun, report: dict[str, Any]) -> None:
+    Evaluation.objects.filter(run=run).delete()
+    evaluation = report["evaluation"]
+    if evaluation is not None:
+        scores = evaluation["scores"]
+        per_class = {
+            name: {
+                "precision": scores.precision[k],
+                "recall": scores.recall[k],
+                "f1": scores.f1[k],
+                "support": scores.support[k],
+                "roc_auc": scores.roc_auc_per_class[k],
+            }
+            for k, name in enumerate(scores.class_names)
+        }
+        row = Evaluation(
+            run=run,
+            n_items=scores.n_items,
+            accuracy=scores.accuracy,
+            balanced_accuracy=scores.balanced_accuracy,
+            roc_auc=scores.roc_auc,
+            ece=scores.expected_calibration_error,
+            per_class=per_class,
+            confusion=scores.confusion_matrix,
+            extra={"class_names": scores.class_names},
+        )
+        for name, png in evaluation["plots"].items():
+            getattr(row, selectors.PLOTS[name]).save(
+                f"run-{run.pk}-{name}.png", ContentFile(png), save=False
+            )
+        row.save()
+    labels = {c.id: c for c in run.project.label_classes.all()}
+    ordered = sorted(labels.values(), key=lambda c: c.index)
+    Prediction.objects.filter(run=run).delete()
+    Prediction.objects.bulk_create(
+        Prediction(
+            run=run,
+            item_id=item_id,
+            label=ordered[int(np.argmax(probabilities))],
+            probabilities=[round(float(p), 6) for p in probabilities],
+        )
+        for item_id, probabilities in report["predictions"]
+    )
+
+
+def _finish(run_id: int, status: str, **values: Any) -> None:
+    TrainingRun.objects.filter(pk=run_id).update(
+        status=status, finished_at=timezone.now(), heartbeat_at=timezone.now(), **values
+    )
+
+
+def failure_reason(error: BaseException, run: TrainingRun) -> str:
+    """A sentence an admin can act on, for every way a run fails."""
+    from training.engine import CheckpointError, WeightsError
+
+    if _is_out_of_memory(error):
+        return (
+            f"out of memory training {run.backbone} with batch size {run.batch_size} at "
+            f"{run.image_size} px: lower the batch size or the image size, or pick a smaller "
+            f"backbone ({error})"
+        )
+    if isinstance(error, NoLabelledItems):
+        return str(error)
+    if isinstance(error, WeightsError):
+        return f"bad weights ({run.weights}): {error}"
+    if isinstance(error, CheckpointError):
+        return f"bad checkpoint: {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
