@@ -74,8 +74,12 @@ class VotePool:
         mask = np.arange(depth)[None, :] < np.asarray(counts)[:, None]
         items = np.broadcast_to(np.arange(n_items)[:, None], mask.shape)[mask]
         return VoteMatrix.from_codes(
-            items, self.workers[mask], self.labels[mask],
-            n_tasks=n_items, n_workers=self.n_workers, n_classes=self.n_classes,
+            items,
+            self.workers[mask],
+            self.labels[mask],
+            n_tasks=n_items,
+            n_workers=self.n_workers,
+            n_classes=self.n_classes,
         )
 
 

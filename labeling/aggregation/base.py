@@ -91,9 +91,13 @@ class VoteMatrix:
         Sizes default to ``max code + 1`` (or the length of the given lookup); lookups
         default to ``arange(n)``.
         """
-        arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (task_idx, worker_idx, label_idx)]
+        arrays = [
+            np.ascontiguousarray(a, dtype=np.int64) for a in (task_idx, worker_idx, label_idx)
+        ]
         lookups = []
-        for codes, n, names in zip(arrays, (n_tasks, n_workers, n_classes), (tasks, workers, classes), strict=True):
+        for codes, n, names in zip(
+            arrays, (n_tasks, n_workers, n_classes), (tasks, workers, classes), strict=True
+        ):
             if names is not None:
                 names = np.asarray(names)
                 if n is not None and n != len(names):
@@ -227,7 +231,9 @@ def clamp_known(posteriors: np.ndarray, known: np.ndarray) -> None:
         posteriors[rows, known[rows]] = 1.0
 
 
-def expected_confusions(votes: VoteMatrix, posteriors: np.ndarray, smoothing: float = 0.0) -> np.ndarray:
+def expected_confusions(
+    votes: VoteMatrix, posteriors: np.ndarray, smoothing: float = 0.0
+) -> np.ndarray:
     """Soft confusion counts ``[n_workers, K_true, K_observed]`` normalised per true class.
 
     ``counts[w, k, j] = sum over w's votes j of posteriors[task, k]`` (the Dawid-Skene M-step);
@@ -321,7 +327,11 @@ class Aggregator:
         """Posterior for (possibly new) votes using the parameters learned in ``fit``."""
         votes = self._recode(data)
         posteriors = self._predict_votes(votes)
-        return pd.DataFrame(posteriors, index=_named_index(votes.tasks, "task"), columns=_named_index(self.classes_, "label"))
+        return pd.DataFrame(
+            posteriors,
+            index=_named_index(votes.tasks, "task"),
+            columns=_named_index(self.classes_, "label"),
+        )
 
     def predict(self, data: pd.DataFrame | VoteMatrix) -> pd.Series:
         proba = self.predict_proba(data)
@@ -347,7 +357,9 @@ class Aggregator:
     def _recode(self, data: pd.DataFrame | VoteMatrix) -> VoteMatrix:
         """Code new votes against the fitted classes; map workers to fitted codes (-1 if new)."""
         self._check_fitted()
-        votes = as_votes(data.to_frame() if isinstance(data, VoteMatrix) else data, list(self.classes_))
+        votes = as_votes(
+            data.to_frame() if isinstance(data, VoteMatrix) else data, list(self.classes_)
+        )
         fitted = pd.Index(self.workers_).get_indexer(votes.workers)
         worker_codes = fitted[votes.worker_idx]
         # unseen workers share one extra slot at index n_workers (the "average worker")
@@ -368,11 +380,17 @@ class Aggregator:
         self.classes_ = votes.classes
         self.posteriors_ = posteriors
         if "priors_" not in self.__dict__:
-            self.priors_ = posteriors.mean(axis=0) if len(posteriors) else np.full(votes.n_classes, 1.0 / votes.n_classes)
+            self.priors_ = (
+                posteriors.mean(axis=0)
+                if len(posteriors)
+                else np.full(votes.n_classes, 1.0 / votes.n_classes)
+            )
         self.confusions_ = self._confusions(votes, posteriors)
         self.worker_accuracy_ = worker_accuracy(votes, posteriors)
         self.probas_ = pd.DataFrame(
-            posteriors, index=_named_index(votes.tasks, "task"), columns=_named_index(votes.classes, "label")
+            posteriors,
+            index=_named_index(votes.tasks, "task"),
+            columns=_named_index(votes.classes, "label"),
         )
         codes = tie_broken_argmax(posteriors)
         self.labels_ = pd.Series(votes.classes[codes], index=self.probas_.index, name="agg_label")

@@ -15,9 +15,13 @@ probability ``pi_j[k, l]`` when ``z_i = k``. EM alternates (paper, eq. 2.3-2.5):
 
 With ``smoothing=0`` the M-step matches crowd-kit's: counts of labels a worker did use are
 floored at 1e-10 and labels a worker never used get probability 0. Initialisation is the
-majority-vote share (``init="majority_vote"``, as in the paper's section 3) or a random
-Dirichlet draw (``init="random"``, seeded by ``random_state``). Tasks with a known answer
-(``known_labels``) keep a one-hot posterior throughout, so they anchor the confusions.
+majority-vote share (``init="majority_vote"``, as in the paper's section 3), a random
+Dirichlet draw (``init="random"``, seeded by ``random_state``) or, ``init="gold"``, one-hot
+rows for tasks with a known answer and uniform rows elsewhere, so the first confusions come
+from the known answers alone (this escapes the flipped optimum a majority of adversarial
+workers leads majority-vote initialisation into). The default ``"auto"`` is ``"gold"`` when
+``known_labels`` are given and ``"majority_vote"`` otherwise. Tasks with a known answer keep
+a one-hot posterior throughout, so they anchor the confusions.
 
 Convergence: the observed-data log-likelihood per vote, which the E-step yields for free (it
 is the log normaliser of each task's posterior); iteration stops once it gains less than
@@ -93,12 +97,19 @@ def _em_pass_python(indptr, votes_worker, votes_label, log_conf_t, log_prior, kn
 
 
 _em_pass_numba = (
-    numba.njit(cache=True, nogil=True, fastmath=False)(_em_pass_python) if numba is not None else None
+    numba.njit(cache=True, nogil=True, fastmath=False)(_em_pass_python)
+    if numba is not None
+    else None
 )
 
 
 def _em_pass_numpy(
-    votes: VoteMatrix, log_conf_t: np.ndarray, log_prior: np.ndarray, known: np.ndarray, post: np.ndarray, counts: np.ndarray
+    votes: VoteMatrix,
+    log_conf_t: np.ndarray,
+    log_prior: np.ndarray,
+    known: np.ndarray,
+    post: np.ndarray,
+    counts: np.ndarray,
 ) -> float:
     """The same pass as the numba kernel, with one ``np.bincount`` per class."""
     k = votes.n_classes
@@ -128,7 +139,14 @@ def warm_up() -> float:
     indptr = np.array([0, 1], dtype=np.int64)
     one = np.zeros(1, dtype=np.int64)
     _em_pass_numba(
-        indptr, one, one, np.zeros((1, 2, 2)), np.zeros(2), np.full(1, -1, dtype=np.int64), np.zeros((1, 2)), np.zeros((1, 2, 2))
+        indptr,
+        one,
+        one,
+        np.zeros((1, 2, 2)),
+        np.zeros(2),
+        np.full(1, -1, dtype=np.int64),
+        np.zeros((1, 2)),
+        np.zeros((1, 2, 2)),
     )
     return time.perf_counter() - start
 
@@ -139,7 +157,7 @@ class DawidSkene(Aggregator):
     Parameters: ``n_iter`` (maximum EM iterations), ``tol`` (stop when the log-likelihood per
     vote gains less; 0 runs until it stops increasing, a negative value runs all ``n_iter``),
     ``smoothing`` (Dirichlet pseudo-count on confusions and class prior), ``init``
-    (``"majority_vote"`` or ``"random"``), ``random_state`` (for ``init="random"``),
+    (``"auto"``, ``"majority_vote"``, ``"gold"`` or ``"random"``), ``random_state`` (for ``init="random"``),
     ``backend`` (``"auto"`` uses numba when importable).
 
     Learned: ``confusions_[w, true, observed]``, ``priors_``, ``loglik_history_`` (per vote),
@@ -151,7 +169,7 @@ class DawidSkene(Aggregator):
         n_iter: int = 100,
         tol: float = 1e-5,
         smoothing: float = 0.0,
-        init: Literal["majority_vote", "random"] = "majority_vote",
+        init: Literal["auto", "majority_vote", "gold", "random"] = "auto",
         random_state: int | None = 0,
         backend: Backend = "auto",
     ) -> None:
@@ -168,8 +186,8 @@ class DawidSkene(Aggregator):
             raise ValueError("n_iter must be a non-negative integer")
         if self.smoothing < 0:
             raise ValueError("smoothing must be >= 0")
-        if self.init not in ("majority_vote", "random"):
-            raise ValueError("init must be 'majority_vote' or 'random'")
+        if self.init not in ("auto", "majority_vote", "gold", "random"):
+            raise ValueError("init must be 'auto', 'majority_vote', 'gold' or 'random'")
         if self.backend not in ("auto", "numba", "numpy"):
             raise ValueError("backend must be 'auto', 'numba' or 'numpy'")
         if self.backend == "numba" and _em_pass_numba is None:
@@ -179,9 +197,14 @@ class DawidSkene(Aggregator):
         return self.backend != "numpy" and _em_pass_numba is not None
 
     def _initial_posteriors(self, votes: VoteMatrix, known: np.ndarray) -> np.ndarray:
-        if self.init == "random":
+        init = self.init
+        if init == "auto":
+            init = "gold" if (known >= 0).any() else "majority_vote"
+        if init == "random":
             rng = np.random.default_rng(self.random_state)
             post = rng.dirichlet(np.ones(votes.n_classes), size=votes.n_tasks)
+        elif init == "gold":
+            post = np.full((votes.n_tasks, votes.n_classes), 1.0 / votes.n_classes)
         else:
             post = normalise_rows(votes.vote_counts())
         clamp_known(post, known)
@@ -214,7 +237,10 @@ class DawidSkene(Aggregator):
         sorted_worker = np.ascontiguousarray(votes.worker_idx[order])
         sorted_label = np.ascontiguousarray(votes.label_idx[order])
         observed = (
-            np.bincount(votes.worker_idx * k + votes.label_idx, minlength=votes.n_workers * k).reshape(votes.n_workers, k) > 0
+            np.bincount(
+                votes.worker_idx * k + votes.label_idx, minlength=votes.n_workers * k
+            ).reshape(votes.n_workers, k)
+            > 0
         )
         post = self._initial_posteriors(votes, known)
         counts_t = np.ascontiguousarray(confusion_counts(votes, post).transpose(0, 2, 1))
@@ -230,7 +256,16 @@ class DawidSkene(Aggregator):
             log_conf_t = np.log(np.maximum(conf_t, EPS))
             log_prior = np.log(prior)
             if use_numba:
-                ll = _em_pass_numba(indptr, sorted_worker, sorted_label, log_conf_t, log_prior, known, post, counts_t)
+                ll = _em_pass_numba(
+                    indptr,
+                    sorted_worker,
+                    sorted_label,
+                    log_conf_t,
+                    log_prior,
+                    known,
+                    post,
+                    counts_t,
+                )
             else:
                 ll = _em_pass_numpy(votes, log_conf_t, log_prior, known, post, counts_t)
             history.append(ll / n_votes)
@@ -255,5 +290,7 @@ class DawidSkene(Aggregator):
         post = np.empty((votes.n_tasks, votes.n_classes))
         counts = np.empty_like(conf_t)
         no_known = np.full(votes.n_tasks, -1, dtype=np.int64)
-        _em_pass_numpy(votes, np.log(np.maximum(conf_t, EPS)), np.log(self.priors_), no_known, post, counts)
+        _em_pass_numpy(
+            votes, np.log(np.maximum(conf_t, EPS)), np.log(self.priors_), no_known, post, counts
+        )
         return post

@@ -72,7 +72,9 @@ class GLAD(Aggregator):
         return p
 
     @staticmethod
-    def _log_joint(votes: VoteMatrix, alphas: np.ndarray, b: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    def _log_joint(
+        votes: VoteMatrix, alphas: np.ndarray, b: np.ndarray, log_prior: np.ndarray
+    ) -> np.ndarray:
         """``[n_tasks, K]`` log p(z_i = k, votes of i)."""
         k = votes.n_classes
         x = alphas[votes.worker_idx] * np.exp(b[votes.task_idx])
@@ -80,11 +82,15 @@ class GLAD(Aggregator):
         log_wrong = _log_sigmoid(-x) - np.log(max(k - 1, 1))
         base = np.bincount(votes.task_idx, weights=log_wrong, minlength=votes.n_tasks)
         bonus = np.bincount(
-            votes.task_idx * k + votes.label_idx, weights=log_right - log_wrong, minlength=votes.n_tasks * k
+            votes.task_idx * k + votes.label_idx,
+            weights=log_right - log_wrong,
+            minlength=votes.n_tasks * k,
         ).reshape(votes.n_tasks, k)
         return bonus + base[:, None] + log_prior
 
-    def _e_step(self, votes: VoteMatrix, alphas: np.ndarray, b: np.ndarray, log_prior: np.ndarray) -> tuple[np.ndarray, float]:
+    def _e_step(
+        self, votes: VoteMatrix, alphas: np.ndarray, b: np.ndarray, log_prior: np.ndarray
+    ) -> tuple[np.ndarray, float]:
         acc = self._log_joint(votes, alphas, b, log_prior)
         top = acc.max(axis=1, keepdims=True)
         post = np.exp(acc - top)
@@ -92,7 +98,9 @@ class GLAD(Aggregator):
         post /= total
         return post, float((top + np.log(total)).sum())
 
-    def _m_step(self, votes: VoteMatrix, post: np.ndarray, alphas: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _m_step(
+        self, votes: VoteMatrix, post: np.ndarray, alphas: np.ndarray, b: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = post[votes.task_idx, votes.label_idx]
         k = votes.n_classes
         w_idx, t_idx = votes.worker_idx, votes.task_idx
@@ -134,7 +142,9 @@ class GLAD(Aggregator):
             alphas, b = self._m_step(votes, post, alphas, b)
             post, ll = self._e_step(votes, alphas, b, log_prior)
             clamp_known(post, known)
-            penalty = 0.5 * np.sum((alphas - self.alpha_prior_mean) ** 2) + 0.5 * np.sum((b - self.beta_prior_mean) ** 2)
+            penalty = 0.5 * np.sum((alphas - self.alpha_prior_mean) ** 2) + 0.5 * np.sum(
+                (b - self.beta_prior_mean) ** 2
+            )
             history.append((ll - penalty) / n_votes)
             if len(history) > 1 and abs(history[-1] - history[-2]) < self.tol:
                 break
@@ -158,7 +168,9 @@ class GLAD(Aggregator):
         return conf
 
     def _predict_votes(self, votes: VoteMatrix) -> np.ndarray:
-        alphas = np.append(self.alphas_, self.alphas_.mean() if len(self.alphas_) else self.alpha_prior_mean)
+        alphas = np.append(
+            self.alphas_, self.alphas_.mean() if len(self.alphas_) else self.alpha_prior_mean
+        )
         # tasks seen in fit keep their difficulty; new ones start at the prior mean
         where = pd.Index(self.tasks_).get_indexer(votes.tasks)
         b = np.where(where >= 0, self.betas_[np.maximum(where, 0)], self.beta_prior_mean)

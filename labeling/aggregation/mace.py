@@ -78,7 +78,9 @@ class MACE(Aggregator):
         log_spam = np.log(spam)
         log_hit = np.log(spam + th)
         acc = np.bincount(
-            votes.task_idx * k + votes.label_idx, weights=log_hit - log_spam, minlength=votes.n_tasks * k
+            votes.task_idx * k + votes.label_idx,
+            weights=log_hit - log_spam,
+            minlength=votes.n_tasks * k,
         ).reshape(votes.n_tasks, k)
         acc += np.bincount(votes.task_idx, weights=log_spam, minlength=votes.n_tasks)[:, None]
         acc -= np.log(k)
@@ -91,12 +93,16 @@ class MACE(Aggregator):
         knowing = post[votes.task_idx, votes.label_idx] * th / (spam + th)
         return post, loglik, knowing, 1.0 - knowing
 
-    def _m_step(self, votes: VoteMatrix, knowing: np.ndarray, spamming: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _m_step(
+        self, votes: VoteMatrix, knowing: np.ndarray, spamming: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         k = votes.n_classes
         n_w = votes.n_workers
         know = np.bincount(votes.worker_idx, weights=knowing, minlength=n_w)
         spam = np.bincount(votes.worker_idx, weights=spamming, minlength=n_w)
-        strategy = np.bincount(votes.worker_idx * k + votes.label_idx, weights=spamming, minlength=n_w * k).reshape(n_w, k)
+        strategy = np.bincount(
+            votes.worker_idx * k + votes.label_idx, weights=spamming, minlength=n_w * k
+        ).reshape(n_w, k)
         if self.method == "vb":
             denom = np.exp(digamma(know + spam + self.alpha + self.beta))[:, None]
             theta = np.exp(digamma(np.stack([spam + self.alpha, know + self.beta], axis=1))) / denom
@@ -108,7 +114,9 @@ class MACE(Aggregator):
             xi = (strategy + s) / (strategy.sum(axis=1, keepdims=True) + k * s)
         return theta, xi
 
-    def _run(self, votes: VoteMatrix, known: np.ndarray, theta: np.ndarray, xi: np.ndarray) -> tuple:
+    def _run(
+        self, votes: VoteMatrix, known: np.ndarray, theta: np.ndarray, xi: np.ndarray
+    ) -> tuple:
         post, ll, knowing, spamming = self._e_step(votes, theta, xi, known)
         history: list[float] = []
         n_votes = max(votes.n_votes, 1)

@@ -32,7 +32,9 @@ from labeling.aggregation.base import (
 def normalise_rows(scores: np.ndarray) -> np.ndarray:
     """Rows scaled to sum to one; an all-zero row (a task with no vote) becomes uniform."""
     totals = scores.sum(axis=1, keepdims=True)
-    return np.divide(scores, totals, out=np.full_like(scores, 1.0 / scores.shape[1]), where=totals > 0)
+    return np.divide(
+        scores, totals, out=np.full_like(scores, 1.0 / scores.shape[1]), where=totals > 0
+    )
 
 
 class MajorityVote(Aggregator):
@@ -70,7 +72,9 @@ class WeightedMajorityVote(Aggregator):
             raise ValueError("smoothing must be >= 0")
         votes = as_votes(data, classes)
         if weights is None:
-            self.weights_ = gold_accuracy(votes, code_known_labels(known_labels, votes), self.smoothing)
+            self.weights_ = gold_accuracy(
+                votes, code_known_labels(known_labels, votes), self.smoothing
+            )
         else:
             self.weights_ = _coded_weights(weights, votes)
         return super().fit(votes, known_labels=known_labels)
@@ -91,19 +95,29 @@ def gold_accuracy(votes: VoteMatrix, known: np.ndarray, smoothing: float = 1.0) 
     graded = truth >= 0
     answered = np.bincount(votes.worker_idx[graded], minlength=votes.n_workers)
     correct = np.bincount(
-        votes.worker_idx[graded], weights=(votes.label_idx[graded] == truth[graded]), minlength=votes.n_workers
+        votes.worker_idx[graded],
+        weights=(votes.label_idx[graded] == truth[graded]),
+        minlength=votes.n_workers,
     )
     denom = answered + 2.0 * smoothing
     return np.divide(correct + smoothing, denom, out=np.full(votes.n_workers, 0.5), where=denom > 0)
 
 
-def _coded_weights(weights: Mapping[Any, float] | pd.Series | np.ndarray, votes: VoteMatrix) -> np.ndarray:
+def _coded_weights(
+    weights: Mapping[Any, float] | pd.Series | np.ndarray, votes: VoteMatrix
+) -> np.ndarray:
     if isinstance(weights, np.ndarray):
         if weights.shape != (votes.n_workers,):
-            raise ValueError(f"weights array must have shape ({votes.n_workers},), one per coded worker")
+            raise ValueError(
+                f"weights array must have shape ({votes.n_workers},), one per coded worker"
+            )
         out = weights.astype(np.float64)
     else:
-        series = weights if isinstance(weights, pd.Series) else pd.Series(dict(weights), dtype=np.float64)
+        series = (
+            weights
+            if isinstance(weights, pd.Series)
+            else pd.Series(dict(weights), dtype=np.float64)
+        )
         missing = pd.Index(votes.workers).difference(series.index)
         if len(missing):
             raise ValueError(f"no weight for worker(s) {list(missing[:5])}")

@@ -26,7 +26,13 @@ import numpy as np
 from labeling.aggregation.base import VoteMatrix
 
 ARCHETYPES = ("accurate", "noisy", "class_biased", "spammer", "adversarial")
-DEFAULT_ACCURACY = {"accurate": 0.9, "noisy": 0.6, "class_biased": 0.7, "spammer": 0.0, "adversarial": 0.1}
+DEFAULT_ACCURACY = {
+    "accurate": 0.9,
+    "noisy": 0.6,
+    "class_biased": 0.7,
+    "spammer": 0.0,
+    "adversarial": 0.1,
+}
 
 Seed = int | np.random.Generator | None
 
@@ -82,7 +88,9 @@ def worker_confusion(
     return acc * eye + (1.0 - acc) * np.roll(eye, 1, axis=1)
 
 
-def confusions_from_accuracy(accuracies: np.ndarray | Sequence[float], n_classes: int) -> np.ndarray:
+def confusions_from_accuracy(
+    accuracies: np.ndarray | Sequence[float], n_classes: int
+) -> np.ndarray:
     """``[n_workers, K, K]`` symmetric confusions: diagonal ``accuracy``, errors uniform."""
     acc = np.asarray(accuracies, dtype=np.float64)[:, None, None]
     eye = np.eye(n_classes)[None]
@@ -126,7 +134,9 @@ def make_profiles(
     return profiles
 
 
-def assign_workers(n_items: int, n_workers: int, votes_per_item: int, seed: Seed = None) -> np.ndarray:
+def assign_workers(
+    n_items: int, n_workers: int, votes_per_item: int, seed: Seed = None
+) -> np.ndarray:
     """``[n_items, votes_per_item]`` distinct workers per item, uniformly at random."""
     if votes_per_item > n_workers:
         raise ValueError(f"votes_per_item={votes_per_item} exceeds the {n_workers} workers")
@@ -144,7 +154,9 @@ def assign_workers(n_items: int, n_workers: int, votes_per_item: int, seed: Seed
         chosen[bad] = rng.integers(0, n_workers, size=(len(bad), votes_per_item))
 
 
-def draw_labels(confusions: np.ndarray, worker_idx: np.ndarray, true_of_vote: np.ndarray, seed: Seed = None) -> np.ndarray:
+def draw_labels(
+    confusions: np.ndarray, worker_idx: np.ndarray, true_of_vote: np.ndarray, seed: Seed = None
+) -> np.ndarray:
     """One label per vote from ``confusions[worker, true, :]`` (inverse-CDF, vectorised)."""
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(confusions, axis=2)[worker_idx, true_of_vote]
@@ -187,7 +199,11 @@ def simulate_crowd(
 ) -> SimulatedCrowd:
     """Draw true labels, worker profiles from ``mix`` and their votes, all from one seed."""
     rng = np.random.default_rng(seed)
-    prior = np.full(n_classes, 1.0 / n_classes) if class_prior is None else np.asarray(class_prior, dtype=float)
+    prior = (
+        np.full(n_classes, 1.0 / n_classes)
+        if class_prior is None
+        else np.asarray(class_prior, dtype=float)
+    )
     if prior.shape != (n_classes,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
         raise ValueError("class_prior must be n_classes non-negative numbers summing to 1")
     truth = rng.choice(n_classes, size=n_items, p=prior).astype(np.int64)
@@ -195,7 +211,12 @@ def simulate_crowd(
     conf = as_confusion_array(profiles)
     item_idx, worker_idx, label_idx = simulate_votes(truth, conf, votes_per_item, rng)
     votes = VoteMatrix.from_codes(
-        item_idx, worker_idx, label_idx, n_tasks=n_items, n_workers=len(profiles), n_classes=n_classes
+        item_idx,
+        worker_idx,
+        label_idx,
+        n_tasks=n_items,
+        n_workers=len(profiles),
+        n_classes=n_classes,
     )
     return SimulatedCrowd(votes, truth, conf, [p.archetype for p in profiles])
 

@@ -84,7 +84,9 @@ def test_every_method_exposes_crowdkit_state(name, frame):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_predict_on_new_votes_and_new_workers(name, frame):
     model = METHODS[name]().fit(frame)
-    new = pd.DataFrame({"task": ["n1", "n1", "n1"], "worker": ["ann", "bob", "zed"], "label": ["dog"] * 3})
+    new = pd.DataFrame(
+        {"task": ["n1", "n1", "n1"], "worker": ["ann", "bob", "zed"], "label": ["dog"] * 3}
+    )
     proba = model.predict_proba(new)
     assert proba.shape == (1, 2)
     assert model.predict(new).loc["n1"] == "dog"

@@ -1,0 +1,166 @@
+"""Dawid-Skene: recovery on simulated crowds, edge cases, numba == NumPy, crowd-kit parity."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labeling.aggregation import DawidSkene, MajorityVote, VoteMatrix, code_votes
+from labeling.aggregation.dawid_skene import numba_available, warm_up
+
+from .crowds import accuracy, hard_crowd
+
+DATA_DIR = Path(
+    os.environ.get(
+        "QUORUM_DATA_DIR", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
+    )
+)
+
+
+def test_recovers_truth_and_confusions():
+    crowd = hard_crowd()
+    model = DawidSkene().fit(crowd.votes)
+    assert accuracy(model.posteriors_, crowd.true_labels) > 0.97
+    # every worker's full confusion matrix within 0.1 (about 300 votes each)
+    assert np.abs(model.confusions_ - crowd.confusions).max() < 0.1
+    np.testing.assert_allclose(
+        model.priors_, np.bincount(crowd.true_labels) / len(crowd.true_labels), atol=0.03
+    )
+    assert model.n_iter_ < 100
+
+
+def test_beats_majority_vote_with_spammers_and_adversaries():
+    crowd = hard_crowd()
+    mv = accuracy(MajorityVote().fit(crowd.votes).posteriors_, crowd.true_labels)
+    ds = accuracy(DawidSkene().fit(crowd.votes).posteriors_, crowd.true_labels)
+    assert ds > mv + 0.08
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+def test_numba_kernel_equals_plain_numpy_em():
+    assert warm_up() >= 0.0
+    crowd = hard_crowd()
+    known = np.where(np.arange(len(crowd.true_labels)) % 7 == 0, crowd.true_labels, -1)
+    fast = DawidSkene(n_iter=15, tol=-1, smoothing=0.1, backend="numba").fit(
+        crowd.votes, known_labels=known
+    )
+    slow = DawidSkene(n_iter=15, tol=-1, smoothing=0.1, backend="numpy").fit(
+        crowd.votes, known_labels=known
+    )
+    np.testing.assert_allclose(fast.posteriors_, slow.posteriors_, atol=1e-10)
+    np.testing.assert_allclose(fast.confusions_, slow.confusions_, atol=1e-10)
+    np.testing.assert_allclose(fast.loglik_history_, slow.loglik_history_, rtol=1e-10)
+
+
+def test_log_likelihood_never_decreases():
+    history = np.array(DawidSkene(n_iter=30, tol=-1).fit(hard_crowd().votes).loglik_history_)
+    assert (np.diff(history) > -1e-9).all()
+
+
+def test_clamped_known_labels_stay_one_hot_and_inform_confusions():
+    crowd = hard_crowd()
+    truth = crowd.true_labels
+    known = np.where(np.arange(len(truth)) < 150, truth, -1)
+    model = DawidSkene().fit(crowd.votes, known_labels=known)
+    np.testing.assert_array_equal(model.posteriors_[:150].argmax(axis=1), truth[:150])
+    assert set(np.unique(model.posteriors_[:150])) <= {0.0, 1.0}
+    # a crowd where most workers are adversarial: without gold EM is fooled, with gold it is not
+    from labeling.aggregation.simulation import simulate_crowd
+
+    flipped = simulate_crowd(300, 2, "adversarial:4,accurate:2", votes_per_item=6, seed=5)
+    blind = accuracy(DawidSkene().fit(flipped.votes).posteriors_, flipped.true_labels)
+    gold = np.where(np.arange(300) < 30, flipped.true_labels, -1)
+    anchored = accuracy(
+        DawidSkene().fit(flipped.votes, known_labels=gold).posteriors_, flipped.true_labels
+    )
+    assert blind < 0.5 < 0.95 < anchored
+
+
+def test_edge_cases_single_votes_unused_class_unanimity_strings():
+    frame = pd.DataFrame(
+        {
+            "task": ["a", "a", "a", "b", "b", "b", "c", "d", "d", "d"],
+            "worker": ["w1", "w2", "w3", "w1", "w2", "w3", "w1", "w1", "w2", "once"],
+            "label": [
+                "benign",
+                "benign",
+                "benign",
+                "malignant",
+                "malignant",
+                "malignant",
+                "benign",
+                "malignant",
+                "malignant",
+                "malignant",
+            ],
+        }
+    )
+    classes = ["benign", "malignant", "unclear"]
+    model = DawidSkene(smoothing=0.5).fit(frame, classes=classes)
+    assert list(model.labels_) == ["benign", "malignant", "benign", "malignant"]
+    assert model.probas_["unclear"].max() < 0.2  # a class nobody used keeps a column
+    assert np.isfinite(model.posteriors_).all() and np.isfinite(model.confusions_).all()
+    # item 'c' has one vote, worker 'once' one vote: both still handled
+    assert model.probas_.loc["c", "benign"] > 0.5
+    unanimous = pd.DataFrame(
+        {"task": [1, 1, 2, 2], "worker": ["x", "y", "x", "y"], "label": ["k"] * 4}
+    )
+    plain = DawidSkene().fit(unanimous, classes=["k", "j"])
+    np.testing.assert_allclose(plain.posteriors_[:, 0], 1.0)
+
+
+def test_random_init_is_seeded():
+    votes = hard_crowd().votes
+    a = DawidSkene(init="random", random_state=3, n_iter=5, tol=-1).fit(votes).posteriors_
+    b = DawidSkene(init="random", random_state=3, n_iter=5, tol=-1).fit(votes).posteriors_
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(n_iter=-1), dict(smoothing=-0.1), dict(init="spectral"), dict(backend="gpu")]
+)
+def test_bad_hyperparameters(kwargs):
+    with pytest.raises(ValueError):
+        DawidSkene(**kwargs).fit(hard_crowd().votes)
+
+
+def _crowdkit_probas(frame: pd.DataFrame, n_iter: int) -> pd.DataFrame:
+    crowdkit = pytest.importorskip("crowdkit.aggregation")
+    # a negative tol makes both run exactly n_iter iterations (crowd-kit stops when its ELBO gain < tol)
+    return crowdkit.DawidSkene(n_iter=n_iter, tol=-1.0).fit(frame).probas_
+
+
+def test_matches_crowdkit_on_a_simulated_crowd():
+    crowd = hard_crowd()
+    frame = crowd.votes.to_frame().astype(str).head(1000)
+    ours = DawidSkene(n_iter=10, tol=-1.0, smoothing=0.0).fit(frame)
+    theirs = _crowdkit_probas(frame, 10).reindex(
+        index=ours.probas_.index, columns=ours.probas_.columns
+    )
+    np.testing.assert_allclose(ours.probas_.to_numpy(), theirs.to_numpy(), atol=1e-4)
+    assert (ours.labels_ == theirs.idxmax(axis=1)).all()
+
+
+def test_matches_crowdkit_on_face_sentiment():
+    path = DATA_DIR / "crowd" / "face_sentiment" / "answer.csv"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    ours = DawidSkene(n_iter=10, tol=-1.0, smoothing=0.0).fit(frame)
+    theirs = _crowdkit_probas(frame, 10).reindex(
+        index=ours.probas_.index, columns=ours.probas_.columns
+    )
+    np.testing.assert_allclose(ours.probas_.to_numpy(), theirs.to_numpy(), atol=1e-4)
+
+
+def test_array_entry_point_equals_frame_entry_point():
+    crowd = hard_crowd()
+    frame = crowd.votes.to_frame()
+    by_frame = DawidSkene().fit(frame)
+    by_codes = DawidSkene().fit(
+        VoteMatrix.from_codes(crowd.votes.task_idx, crowd.votes.worker_idx, crowd.votes.label_idx)
+    )
+    np.testing.assert_allclose(by_frame.posteriors_, by_codes.posteriors_)
+    assert code_votes(frame).n_votes == crowd.votes.n_votes
