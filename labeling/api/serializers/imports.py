@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from labeling.models import ImportBatch
+
+
+class ImportReportLineSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The file as uploaded (admins only).")
+    status = serializers.ChoiceField(choices=["imported", "duplicate", "failed"])
+    message = serializers.CharField(allow_blank=True)
+    item_ids = serializers.ListField(child=serializers.IntegerField())
+
+
+class ImportBatchSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    report = ImportReportLineSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = ImportBatch
+        fields = [
+            "id", "project", "source", "created_by", "created_at",
+            "n_imported", "n_duplicates", "n_failed", "n_labels", "report",
+        ]
+        read_only_fields = fields
+
+
+class ImportUploadSerializer(serializers.Serializer):
+    """The multipart request of an import."""
+
+    files = serializers.ListField(
+        child=serializers.FileField(allow_empty_file=True, use_url=False),
+        min_length=1,
+        help_text="Images: PNG, JPEG, TIFF, DICOM, or .zip archives of them. Repeat the field.",
+    )
+    labels = serializers.FileField(
+        required=False,
+        allow_empty_file=True,
+        use_url=False,
+        help_text="Optional CSV of known expert labels: filename,label (header optional).",
+    )

@@ -1,0 +1,395 @@
+"""Importing images into a project: one service behind the command, the upload page and the API.
+
+Each file is decoded (and, for DICOM, de-identified) in memory, then written in its own
+transaction: its items, their files and any imported expert label appear together or not at
+all. A bad file becomes a ``failed`` line of the batch report and does not stop the others.
+Stored files are named by content hash, never by the source name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+
+from labeling.imports import DecodedFile, ImportFileError, content_hash, decode_file
+from labeling.imports.archives import (
+    SourceFile,
+    folder_sources,
+    from_bytes,
+    from_path,
+    is_zip,
+    zip_sources,
+)
+from labeling.imports.labels import LabelFileError, parse_label_csv, resolve_labels
+from labeling.imports.rendering import encode_image, encode_npy, encode_thumbnail
+from labeling.models import ExpertLabel, ImportBatch, Item, LabelClass, Project
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+"""Called after each file with (files done, files in all, name of the file just done)."""
+
+LabelsInput = Mapping[str, str] | bytes | str | Path | Any
+"""A ``{filename: class}`` dict, CSV bytes, a path to a CSV, or an open/uploaded CSV file."""
+
+IMPORTED, DUPLICATE, FAILED = "imported", "duplicate", "failed"
+
+
+class ImportRefused(Exception):
+    """The whole import is refused before anything is written (HTTP 400 / CommandError)."""
+
+    status_code = 400
+
+
+class UploadTooLarge(ImportRefused):
+    status_code = 413
+
+
+def max_upload_bytes() -> int:
+    return int(settings.QUORUM_MAX_UPLOAD_BYTES)
+
+
+def check_upload_sizes(files: Iterable[Any]) -> None:
+    """Refuse an upload in which one file is over ``QUORUM_MAX_UPLOAD_BYTES``."""
+    limit = max_upload_bytes()
+    for upload in files:
+        size = getattr(upload, "size", None)
+        if size is not None and size > limit:
+            raise UploadTooLarge(
+                f"'{upload.name}' is {size:,} bytes; files may be at most {limit:,} bytes "
+                "(QUORUM_MAX_UPLOAD_BYTES). Split the upload or use the import_images command."
+            )
+
+
+def dicom_uid_key() -> bytes:
+    """The key of the UID replacement hash: stable for an installation, secret to outsiders."""
+    return hashlib.sha256(b"quorum-dicom-uid:" + settings.SECRET_KEY.encode()).digest()
+
+
+def load_labels(labels: LabelsInput | None, project: Project) -> dict[str, str]:
+    """``{filename: class name}`` checked against the project's classes, or ImportRefused."""
+    if labels is None:
+        return {}
+    class_names = project.class_names
+    try:
+        if isinstance(labels, Mapping):
+            return resolve_labels(labels, class_names)
+        if isinstance(labels, str | Path):
+            try:
+                data = Path(labels).read_bytes()
+            except OSError as exc:
+                raise ImportRefused(f"cannot read the labels file {labels}: {exc}") from exc
+        elif isinstance(labels, bytes):
+            data = labels
+        else:
+            data = labels.read()
+        return parse_label_csv(data, class_names)
+    except LabelFileError as exc:
+        raise ImportRefused(f"Labels refused, nothing was imported. {exc}") from exc
+
+
+@dataclass
+class _Run:
+    """State of one import while it runs."""
+
+    project: Project
+    batch: ImportBatch
+    labels: dict[str, str]
+    classes: dict[str, LabelClass]
+    rng: np.random.Generator
+    max_pixels: int
+    max_bytes: int
+    uid_key: bytes
+    report: list[dict] = field(default_factory=list)
+    labels_by_basename: dict[str, str] = field(default_factory=dict)
+
+
+def import_path(project: Project, path: str | Path, **options: Any) -> ImportBatch:
+    """Import a folder (recursively), a .zip archive or a single file; see :func:`import_files`."""
+    path = Path(path)
+    if not path.exists():
+        raise ImportRefused(f"{path} does not exist")
+    if path.is_dir():
+        return import_files(project, folder_sources(path), **options)
+    return import_files(project, [path], **options)
+
+
+def import_files(
+    project: Project,
+    sources: Iterable[SourceFile | Path | tuple[str, bytes] | Any],
+    *,
+    user=None,
+    source: str = ImportBatch.Source.API,
+    labels: LabelsInput | None = None,
+    seed: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> ImportBatch:
+    """Import files into ``project`` and return the batch with its per-file report.
+
+    ``sources`` may hold :class:`SourceFile`, paths, ``(name, bytes)`` pairs, or uploaded files
+    (anything with ``name`` and ``read()``); .zip files among them are opened and their entries imported. ``labels``
+    (see :data:`LabelsInput`) are checked before anything is written. ``seed`` makes the
+    hold-out draw reproducible.
+
+    In the batch, ``n_imported`` counts the items created (a multi-frame DICOM file gives one
+    per frame); ``n_duplicates`` and ``n_failed`` count files; ``n_labels`` counts the expert
+    labels recorded.
+    """
+    label_map = load_labels(labels, project)
+    max_bytes = max_upload_bytes()
+    with contextlib.ExitStack() as archives:
+        files, early_failures = _expand(sources, archives, max_bytes)
+        batch = ImportBatch.objects.create(project=project, source=source, created_by=user)
+        run = _Run(
+            project=project,
+            batch=batch,
+            labels=label_map,
+            classes={c.name: c for c in project.label_classes.all()},
+            rng=np.random.default_rng(seed),
+            max_pixels=int(settings.QUORUM_MAX_IMAGE_PIXELS),
+            max_bytes=max_bytes,
+            uid_key=dicom_uid_key(),
+        )
+        run.labels_by_basename = _by_basename(label_map)
+        run.report.extend(early_failures)
+        total = len(files)
+        for done, source_file in enumerate(files, start=1):
+            run.report.append(_import_one(run, source_file))
+            if progress is not None:
+                progress(done, total, source_file.name)
+    return _finish(run)
+
+
+def _expand(
+    sources: Iterable[Any], archives: contextlib.ExitStack, max_bytes: int
+) -> tuple[list[SourceFile], list[dict]]:
+    """Flatten the inputs into source files, opening zip archives (kept open in ``archives``)."""
+    files: list[SourceFile] = []
+    failures: list[dict] = []
+    for item in sources:
+        if isinstance(item, SourceFile):
+            source_file = item
+        elif isinstance(item, str | Path):
+            source_file = from_path(Path(item))
+        elif isinstance(item, tuple):
+            source_file = from_bytes(*item)
+        else:  # an uploaded file
+            name = Path(getattr(item, "name", "") or "upload").name
+            source_file = SourceFile(name=name, read=item.read, size=getattr(item, "size", None))
+        if not is_zip(source_file.name) or source_file.error:
+            files.append(source_file)
+            continue
+        try:
+            if isinstance(item, str | Path) or hasattr(item, "seek"):
+                handle = item  # a path, or an uploaded file ZipFile can seek in
+            else:
+                handle = io.BytesIO(source_file.read())
+            archive = archives.enter_context(zipfile.ZipFile(handle))
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            failures.append(_line(source_file.name, FAILED, f"not a readable zip archive: {exc}"))
+            continue
+        # Entries of an uploaded archive are named after it, those of import_path(zip) are not.
+        prefix = "" if isinstance(item, str | Path) else f"{source_file.name}/"
+        files.extend(zip_sources(archive, max_bytes=max_bytes, prefix=prefix))
+    return files, failures
+
+
+def _line(name: str, status: str, message: str = "", item_ids: list[int] | None = None) -> dict:
+    return {"name": name, "status": status, "message": message, "item_ids": item_ids or []}
+
+
+def _label_for(run: _Run, name: str) -> LabelClass | None:
+    """The label row for a file: by its path as imported, else by base name on both sides."""
+    class_name = run.labels.get(name)
+    if class_name is None:
+        class_name = run.labels_by_basename.get(Path(name).name)
+    return run.classes[class_name] if class_name is not None else None
+
+
+def _by_basename(labels: dict[str, str]) -> dict[str, str]:
+    """Label rows keyed by base name, leaving out names two rows give different classes."""
+    found: dict[str, str | None] = {}
+    for key, class_name in labels.items():
+        base = Path(key.replace("\\", "/")).name
+        found[base] = class_name if found.get(base, class_name) == class_name else None
+    return {base: name for base, name in found.items() if name is not None}
+
+
+def _import_one(run: _Run, source_file: SourceFile) -> dict:
+    name = source_file.name
+    if source_file.error:
+        return _line(name, FAILED, source_file.error)
+    if source_file.size is not None and source_file.size > run.max_bytes:
+        return _line(name, FAILED, f"{source_file.size:,} bytes exceeds the limit of {run.max_bytes:,} bytes")
+    try:
+        data = source_file.read()
+        decoded = decode_file(
+            name,
+            data,
+            max_pixels=run.max_pixels,
+            uid_key=run.uid_key,
+            window_preset=run.project.window_preset,
+            keep_original=run.project.keep_original_files,
+        )
+        _check_channels(run.project, decoded)
+        return _store(run, name, decoded)
+    except ImportFileError as exc:
+        return _line(name, FAILED, str(exc))
+    except Exception as exc:  # one broken file must not end the batch; the admin sees why
+        logger.exception("import of %s failed", name)
+        return _line(name, FAILED, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _check_channels(project: Project, decoded: DecodedFile) -> None:
+    expected = project.expected_channels
+    if expected and decoded.channels != expected:
+        kinds = {1: "grayscale", 3: "colour"}
+        raise ImportFileError(
+            f"the image has {decoded.channels} channel(s) ({kinds.get(decoded.channels, '?')}) "
+            f"but this project expects {expected} ({kinds.get(expected, '?')})"
+        )
+
+
+def _store(run: _Run, name: str, decoded: DecodedFile) -> dict:
+    hashes = [
+        content_hash(f.pixels, f.frame_index if decoded.hash_frame_index else None)
+        for f in decoded.frames
+    ]
+    existing = dict(
+        Item.objects.filter(project=run.project, content_hash__in=hashes).values_list(
+            "content_hash", "id"
+        )
+    )
+    label = _label_for(run, name)
+    new = [(h, f) for h, f in zip(hashes, decoded.frames, strict=True) if h not in existing]
+    if not new:
+        ids = [existing[h] for h in hashes]
+        message = "already imported in this project"
+        if label is not None and _label_existing(run, ids, label):
+            message += f"; its known label '{label.name}' was recorded"
+        return _line(name, DUPLICATE, message, ids)
+
+    storage = Item._meta.get_field("image").storage
+    written: list[str] = []
+    try:
+        with transaction.atomic():
+            items = _write_items(run, name, decoded, new, label, written)
+            Item.objects.bulk_create(items)
+            if label is not None:
+                ExpertLabel.objects.bulk_create(
+                    ExpertLabel(item=item, expert=None, label=label, source=ExpertLabel.Source.IMPORT)
+                    for item in items
+                )
+                run.batch.n_labels += len(items)
+    except IntegrityError:
+        _delete_files(storage, written)
+        # The same pixels arrived at the same moment through another import.
+        return _line(name, DUPLICATE, "already imported in this project (concurrently)")
+    except BaseException:
+        _delete_files(storage, written)
+        raise
+    messages = []
+    if len(new) < len(hashes):
+        messages.append(f"{len(hashes) - len(new)} of {len(hashes)} frames were already imported")
+    if decoded.note:
+        messages.append(decoded.note)
+    ids = [item.pk for item in items]
+    return _line(name, IMPORTED, "; ".join(messages), ids)
+
+
+def _write_items(
+    run: _Run,
+    name: str,
+    decoded: DecodedFile,
+    new: list,
+    label: LabelClass | None,
+    written: list[str],
+) -> list[Item]:
+    project = run.project
+    items = []
+    original_name = ""
+    for digest, frame in new:
+        item = Item(
+            project=project,
+            batch=run.batch,
+            content_hash=digest,
+            source_name=name[:500],
+            frame_index=frame.frame_index,
+            width=decoded.width,
+            height=decoded.height,
+            channels=decoded.channels,
+            modality=decoded.modality,
+            metadata=decoded.metadata,
+            is_holdout=bool(run.rng.random() < project.holdout_fraction),
+            votes_wanted=project.overlap,
+            expert_answer=label,
+        )
+        image_format = frame.encoded_format
+        extension = "jpg" if image_format == "jpeg" else "png"
+        image_bytes = frame.encoded or encode_image(frame.display, image_format)
+        _save(item.image, f"{digest}.{extension}", image_bytes, written)
+        _save(item.thumbnail, f"{digest}-thumb.{extension}",
+              encode_thumbnail(frame.display, image_format), written)
+        if frame.array is not None:
+            _save(item.array, f"{digest}.npy", encode_npy(frame.array), written)
+        if decoded.original is not None:
+            if not original_name:
+                _save(item.original, f"{digest}.dcm", decoded.original, written)
+                original_name = item.original.name
+            else:
+                # Frames of one file share its one de-identified copy.
+                item.original.name = original_name
+        items.append(item)
+    return items
+
+
+def _save(field_file, filename: str, data: bytes, written: list[str]) -> None:
+    field_file.save(filename, ContentFile(data), save=False)
+    written.append(field_file.name)
+
+
+def _delete_files(storage, names: list[str]) -> None:
+    for stored_name in names:
+        try:
+            storage.delete(stored_name)
+        except OSError:
+            logger.warning("could not delete %s after a failed import", stored_name)
+
+
+def _label_existing(run: _Run, item_ids: list[int], label: LabelClass) -> bool:
+    """A re-imported image may bring the label it lacked; an existing expert answer stays."""
+    unlabelled = list(
+        Item.objects.filter(id__in=item_ids, expert_answer__isnull=True).values_list("id", flat=True)
+    )
+    if not unlabelled:
+        return False
+    with transaction.atomic():
+        Item.objects.filter(id__in=unlabelled).update(expert_answer=label)
+        ExpertLabel.objects.bulk_create(
+            ExpertLabel(item_id=i, expert=None, label=label, source=ExpertLabel.Source.IMPORT)
+            for i in unlabelled
+        )
+    run.batch.n_labels += len(unlabelled)
+    return True
+
+
+def _finish(run: _Run) -> ImportBatch:
+    batch = run.batch
+    batch.report = run.report
+    batch.n_imported = sum(len(line["item_ids"]) for line in run.report if line["status"] == IMPORTED)
+    batch.n_duplicates = sum(1 for line in run.report if line["status"] == DUPLICATE)
+    batch.n_failed = sum(1 for line in run.report if line["status"] == FAILED)
+    batch.save(update_fields=["report", "n_imported", "n_duplicates", "n_failed", "n_labels"])
+    return batch
