@@ -1,0 +1,118 @@
+// Run page: poll GET /api/training-runs/<id>/ every 2 s while the run is unfinished, move the
+// progress bar, draw loss and hold-out accuracy as small SVG line charts, cancel and resume.
+(function () {
+  "use strict";
+  const root = document.getElementById("run");
+  if (!root) return;
+  const api = root.dataset.runApi;
+  const finishedAtLoad = root.dataset.finished === "true";
+  const statusAtLoad = root.dataset.status;
+  const POLL_MS = 2000;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  function csrfToken() {
+    const input = root.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  function el(name, attrs, text) {
+    const node = document.createElementNS(SVG_NS, name);
+    for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // series: [{name, color, points: [[epoch, value|null], ...]}]; x runs over 1..epochs
+  function lineChart(container, series, epochs, yMin, yMax) {
+    const width = 460, height = 220, left = 44, right = 12, top = 12, bottom = 30;
+    const x = (e) => left + (epochs > 1 ? (e - 1) / (epochs - 1) : 0.5) * (width - left - right);
+    const y = (v) => top + (1 - (v - yMin) / (yMax - yMin || 1)) * (height - top - bottom);
+    const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
+    for (let i = 0; i <= 4; i++) {
+      const value = yMin + ((yMax - yMin) * i) / 4;
+      svg.append(el("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), stroke: "#e3e6eb" }));
+      svg.append(el("text", { x: left - 6, y: y(value) + 4, "text-anchor": "end" }, value.toFixed(2)));
+    }
+    const step = Math.max(1, Math.ceil(epochs / 10));
+    for (let e = 1; e <= epochs; e += step) {
+      svg.append(el("text", { x: x(e), y: height - bottom + 16, "text-anchor": "middle" }, String(e)));
+    }
+    svg.append(el("text", { x: (left + width - right) / 2, y: height - 2, "text-anchor": "middle" }, "epoch"));
+    series.forEach((s, index) => {
+      const points = s.points.filter((p) => p[1] !== null && Number.isFinite(p[1]));
+      if (points.length > 1) {
+        svg.append(el("polyline", {
+          points: points.map((p) => `${x(p[0])},${y(p[1])}`).join(" "),
+          fill: "none", stroke: s.color, "stroke-width": 2,
+        }));
+      }
+      points.forEach((p) => svg.append(el("circle", { cx: x(p[0]), cy: y(p[1]), r: 3.5, fill: s.color })));
+      const lx = left + 8 + index * 110;
+      svg.append(el("rect", { x: lx, y: top + 2, width: 10, height: 10, fill: s.color }));
+      svg.append(el("text", { x: lx + 14, y: top + 11 }, s.name));
+    });
+    container.replaceChildren(svg);
+  }
+
+  function drawCurves(run) {
+    const rows = run.epoch_metrics || [];
+    if (!rows.length) return;
+    const epochs = Math.max(run.epochs, rows[rows.length - 1].epoch);
+    const losses = rows.flatMap((r) => [r.train_loss, r.holdout_loss]).filter((v) => v !== null);
+    lineChart(document.getElementById("loss-chart"), [
+      { name: "train", color: "#2f6fde", points: rows.map((r) => [r.epoch, r.train_loss]) },
+      { name: "hold-out", color: "#e07b00", points: rows.map((r) => [r.epoch, r.holdout_loss]) },
+    ], epochs, 0, Math.max(...losses) * 1.1 || 1);
+    lineChart(document.getElementById("accuracy-chart"), [
+      { name: "hold-out", color: "#1a7f37", points: rows.map((r) => [r.epoch, r.holdout_accuracy]) },
+    ], epochs, 0, 1);
+  }
+
+  function render(run) {
+    const status = root.querySelector("[data-testid=run-status]");
+    status.textContent = run.status;
+    status.className = `status status-${run.status}`;
+    root.querySelector("[data-testid=run-epoch]").textContent = run.current_epoch;
+    root.querySelector(".progress .bar").style.width = `${Math.round(run.progress * 100)}%`;
+    const reason = root.querySelector("[data-testid=failure-reason]");
+    reason.textContent = run.failure_reason;
+    reason.hidden = !run.failure_reason;
+    const cancel = root.querySelector("[data-action=cancel]");
+    if (cancel) cancel.hidden = run.is_finished;
+    drawCurves(run);
+    // the report, the comparison and the resume button are rendered by the server
+    if (run.is_finished && (!finishedAtLoad || run.status !== statusAtLoad)) window.location.reload();
+  }
+
+  async function poll() {
+    try {
+      const response = await fetch(api, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (response.ok) {
+        const run = await response.json();
+        render(run);
+        if (run.is_finished) return;
+      }
+    } catch (error) {
+      // a dropped request is retried on the next tick
+    }
+    window.setTimeout(poll, POLL_MS);
+  }
+
+  root.querySelectorAll("button[data-action]").forEach((button) => {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      const response = await fetch(`${api}${button.dataset.action}/`, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
+      });
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        window.alert(body.detail || `Request failed (${response.status})`);
+      }
+      window.location.reload();
+    });
+  });
+
+  poll();
+})();

@@ -1,0 +1,109 @@
+"""Training pages: launch runs and compare them (``/projects/<id>/train/``), and one run's live
+progress and report (``/runs/<id>/``). Experts read both; only admins launch, cancel, resume."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from rest_framework.fields import empty
+
+from frontend.access import project_role_required
+from labeling.models import Membership, Project
+from labeling.selectors import has_role
+from training import selectors, services
+from training.api.serializers import LaunchRunSerializer
+from training.models import TrainingRun
+
+Role = Membership.Role
+LAUNCH_FIELDS = ("label_source", "backbone", "weights", "weights_path", "image_size", "epochs",
+                 "batch_size", "learning_rate", "seed")
+
+
+@project_role_required(Role.EXPERT)
+def train(request: HttpRequest, project: Project) -> HttpResponse:
+    is_admin = has_role(request.user, project, Role.ADMIN)
+    values = {"label_source": "dawid_skene", **_defaults()}
+    errors: dict = {}
+    if request.method == "POST":
+        if not is_admin:
+            raise PermissionDenied("Only the project's admins launch training runs.")
+        values = {name: request.POST.get(name, "") for name in LAUNCH_FIELDS}
+        values["augment"] = request.POST.get("augment") == "on"
+        trace = request.POST.get("trace_lambda", "").strip()
+        values["params"] = {"trace_lambda": _number(trace)} if trace else {}
+        launch = LaunchRunSerializer(data=values, context={"project": project})
+        if launch.is_valid():
+            run = services.launch_run(project, request.user, **launch.validated_data)
+            return redirect("training-run-page", run_id=run.pk)
+        errors = launch.errors
+    return render(
+        request,
+        "frontend/train.html",
+        {
+            "project": project,
+            "is_admin": is_admin,
+            "values": values,
+            "errors": errors,
+            "label_sources": [
+                (value, label)
+                for value, label in TrainingRun.LabelSource.choices
+                if value != TrainingRun.LabelSource.MIL or project.task_type == Project.TaskType.BAG
+            ],
+            "weights_choices": TrainingRun.Weights.choices,
+            "runs": selectors.project_runs(project),
+            "comparison": selectors.comparison_rows(project),
+        },
+        status=400 if errors else 200,
+    )
+
+
+def _defaults() -> dict:
+    fields = LaunchRunSerializer().fields
+    return {name: f.default for name, f in fields.items() if f.default is not empty}
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # the serializer reports the wrong type
+
+
+def run_page(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun.objects.select_related("project"), pk=run_id)
+    return _run_page(request, run.project_id, run=run)
+
+
+@project_role_required(Role.EXPERT)
+def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpResponse:
+    run = services.fail_if_worker_gone(run)
+    evaluation = selectors.evaluation_of(run)
+    per_class = (
+        [{"name": name, **scores} for name, scores in evaluation.per_class.items()]
+        if evaluation
+        else []
+    )
+    return render(
+        request,
+        "frontend/run.html",
+        {
+            "project": project,
+            "run": run,
+            "is_admin": has_role(request.user, project, Role.ADMIN),
+            "can_resume": run.status in ("failed", "cancelled")
+            and selectors.checkpoint_file(run) is not None,
+            "evaluation": evaluation,
+            "per_class": per_class,
+            "class_names": list(evaluation.per_class) if evaluation else [],
+            "comparison": selectors.comparison_rows(project),
+            "reliability": selectors.reliability_rows(run),
+            "api_url": reverse("training-run-detail", args=[run.pk]),
+            "plots": {
+                name: reverse("training-run-plot", args=[run.pk, name])
+                for name, field in selectors.PLOTS.items()
+                if evaluation and getattr(evaluation, field)
+            },
+        },
+    )
