@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from labeling.api.views import projects
+from labeling.api.views import crowd, media, projects
 from labeling.api.views.imports import ImportBatchViewSet
 
 router = DefaultRouter()
@@ -12,4 +12,14 @@ router.register(r"projects/(?P<project_id>\d+)/imports", ImportBatchViewSet, bas
 
 urlpatterns = [
     path("", include(router.urls)),
+    path("projects/<int:project_id>/next/", crowd.NextAssignmentView.as_view(), name="crowd-next"),
+    path("assignments/<int:assignment_id>/vote/", crowd.VoteView.as_view(), name="crowd-vote"),
+    path("assignments/<int:assignment_id>/undo/", crowd.UndoView.as_view(), name="crowd-undo"),
+    path(
+        "projects/<int:project_id>/members/<int:user_id>/unblock/",
+        crowd.UnblockMemberView.as_view(),
+        name="member-unblock",
+    ),
+    path("items/<int:item_id>/image/", media.ItemImageView.as_view(), name="item-image"),
+    path("items/<int:item_id>/thumbnail/", media.ItemThumbnailView.as_view(), name="item-thumbnail"),
 ]

@@ -1,0 +1,156 @@
+"""The crowd labelling loop: next assignment, vote, undo; and lifting a worker's block."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from labeling.api.permissions import IsProjectAdmin, IsProjectCrowd
+from labeling.api.serializers.crowd import (
+    AssignmentSerializer,
+    ErrorSerializer,
+    VoteRequestSerializer,
+    VoteResponseSerializer,
+)
+from labeling.api.serializers.projects import MembershipSerializer
+from labeling.models import Assignment, Membership, Project, Vote
+from labeling.services import assignment as assignments
+from labeling.services import votes
+
+# One HTTP status per refusal the services can give.
+STATUS_OF = {
+    assignments.WorkerBlocked: status.HTTP_403_FORBIDDEN,
+    assignments.LeaseNotFound: status.HTTP_404_NOT_FOUND,
+    assignments.InvalidAnswer: status.HTTP_400_BAD_REQUEST,
+    assignments.LeaseConflict: status.HTTP_409_CONFLICT,
+}
+
+
+def refusal(exc: assignments.CrowdError) -> Response:
+    return Response({"detail": exc.message}, status=STATUS_OF[type(exc)])
+
+
+def assignment_response(request: Request, lease: Assignment, code: int = 200) -> Response:
+    context = {"request": request, "progress": assignments.progress(request.user, lease.project)}
+    return Response(AssignmentSerializer(lease, context=context).data, status=code)
+
+
+class NextAssignmentView(APIView):
+    permission_classes = [IsAuthenticated, IsProjectCrowd]
+
+    def get_project(self) -> Project:
+        return get_object_or_404(Project, pk=self.kwargs["project_id"])
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "exclude",
+                OpenApiTypes.INT,
+                many=True,
+                description="Assignments you already show (to prefetch the one after).",
+            )
+        ],
+        responses={
+            200: AssignmentSerializer,
+            204: OpenApiResponse(description="Nothing is left for you in this project."),
+            403: ErrorSerializer,
+            409: ErrorSerializer,
+        },
+    )
+    def get(self, request: Request, project_id: int) -> Response:
+        """Your next item to label (the same one again while its lease runs)."""
+        exclude = [int(v) for v in request.query_params.getlist("exclude") if v.isdigit()]
+        try:
+            lease = assignments.next_item(request.user, self.get_project(), exclude=exclude)
+        except assignments.CrowdError as exc:
+            return refusal(exc)
+        if lease is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return assignment_response(request, lease)
+
+
+class _OwnAssignmentView(APIView):
+    """Views on one of the caller's own leases; another worker's lease is a 404."""
+
+    permission_classes = [IsAuthenticated, IsProjectCrowd]
+
+    def get_project(self) -> Project:
+        lease = Assignment.objects.filter(
+            pk=self.kwargs["assignment_id"], worker=self.request.user
+        ).select_related("project").first()
+        if lease is None:
+            raise Http404("No such assignment.")
+        return lease.project
+
+
+class VoteView(_OwnAssignmentView):
+    @extend_schema(
+        request=VoteRequestSerializer,
+        responses={
+            201: VoteResponseSerializer,
+            200: OpenApiResponse(VoteResponseSerializer, description="A retry of an earlier POST."),
+            400: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+            409: ErrorSerializer,
+        },
+    )
+    def post(self, request: Request, assignment_id: int) -> Response:
+        """Answer an assignment with a class name, or kind unsure / skip."""
+        data = VoteRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            result = votes.submit_vote(
+                request.user,
+                assignment_id,
+                label=data.validated_data.get("label"),
+                kind=data.validated_data["kind"],
+                idempotency_key=data.validated_data["idempotency_key"],
+                source=Vote.Source.API if request.auth else Vote.Source.WEB,
+            )
+        except assignments.CrowdError as exc:
+            return refusal(exc)
+        body = {
+            **vars(result),
+            "progress": assignments.progress(request.user, self.get_project()),
+        }
+        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        return Response(VoteResponseSerializer(body).data, status=code)
+
+
+class UndoView(_OwnAssignmentView):
+    @extend_schema(
+        request=None,
+        responses={200: AssignmentSerializer, 403: ErrorSerializer, 409: ErrorSerializer},
+    )
+    def post(self, request: Request, assignment_id: int) -> Response:
+        """Take back your last answer while its lease runs; the assignment is yours again."""
+        try:
+            lease = votes.undo_vote(request.user, assignment_id)
+        except assignments.CrowdError as exc:
+            return refusal(exc)
+        return assignment_response(request, lease)
+
+
+class UnblockMemberView(APIView):
+    permission_classes = [IsAuthenticated, IsProjectAdmin]
+
+    def get_project(self) -> Project:
+        return get_object_or_404(Project, pk=self.kwargs["project_id"])
+
+    @extend_schema(request=None, responses={200: MembershipSerializer})
+    def post(self, request: Request, project_id: int, user_id: int) -> Response:
+        """Lift a worker's block; their flagged votes count again."""
+        project = self.get_project()
+        user = get_object_or_404(get_user_model(), pk=user_id)
+        get_object_or_404(Membership, project=project, user=user)
+        membership = votes.unblock_worker(project, user)
+        return Response(MembershipSerializer(membership).data)
