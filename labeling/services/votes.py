@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 LATE_AND_FULL = "lease expired and the item already has enough votes"
 
 
+class _AlreadyAnswered(LeaseConflict):
+    """Raised under the lease lock; a concurrent retry with the same key turns into a replay."""
+
+
 @dataclass(frozen=True)
 class GoldFeedback:
     correct: bool
@@ -122,11 +126,13 @@ def submit_vote(
     try:
         with transaction.atomic():
             vote, trigger = _record_vote(worker, assignment_id, label, kind, idempotency_key, source)
-    except IntegrityError:
-        # A concurrent retry of the same request won the insert, or the item was answered.
+    except (IntegrityError, _AlreadyAnswered) as exc:
+        # A concurrent retry of the same request got there first, or the item was answered.
         replayed = _replay(worker, idempotency_key, assignment_id)
         if replayed is not None:
             return replayed
+        if isinstance(exc, LeaseConflict):
+            raise
         raise LeaseConflict("You already answered this item.") from None
     if trigger:
         transaction.on_commit(lambda: _trigger_aggregation(vote.project_id), robust=True)
@@ -149,7 +155,7 @@ def _record_vote(
     project = lease.project
     check_not_blocked(worker, project)
     if lease.status == Assignment.Status.SUBMITTED:
-        raise LeaseConflict("This assignment was already answered.")
+        raise _AlreadyAnswered("This assignment was already answered.")
     answer = _resolve_answer(project, kind, label)
     item = (
         Item.objects.select_for_update(of=("self",))
