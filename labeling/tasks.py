@@ -7,7 +7,7 @@ from celery import shared_task
 from labeling.services.aggregation import execute_run
 
 
-@shared_task(bind=True, queue="default")
+@shared_task(bind=True)
 def aggregate_project_task(self, run_id: int) -> str | None:
     """Carry out a queued aggregation run; a run already claimed or finished is left alone.
 

@@ -57,6 +57,8 @@ STALE_AFTER = timedelta(minutes=30)
 # Adaptive redundancy never stops an item on a single vote.
 MIN_VOTES = 2
 NO_VOTES = "no votes to aggregate yet"
+# Aggregation is CPU work: the default queue, never the GPU one.
+TASK_QUEUE = "default"
 
 
 class AggregationError(Exception):
@@ -358,7 +360,8 @@ def _dispatch(run: AggregationRun) -> None:
     from labeling.tasks import aggregate_project_task
 
     run_id = run.pk
-    transaction.on_commit(lambda: aggregate_project_task.delay(run_id))
+    # Named here rather than as a task attribute, which Celery deprecates in favour of routes.
+    transaction.on_commit(lambda: aggregate_project_task.apply_async((run_id,), queue=TASK_QUEUE))
 
 
 @transaction.atomic
