@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from labeling.api.views import crowd, media, projects
+from labeling.api.views import aggregation, crowd, media, projects
 from labeling.api.views.imports import ImportBatchViewSet
 
 router = DefaultRouter()
@@ -22,4 +22,16 @@ urlpatterns = [
     ),
     path("items/<int:item_id>/image/", media.ItemImageView.as_view(), name="item-image"),
     path("items/<int:item_id>/thumbnail/", media.ItemThumbnailView.as_view(), name="item-thumbnail"),
+    path(
+        "projects/<int:project_id>/aggregations/",
+        aggregation.ProjectAggregationsView.as_view(),
+        name="project-aggregations",
+    ),
+    path("aggregations/<int:pk>/", aggregation.AggregationRunDetailView.as_view(), name="aggregation-detail"),
+    path("aggregations/<int:pk>/consensus/", aggregation.ConsensusListView.as_view(), name="aggregation-consensus"),
+    path(
+        "aggregations/<int:pk>/reliabilities/",
+        aggregation.ReliabilityListView.as_view(),
+        name="aggregation-reliabilities",
+    ),
 ]
