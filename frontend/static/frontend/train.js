@@ -24,7 +24,7 @@
 
   // series: [{name, color, points: [[epoch, value|null], ...]}]; x runs over 1..epochs
   function lineChart(container, series, epochs, yMin, yMax) {
-    const width = 460, height = 220, left = 44, right = 12, top = 12, bottom = 30;
+    const width = 460, height = 236, left = 44, right = 12, top = 28, bottom = 30;
     const x = (e) => left + (epochs > 1 ? (e - 1) / (epochs - 1) : 0.5) * (width - left - right);
     const y = (v) => top + (1 - (v - yMin) / (yMax - yMin || 1)) * (height - top - bottom);
     const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
@@ -48,8 +48,9 @@
       }
       points.forEach((p) => svg.append(el("circle", { cx: x(p[0]), cy: y(p[1]), r: 3.5, fill: s.color })));
       const lx = left + 8 + index * 110;
-      svg.append(el("rect", { x: lx, y: top + 2, width: 10, height: 10, fill: s.color }));
-      svg.append(el("text", { x: lx + 14, y: top + 11 }, s.name));
+      // the legend sits above the plot area so it never hides a point
+      svg.append(el("rect", { x: lx, y: 4, width: 10, height: 10, fill: s.color }));
+      svg.append(el("text", { x: lx + 14, y: 13 }, s.name));
     });
     container.replaceChildren(svg);
   }

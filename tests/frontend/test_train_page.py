@@ -1,0 +1,108 @@
+"""The run page in Chromium: a finished run's report plots and curves, and live progress."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from labeling.models import Membership
+from tests.factories import MembershipFactory, UserFactory
+from tests.training.test_runs import make_training_set, new_run
+from training.models import TrainingRun
+from training.tasks import run_training
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def admin(project):
+    user = UserFactory(username="train-admin")
+    MembershipFactory(project=project, user=user, role=Membership.Role.ADMIN)
+    return user
+
+
+@pytest.fixture
+def browser_page(live_server, admin, monkeypatch):
+    """A Chromium page logged in as the project admin (session cookie from Django's client)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    # Playwright's sync API runs an event loop in this thread; the test still queries the ORM
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    client = Client()
+    client.force_login(admin)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.add_cookies(
+            [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}]
+        )
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        yield page, errors
+        browser.close()
+
+
+def test_finished_run_shows_report_plots_and_curves(project, live_server, browser_page, artifacts_dir):
+    page, errors = browser_page
+    make_training_set(project, experts=False)
+    earlier = new_run(project, label_source="dawid_skene", epochs=2)
+    run = new_run(project, label_source="crowd_layer", epochs=3)
+    for each in (earlier, run):
+        run_training.apply(args=(each.pk,))
+        each.refresh_from_db()
+        assert each.status == "succeeded", each.failure_reason
+
+    page.goto(f"{live_server.url}/runs/{run.pk}/")
+    page.wait_for_selector("[data-testid=loss-curve] svg polyline")
+    assert page.locator("[data-testid=loss-curve] svg circle").count() == 6  # train + hold-out
+    assert page.locator("[data-testid=accuracy-curve] svg circle").count() == 3
+    assert page.inner_text("[data-testid=run-status]") == "succeeded"
+    for name in ("confusion", "roc", "calibration"):
+        image = page.locator(f"img[data-testid=plot-{name}]")
+        image.scroll_into_view_if_needed()
+        page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    comparison = page.locator("[data-testid=comparison] tbody tr")
+    assert comparison.count() == 2
+    assert page.locator("[data-testid=reliability] tbody tr").count() == 3
+    assert page.locator("[data-testid=download]").is_visible()
+    page.screenshot(path=str(artifacts_dir / "training-run-report.png"), full_page=True)
+    assert errors == []
+
+    page.goto(f"{live_server.url}/projects/{project.pk}/train/")
+    assert page.locator("[data-testid=runs] tbody tr").count() == 2
+    page.screenshot(path=str(artifacts_dir / "training-launch-page.png"), full_page=True)
+
+
+def test_running_run_page_follows_progress(project, live_server, browser_page, artifacts_dir):
+    page, errors = browser_page
+    run = new_run(project, status="running", epochs=4, current_epoch=1, progress=0.25)
+    run.epoch_metrics.create(epoch=1, train_loss=0.9, holdout_loss=0.8, holdout_accuracy=0.5,
+                             seconds=1, images_per_second=10)
+    page.goto(f"{live_server.url}/runs/{run.pk}/")
+    page.wait_for_selector("[data-testid=accuracy-curve] svg circle")
+
+    run.epoch_metrics.create(epoch=2, train_loss=0.6, holdout_loss=0.55, holdout_accuracy=0.75,
+                             seconds=1, images_per_second=10)
+    TrainingRun.objects.filter(pk=run.pk).update(current_epoch=2, progress=0.5)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=run-epoch]').textContent === '2'", timeout=10_000
+    )
+    assert page.locator("[data-testid=accuracy-curve] svg circle").count() == 2
+    width = page.eval_on_selector(".progress .bar", "(bar) => bar.style.width")
+    assert width == "50%"
+    page.wait_for_timeout(600)  # let the bar's CSS transition end before the screenshot
+    page.screenshot(path=str(artifacts_dir / "training-run-live.png"), full_page=True)
+
+    page.click("button[data-action=cancel]")
+    page.wait_for_selector("text=(cancelling…)")  # the page reloads once the API accepted it
+    run.refresh_from_db()
+    assert run.cancel_requested and run.status == "running"
+    assert errors == []
