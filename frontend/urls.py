@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from frontend.views import home, training
+from frontend.views import labeling as labeling_pages
 from frontend.views.imports import import_page
 
 urlpatterns = [
@@ -11,4 +12,5 @@ urlpatterns = [
     path("projects/<int:project_id>/train/", training.train, name="training-page"),
     path("runs/<int:run_id>/", training.run_page, name="training-run-page"),
     path("projects/<int:project_id>/import/", import_page, name="import"),
+    path("label/<int:project_id>/", labeling_pages.label, name="label"),
 ]

@@ -9,17 +9,19 @@ that item's row, so the capacity re-check after taking the row cannot race.
 - PostgreSQL: candidates are read with ``SELECT ... FOR UPDATE SKIP LOCKED``; concurrent workers
   skip each other's rows instead of queueing on them, and the capacity is checked again with a
   fresh statement once the row is held (READ COMMITTED then sees every committed lease).
-- SQLite has no row locks but one writer at a time: the transaction starts with a write (a
-  no-op update of the project row), which takes the database write lock the way ``BEGIN
-  IMMEDIATE`` would, so the reads that follow cannot be overtaken by another writer. A "database
-  is locked" error past the busy timeout is retried a few times.
+- SQLite has no row locks but one writer at a time. Every write transaction here starts with a
+  no-op write (``write_transaction``), which takes the database write lock the way ``BEGIN
+  IMMEDIATE`` would: the reads that follow cannot be overtaken by another writer, and a waiting
+  writer queues on the busy timeout instead of failing at once with "database is locked" when it
+  upgrades a read snapshot in WAL mode. A lock error past the timeout is retried a few times.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -59,6 +61,16 @@ class LeaseConflict(CrowdError):
 
 class InvalidAnswer(CrowdError):
     pass
+
+
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    """``transaction.atomic()`` that holds SQLite's write lock from its first statement."""
+    with transaction.atomic():
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute(f'UPDATE "{Project._meta.db_table}" SET id = id WHERE 0')
+        yield
 
 
 # Ordering strategies: each takes the candidate items and returns them in serving order.
@@ -224,12 +236,7 @@ def _take_regular_once(worker, project: Project, now: datetime, ordering: str) -
     skip_locked = connection.features.has_select_for_update_skip_locked
     tried: set[int] = set()
     for _ in range(MAX_TAKE_ATTEMPTS):
-        with transaction.atomic():
-            if not skip_locked:
-                # SQLite: write first so this transaction holds the write lock (BEGIN IMMEDIATE).
-                Project.objects.filter(pk=project.pk).update(
-                    votes_since_aggregation=F("votes_since_aggregation")
-                )
+        with write_transaction():
             items = candidates(worker, project, now=now, ordering=ordering).exclude(pk__in=tried)
             if skip_locked:
                 items = items.select_for_update(skip_locked=True)

@@ -22,6 +22,7 @@ from labeling.services.assignment import (
     LeaseNotFound,
     check_not_blocked,
     open_slots,
+    write_transaction,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def submit_vote(
     if replayed is not None:
         return replayed
     try:
-        with transaction.atomic():
+        with write_transaction():
             vote, trigger = _record_vote(worker, assignment_id, label, kind, idempotency_key, source)
     except (IntegrityError, _AlreadyAnswered) as exc:
         # A concurrent retry of the same request got there first, or the item was answered.
@@ -210,7 +211,7 @@ def _trigger_aggregation(project_id: int) -> None:
 
 def undo_vote(worker, assignment_id: int) -> Assignment:
     """Take back the worker's last vote while its lease runs; the lease opens again."""
-    with transaction.atomic():
+    with write_transaction():
         lease = (
             Assignment.objects.select_for_update(of=("self",))
             .select_related("project")
@@ -280,7 +281,7 @@ def evaluate_worker(worker, project: Project) -> bool:
     return True
 
 
-@transaction.atomic
+@write_transaction()
 def block_worker(membership: Membership, *, reason: str) -> Membership:
     """Block a member: their votes stay but stop counting, so the items get new votes."""
     membership = Membership.objects.select_for_update().get(pk=membership.pk)
@@ -304,7 +305,7 @@ def block_worker(membership: Membership, *, reason: str) -> Membership:
     return membership
 
 
-@transaction.atomic
+@write_transaction()
 def unblock_worker(project: Project, user) -> Membership:
     """Lift a block: the worker's flagged votes count again.
 

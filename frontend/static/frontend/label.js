@@ -1,0 +1,249 @@
+// The annotator page: show one leased item, answer by key, prefetch the next.
+//
+// Two leases are live at most: the item shown and the one prefetched behind it (its image
+// already decoded), so a keypress swaps images at once while the vote is posted.
+
+import { Viewer } from "./viewer.js";
+
+const app = document.querySelector("[data-testid=label-app]");
+const $ = (id) => app.querySelector(`[data-testid=${id}]`);
+const nextUrl = app.dataset.nextUrl;
+const csrf = app.dataset.csrf;
+
+const img = $("item-image");
+const viewer = new Viewer($("stage"), img, { onChange: syncSliders });
+const classKeys = new Map(
+  [...app.querySelectorAll("button[data-label]")].map((b) => [b.dataset.key, b.dataset.label]),
+);
+
+let current = null; // the assignment on screen
+let upcoming = Promise.resolve(null); // the prefetched assignment behind it
+let lastAnswered = null; // the assignment of the last vote, for undo
+let chain = Promise.resolve(); // answers and undos run one after another, none is lost
+let stopped = false;
+let bannerTimer = null;
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+async function call(url, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET") headers["X-CSRFToken"] = csrf;
+  const response = await fetch(url, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const fields = Object.keys(data).length ? JSON.stringify(data) : "";
+    throw new ApiError(response.status, data.detail || fields || `The server answered ${response.status}.`);
+  }
+  return data;
+}
+
+function preload(url) {
+  const image = new Image();
+  image.src = url;
+  return image.decode().catch(() => {});
+}
+
+async function fetchNext(exclude = []) {
+  const query = exclude.map((id) => `exclude=${id}`).join("&");
+  const assignment = await call(query ? `${nextUrl}?${query}` : nextUrl);
+  if (assignment) await preload(assignment.item.image_url);
+  return assignment;
+}
+
+function prefetch() {
+  upcoming = current ? fetchNext([current.id]).catch(() => null) : Promise.resolve(null);
+}
+
+function newKey() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+function setStatus(text, tone = "error") {
+  const status = $("status");
+  status.textContent = text || "";
+  status.className = `status ${tone}`;
+}
+
+function setProgress(progress) {
+  if (!progress) return;
+  const votes = progress.votes_today === 1 ? "vote" : "votes";
+  const items = progress.items_left === 1 ? "item" : "items";
+  $("progress").textContent =
+    `${progress.votes_today} ${votes} today · ${progress.items_left} ${items} left`;
+}
+
+function showFeedback(feedback) {
+  const banner = $("feedback");
+  clearTimeout(bannerTimer);
+  if (!feedback) {
+    banner.hidden = true;
+    return;
+  }
+  banner.textContent = feedback.correct
+    ? "Gold question: you matched the expert."
+    : `Gold question: the expert said ${feedback.expert_label}.`;
+  banner.className = `banner ${feedback.correct ? "ok" : "bad"}`;
+  banner.hidden = false;
+  bannerTimer = setTimeout(() => (banner.hidden = true), 5000);
+}
+
+function setButtons(enabled) {
+  for (const button of app.querySelectorAll(".answers button, .secondary button")) {
+    button.disabled = !enabled;
+  }
+}
+
+async function render() {
+  $("loading").hidden = true;
+  $("done").hidden = Boolean(current);
+  img.hidden = !current;
+  setButtons(Boolean(current));
+  if (!current) {
+    img.removeAttribute("src");
+    delete app.dataset.assignment;
+    return;
+  }
+  app.dataset.assignment = current.id;
+  img.dataset.item = current.item.id;
+  await viewer.show(current.item.image_url);
+}
+
+function stop(error) {
+  stopped = true;
+  current = null;
+  render();
+  $("done").hidden = true;
+  setButtons(false);
+  setStatus(error.message);
+}
+
+async function answer(kind, label) {
+  if (!current || stopped) return;
+  const answered = current;
+  // Swap to the prefetched item before the vote is even sent.
+  current = await upcoming;
+  upcoming = Promise.resolve(null);
+  render();
+  const body = { kind, idempotency_key: newKey() };
+  if (label) body.label = label;
+  try {
+    const result = await postVote(answered.id, body);
+    lastAnswered = answered;
+    showFeedback(result.feedback);
+    setProgress(result.progress);
+    setStatus("");
+  } catch (error) {
+    if (error.status === 403) return stop(error);
+    setStatus(error.message);
+  }
+  // Only now: before the vote lands the server would hand back the answered lease.
+  if (!current) {
+    current = await fetchNext().catch(() => null);
+    render();
+  }
+  prefetch();
+}
+
+async function postVote(assignmentId, body) {
+  const url = `/api/assignments/${assignmentId}/vote/`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await call(url, { method: "POST", body });
+    } catch (error) {
+      // A lost connection is retried with the same key: the server answers it once.
+      if (error instanceof ApiError || attempt >= 2) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 400 * (attempt + 1)));
+    }
+  }
+}
+
+async function undo() {
+  if (!lastAnswered || stopped) {
+    setStatus("Nothing to undo.", "info");
+    return;
+  }
+  try {
+    const reopened = await call(`/api/assignments/${lastAnswered.id}/undo/`, { method: "POST" });
+    lastAnswered = null;
+    // The item shown goes back in line behind the one reopened.
+    const shown = current;
+    current = reopened;
+    upcoming = shown ? Promise.resolve(shown) : Promise.resolve(null);
+    if (!shown) prefetch();
+    showFeedback(null);
+    setProgress(reopened.progress);
+    setStatus("Your last answer was taken back.", "info");
+    await render();
+  } catch (error) {
+    setStatus(error.message);
+  }
+}
+
+function enqueue(task) {
+  chain = chain.then(task).catch((error) => setStatus(error.message));
+}
+
+function syncSliders(state) {
+  $("brightness").value = state.brightness;
+  $("contrast").value = state.contrast;
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.target instanceof HTMLInputElement && event.target.type !== "range") return;
+  const key = event.key;
+  let handled = true;
+  if (classKeys.has(key)) enqueue(() => answer("label", classKeys.get(key)));
+  else if (key === "0") enqueue(() => answer("unsure"));
+  else if (key === "s" || key === "S") enqueue(() => answer("skip"));
+  else if (key === "z" || key === "Z") enqueue(undo);
+  else handled = viewer.handleKey(event);
+  if (handled) event.preventDefault();
+});
+
+app.addEventListener("click", (event) => {
+  const button = event.target.closest("button");
+  if (!button) return;
+  if (button.dataset.label) enqueue(() => answer("label", button.dataset.label));
+  else if (button.dataset.kind) enqueue(() => answer(button.dataset.kind));
+  else if (button.dataset.action === "undo") enqueue(undo);
+  else if (button.dataset.action === "zoom-in") viewer.zoomBy(1.25);
+  else if (button.dataset.action === "zoom-out") viewer.zoomBy(0.8);
+  else if (button.dataset.action === "reset") viewer.reset();
+  // Keys keep working after a click: focus must not stay on a button that Space would press.
+  button.blur();
+});
+
+for (const id of ["brightness", "contrast"]) {
+  $(id).addEventListener("input", () =>
+    viewer.setWindow(Number($("brightness").value), Number($("contrast").value)),
+  );
+}
+
+async function start() {
+  try {
+    current = await fetchNext();
+    if (current) setProgress(current.progress);
+    await render();
+    app.dataset.ready = "true";
+    prefetch();
+  } catch (error) {
+    stop(error);
+    app.dataset.ready = "true";
+  }
+}
+
+start();

@@ -1,0 +1,21 @@
+"""The annotator page: one image, class keys, nothing about other workers or the answer."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from frontend.access import project_role_required
+from labeling.models import Membership, Project
+
+
+@ensure_csrf_cookie
+@project_role_required(Membership.Role.CROWD)
+def label(request: HttpRequest, project: Project) -> HttpResponse:
+    """The page itself is static; label.js drives it through the crowd API."""
+    return render(
+        request,
+        "frontend/label.html",
+        {"project": project, "classes": project.label_classes.all()},
+    )
