@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from labeling.api.views import aggregation, crowd, media, projects
+from labeling.api.views import aggregation, crowd, dashboard, exports, media, projects, review
 from labeling.api.views.imports import ImportBatchViewSet
 
 router = DefaultRouter()
@@ -34,4 +34,22 @@ urlpatterns = [
         aggregation.ReliabilityListView.as_view(),
         name="aggregation-reliabilities",
     ),
+    # Expert hold-out, adjudication, gold, dashboard and exports (issue 6).
+    path("projects/<int:project_id>/holdout/next/", review.HoldoutNextView.as_view(), name="holdout-next"),
+    path("projects/<int:project_id>/holdout/draw/", review.HoldoutDrawView.as_view(), name="holdout-draw"),
+    path("projects/<int:project_id>/holdout/agreement/", review.HoldoutAgreementView.as_view(), name="holdout-agreement"),
+    path("projects/<int:project_id>/holdout/disputes/", review.HoldoutDisputesView.as_view(), name="holdout-disputes"),
+    path("holdout/<int:item_id>/label/", review.HoldoutLabelView.as_view(), name="holdout-label"),
+    path("holdout/<int:item_id>/tiebreak/", review.TiebreakView.as_view(), name="holdout-tiebreak"),
+    path("projects/<int:project_id>/review/queue/", review.ReviewQueueView.as_view(), name="review-queue"),
+    path("review/<int:item_id>/", review.ReviewItemView.as_view(), name="review-item"),
+    path("review/<int:item_id>/label/", review.ReviewLabelView.as_view(), name="review-label"),
+    path("projects/<int:project_id>/gold/draw/", review.GoldDrawView.as_view(), name="gold-draw"),
+    path("projects/<int:project_id>/gold/", review.GoldSetView.as_view(), name="gold-set"),
+    path("projects/<int:project_id>/dashboard/", dashboard.DashboardView.as_view(), name="project-dashboard"),
+    path("projects/<int:project_id>/exports/votes.csv", exports.VotesCsvView.as_view(), name="export-votes-csv"),
+    path("projects/<int:project_id>/exports/votes.jsonl", exports.VotesJsonlView.as_view(), name="export-votes-jsonl"),
+    path("projects/<int:project_id>/exports/consensus.csv", exports.ConsensusCsvView.as_view(), name="export-consensus-csv"),
+    path("projects/<int:project_id>/exports/expert_labels.csv", exports.ExpertLabelsCsvView.as_view(), name="export-expert-labels-csv"),
+    path("projects/<int:project_id>/exports/holdout.csv", exports.HoldoutCsvView.as_view(), name="export-holdout-csv"),
 ]

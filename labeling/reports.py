@@ -1,0 +1,207 @@
+"""Read-only numbers for the admin dashboard: progress, agreement over time, annotators, and
+every aggregation method scored against the expert hold-out.
+
+Scoring uses only hold-out items with an expert answer (blind labels, agreed or tie-broken):
+the crowd is never its own yardstick.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from django.db.models import Count, Q
+
+from labeling.exports import worker_pseudonym
+from labeling.models import ConsensusLabel, Item, Membership, Project, Vote, WorkerReliability
+from labeling.services.review import holdout_agreement, holdout_disputes, latest_runs, review_queue
+
+CALIBRATION_BINS = 10
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (E. B. Wilson, JASA 22:209-212, 1927); sane at p = 0 or 1 and
+    small n, where the normal approximation is not."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class MethodScore:
+    method: str
+    run: int
+    n: int
+    correct: int
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+    recall: dict[str, float | None]
+    calibration: list[dict]
+
+
+def score_methods(project: Project) -> list[MethodScore]:
+    """Accuracy (Wilson 95% CI), per-class recall and calibration of each method's latest run on
+    the hold-out items that have an expert answer."""
+    classes = dict(project.label_classes.values_list("id", "name"))
+    scores = []
+    for run in latest_runs(project):
+        rows = list(
+            ConsensusLabel.objects.filter(
+                run=run, item__is_holdout=True, item__expert_answer__isnull=False
+            ).values_list("label_id", "item__expert_answer_id", "confidence")
+        )
+        n = len(rows)
+        correct = sum(pred == truth for pred, truth, _ in rows)
+        low, high = wilson_interval(correct, n) if n else (None, None)
+        recall: dict[str, float | None] = {}
+        for class_id, name in classes.items():
+            truth_rows = [pred for pred, truth, _ in rows if truth == class_id]
+            recall[name] = (
+                sum(p == class_id for p in truth_rows) / len(truth_rows) if truth_rows else None
+            )
+        bins: list[dict] = []
+        for b in range(CALIBRATION_BINS):
+            lo, hi = b / CALIBRATION_BINS, (b + 1) / CALIBRATION_BINS
+            inside = [
+                (conf, pred == truth)
+                for pred, truth, conf in rows
+                if lo <= conf < hi or (b == CALIBRATION_BINS - 1 and conf == 1.0)
+            ]
+            if inside:
+                bins.append(
+                    {
+                        "low": lo,
+                        "high": hi,
+                        "n": len(inside),
+                        "confidence": sum(c for c, _ in inside) / len(inside),
+                        "accuracy": sum(ok for _, ok in inside) / len(inside),
+                    }
+                )
+        scores.append(
+            MethodScore(
+                method=run.method,
+                run=run.id,
+                n=n,
+                correct=correct,
+                accuracy=correct / n if n else None,
+                ci_low=low,
+                ci_high=high,
+                recall=recall,
+                calibration=bins,
+            )
+        )
+    return scores
+
+
+def progress(project: Project) -> dict:
+    items = Item.objects.filter(project=project)
+    counts = items.aggregate(
+        n=Count("id"),
+        holdout=Count("id", filter=Q(is_holdout=True)),
+        holdout_labelled=Count("id", filter=Q(is_holdout=True, expert_answer__isnull=False)),
+        gold=Count("id", filter=Q(is_gold=True)),
+        expert=Count("id", filter=Q(expert_answer__isnull=False)),
+    )
+    histogram = Counter(dict(
+        items.values("vote_count").annotate(n=Count("id")).values_list("vote_count", "n")
+    ))
+    return {
+        "items": counts["n"],
+        "votes": Vote.objects.filter(project=project, kind=Vote.Kind.LABEL, is_excluded=False).count(),
+        "votes_per_item": [{"votes": k, "items": histogram[k]} for k in sorted(histogram)],
+        "awaiting_review": review_queue(project).count(),
+        "holdout_total": counts["holdout"],
+        "holdout_labelled": counts["holdout_labelled"],
+        "holdout_disputed": holdout_disputes(project).count(),
+        "gold_items": counts["gold"],
+        "expert_labelled": counts["expert"],
+    }
+
+
+def agreement_history(project: Project) -> list[dict]:
+    """Fleiss' kappa and Krippendorff's alpha of every succeeded run, oldest first."""
+    runs = project.aggregation_runs.filter(status="succeeded").order_by("created_at", "id")
+    return [
+        {
+            "run": r.id,
+            "method": r.method,
+            "created_at": r.created_at,
+            "n_votes": r.n_votes,
+            "fleiss_kappa": r.fleiss_kappa,
+            "krippendorff_alpha": r.krippendorff_alpha,
+        }
+        for r in runs
+        if r.fleiss_kappa is not None or r.krippendorff_alpha is not None
+    ]
+
+
+def annotators(project: Project) -> list[dict]:
+    """One row per crowd member or voter: votes, gold accuracy, and the estimated accuracy and
+    confusion matrix of the default method's latest run."""
+    per_worker = {
+        row["worker_id"]: row
+        for row in Vote.objects.filter(project=project, kind=Vote.Kind.LABEL)
+        .values("worker_id")
+        .annotate(
+            votes=Count("id"),
+            gold_answered=Count("id", filter=Q(was_gold=True, gold_correct__isnull=False)),
+            gold_correct=Count("id", filter=Q(was_gold=True, gold_correct=True)),
+        )
+    }
+    default_run = next(
+        (r for r in latest_runs(project) if r.method == project.default_method), None
+    )
+    reliability = (
+        {r.worker_id: r for r in WorkerReliability.objects.filter(run=default_run)}
+        if default_run
+        else {}
+    )
+    members = {
+        m.user_id: m
+        for m in Membership.objects.filter(project=project).select_related("user")
+        if m.role == Membership.Role.CROWD or m.user_id in per_worker
+    }
+    rows = []
+    for user_id, m in sorted(members.items(), key=lambda kv: kv[1].user.username):
+        stats = per_worker.get(user_id, {})
+        rel = reliability.get(user_id)
+        answered = stats.get("gold_answered", 0)
+        rows.append(
+            {
+                "user_id": user_id,
+                "username": m.user.username,
+                "pseudonym": worker_pseudonym(project.id, user_id),
+                "votes": stats.get("votes", 0),
+                "gold_answered": answered,
+                "gold_accuracy": stats["gold_correct"] / answered if answered else None,
+                "estimated_accuracy": rel.accuracy if rel else None,
+                "confusion": rel.confusion if rel else None,
+                "is_blocked": m.is_blocked,
+                "blocked_reason": m.blocked_reason,
+            }
+        )
+    return rows
+
+
+def dashboard(project: Project) -> dict:
+    agreement = holdout_agreement(project)
+    return {
+        "project": {"id": project.id, "name": project.name},
+        "classes": project.class_names,
+        "default_method": project.default_method,
+        "progress": progress(project),
+        "agreement": agreement_history(project),
+        "expert_agreement": {
+            "n_items": agreement.n_items,
+            "observed": agreement.observed,
+            "cohen_kappa": agreement.kappa,
+        },
+        "annotators": annotators(project),
+        "methods": [asdict(s) for s in score_methods(project)],
+    }

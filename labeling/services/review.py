@@ -1,0 +1,363 @@
+"""Expert work: the blind hold-out (the yardstick) and adjudication of crowd disagreement.
+
+Hold-out
+    A random slice of items, labelled by experts without seeing any crowd vote, consensus or
+    model prediction. Up to two experts label each item (``ExpertLabel`` source ``holdout``).
+    One label, or two that agree, set ``Item.expert_answer``; two that disagree clear it and
+    put the item on the tie-break list, where a third expert or an admin decides (source
+    ``tiebreak``, final). Agreement between the two is Cohen's kappa over items both labelled.
+    Hold-out answers are never fed to aggregation or training: they score both.
+
+Adjudication
+    Items the crowd disagrees on (``Item.needs_review``, outside the hold-out) queue for experts,
+    most uncertain first. An expert's label (source ``review``) is final: it sets
+    ``expert_answer`` and clears ``needs_review``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from sklearn.metrics import cohen_kappa_score
+
+from labeling.models import (
+    AggregationRun,
+    ConsensusLabel,
+    ExpertLabel,
+    Item,
+    LabelClass,
+    Membership,
+    Project,
+    Vote,
+    WorkerReliability,
+)
+from labeling.selectors import is_site_admin, role_of
+from labeling.services.aggregation import latest_runs_by_method
+
+Source = ExpertLabel.Source
+
+# Two blind opinions per hold-out item are enough to measure agreement; more cost expert time.
+HOLDOUT_LABELS_PER_ITEM = 2
+
+
+class ReviewError(Exception):
+    """A refusal an expert can read; the API answers 400 (``status`` 409 for state conflicts)."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ReviewConflict(ReviewError):
+    status = 409
+
+
+def resolve_label(project: Project, label: str | int) -> LabelClass:
+    """A class of the project by name (case-insensitive) or by 1-based key ("1".."9")."""
+    text = str(label).strip()
+    classes = list(project.label_classes.all())
+    for cls in classes:
+        if cls.name.lower() == text.lower():
+            return cls
+    if text.isdigit():
+        for cls in classes:
+            if cls.index + 1 == int(text):
+                return cls
+    names = ", ".join(c.name for c in classes)
+    raise ReviewError(f"Unknown class '{text[:100]}'; use one of: {names}.")
+
+
+# -- hold-out ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def draw_holdout(project: Project, fraction: float, seed: int = 0) -> list[int]:
+    """Grow the hold-out to ``fraction`` of the project's items; returns the ids newly drawn.
+
+    Items nobody voted on are drawn first (their expert labels will be truly blind and no crowd
+    work is wasted); gold items are never drawn, as gold is answered in front of the crowd.
+    """
+    if not 0 <= fraction <= 1:
+        raise ReviewError("The hold-out fraction must be between 0 and 1.")
+    items = Item.objects.select_for_update().filter(project=project)
+    n_total = items.count()
+    have = items.filter(is_holdout=True).count()
+    wanted = round(fraction * n_total) - have
+    if wanted <= 0:
+        return []
+    rng = random.Random(seed)
+    candidates = items.filter(is_holdout=False, is_gold=False)
+    drawn: list[int] = []
+    for pool in (candidates.filter(vote_count=0), candidates.filter(vote_count__gt=0)):
+        ids = sorted(pool.values_list("id", flat=True))
+        rng.shuffle(ids)
+        drawn += ids[: wanted - len(drawn)]
+        if len(drawn) >= wanted:
+            break
+    Item.objects.filter(id__in=drawn).update(is_holdout=True, needs_review=False)
+    return sorted(drawn)
+
+
+def _holdout_labels(item: Item) -> list[ExpertLabel]:
+    return list(item.expert_labels.filter(source=Source.HOLDOUT).order_by("id"))
+
+
+def holdout_todo(project: Project, expert) -> QuerySet:
+    """Hold-out items this expert may still label blind, unlabelled ones first."""
+    return (
+        Item.objects.filter(project=project, is_holdout=True)
+        .exclude(expert_labels__source=Source.IMPORT)
+        .exclude(expert_labels__source=Source.TIEBREAK)
+        .exclude(expert_labels__source=Source.HOLDOUT, expert_labels__expert=expert)
+        .annotate(
+            n_holdout=Count("expert_labels", filter=Q(expert_labels__source=Source.HOLDOUT))
+        )
+        .filter(n_holdout__lt=HOLDOUT_LABELS_PER_ITEM)
+        .order_by("n_holdout", "id")
+    )
+
+
+def next_holdout_item(project: Project, expert) -> Item | None:
+    return holdout_todo(project, expert).first()
+
+
+def holdout_state(item: Item) -> str:
+    """pending (no label), labelled (one), agreed (two the same), disputed, or resolved."""
+    if item.expert_labels.filter(source=Source.TIEBREAK).exists():
+        return "resolved"
+    labels = {e.label_id for e in _holdout_labels(item)}
+    if not labels:
+        return "pending"
+    if len(labels) > 1:
+        return "disputed"
+    return "agreed" if item.expert_labels.filter(source=Source.HOLDOUT).count() > 1 else "labelled"
+
+
+def _settle_holdout(item: Item) -> None:
+    """Set ``expert_answer`` from the hold-out labels: a tie-break wins, agreement sets it."""
+    tiebreak = item.expert_labels.filter(source=Source.TIEBREAK).order_by("-id").first()
+    if tiebreak is not None:
+        answer = tiebreak.label_id
+    else:
+        labels = {e.label_id for e in _holdout_labels(item)}
+        answer = labels.pop() if len(labels) == 1 else None
+    Item.objects.filter(pk=item.pk).update(expert_answer_id=answer)
+    item.expert_answer_id = answer
+
+
+@transaction.atomic
+def label_holdout(item: Item, expert, label: str | int) -> str:
+    """Record one expert's blind label of a hold-out item; returns the item's new state."""
+    item = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
+    if not item.is_holdout:
+        raise ReviewError("This item is not in the hold-out.")
+    cls = resolve_label(item.project, label)
+    others = item.expert_labels.filter(source=Source.HOLDOUT).exclude(expert=expert)
+    if item.expert_labels.filter(source__in=[Source.TIEBREAK, Source.IMPORT]).exists():
+        raise ReviewConflict("This hold-out item already has a final expert label.")
+    if others.count() >= HOLDOUT_LABELS_PER_ITEM:
+        raise ReviewConflict("Two experts already labelled this item.")
+    own = item.expert_labels.filter(source=Source.HOLDOUT, expert=expert).first()
+    if own is not None and own.label_id != cls.id and others.exists():
+        # Once a second opinion exists the first may learn of a dispute; changing it then
+        # would no longer be blind.
+        raise ReviewConflict("Your label is final once a second expert has labelled the item.")
+    ExpertLabel.objects.update_or_create(
+        item=item, expert=expert, source=Source.HOLDOUT, defaults={"label": cls}
+    )
+    _settle_holdout(item)
+    return holdout_state(item)
+
+
+def holdout_disputes(project: Project, user=None) -> QuerySet:
+    """Hold-out items whose two experts disagree and nobody has broken the tie yet.
+
+    With ``user``: only the disputes that user may break (not one they labelled, unless admin).
+    """
+    disputed = (
+        Item.objects.filter(project=project, is_holdout=True)
+        .exclude(expert_labels__source=Source.TIEBREAK)
+        .annotate(
+            n_classes=Count(
+                "expert_labels__label",
+                filter=Q(expert_labels__source=Source.HOLDOUT),
+                distinct=True,
+            )
+        )
+        .filter(n_classes__gt=1)
+        .order_by("id")
+    )
+    if user is not None and role_of(user, project) != Membership.Role.ADMIN:
+        mine = ExpertLabel.objects.filter(item=OuterRef("pk"), source=Source.HOLDOUT, expert=user)
+        disputed = disputed.exclude(Exists(mine))
+    return disputed
+
+
+@transaction.atomic
+def break_tie(item: Item, user, label: str | int, note: str = "") -> ExpertLabel:
+    """A third expert (or an admin) settles a disputed hold-out item; their label is final."""
+    item = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
+    if not item.is_holdout:
+        raise ReviewError("This item is not in the hold-out.")
+    if holdout_state(item) != "disputed":
+        raise ReviewConflict("Only a hold-out item two experts disagree on needs a tie-break.")
+    is_admin = role_of(user, item.project) == Membership.Role.ADMIN or is_site_admin(user)
+    if not is_admin and item.expert_labels.filter(source=Source.HOLDOUT, expert=user).exists():
+        raise ReviewConflict("You labelled this item; a third expert or an admin breaks the tie.")
+    cls = resolve_label(item.project, label)
+    expert_label = ExpertLabel.objects.create(
+        item=item, expert=user, label=cls, source=Source.TIEBREAK, note=note
+    )
+    _settle_holdout(item)
+    return expert_label
+
+
+@dataclass(frozen=True)
+class Agreement:
+    n_items: int
+    observed: float | None
+    kappa: float | None
+    pairs: list[tuple[str, str]] = field(default_factory=list, repr=False)
+
+
+def holdout_agreement(project: Project) -> Agreement:
+    """Cohen's kappa between the first and second blind label over items two experts labelled."""
+    rows = (
+        ExpertLabel.objects.filter(item__project=project, source=Source.HOLDOUT)
+        .order_by("item_id", "id")
+        .values_list("item_id", "label__name")
+    )
+    by_item: dict[int, list[str]] = {}
+    for item_id, name in rows:
+        by_item.setdefault(item_id, []).append(name)
+    pairs = [(v[0], v[1]) for v in by_item.values() if len(v) >= 2]
+    if not pairs:
+        return Agreement(n_items=0, observed=None, kappa=None)
+    first, second = zip(*pairs, strict=True)
+    observed = sum(a == b for a, b in pairs) / len(pairs)
+    if len(set(first) | set(second)) < 2:
+        # One class only: kappa is 0/0; the agreement is total and says nothing beyond that.
+        kappa = None
+    else:
+        kappa = float(cohen_kappa_score(first, second, labels=project.class_names))
+        kappa = None if math.isnan(kappa) else kappa
+    return Agreement(n_items=len(pairs), observed=observed, kappa=kappa, pairs=pairs)
+
+
+# -- adjudication -----------------------------------------------------------------------------
+
+
+def review_queue(project: Project) -> QuerySet:
+    """Items awaiting an expert: crowd disagreement, not hold-out, not adjudicated yet."""
+    adjudicated = ExpertLabel.objects.filter(item=OuterRef("pk"), source=Source.REVIEW)
+    return (
+        Item.objects.filter(project=project, needs_review=True, is_holdout=False)
+        .exclude(Exists(adjudicated))
+        .order_by(F("uncertainty").desc(nulls_last=True), "-vote_count", "id")
+    )
+
+
+@transaction.atomic
+def adjudicate(item: Item, expert, label: str | int, note: str = "") -> ExpertLabel:
+    """The expert's final answer on an item the crowd disagreed on."""
+    item = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
+    if item.is_holdout:
+        raise ReviewError("Hold-out items are labelled blind on the hold-out page.")
+    cls = resolve_label(item.project, label)
+    expert_label, _ = ExpertLabel.objects.update_or_create(
+        item=item, expert=expert, source=Source.REVIEW, defaults={"label": cls, "note": note}
+    )
+    Item.objects.filter(pk=item.pk).update(expert_answer=cls, needs_review=False)
+    return expert_label
+
+
+def latest_runs(project: Project) -> list[AggregationRun]:
+    """The newest succeeded run of each aggregation method, default method first."""
+    runs = latest_runs_by_method(project).values()
+    return sorted(runs, key=lambda r: (r.method != project.default_method, r.method))
+
+
+def review_evidence(item: Item) -> dict:
+    """What an expert sees beside the image: votes per class, voters' reliability, every
+    method's consensus and the latest trained model's prediction."""
+    from training.models import Prediction, TrainingRun
+
+    project = item.project
+    classes = list(project.label_classes.all())
+    votes = list(
+        Vote.objects.filter(item=item, kind=Vote.Kind.LABEL, is_excluded=False)
+        .select_related("worker", "label")
+        .order_by("id")
+    )
+    runs = latest_runs(project)
+    default_run = next((r for r in runs if r.method == project.default_method), None)
+    reliability = {}
+    if default_run is not None:
+        reliability = {
+            r.worker_id: r.accuracy
+            for r in WorkerReliability.objects.filter(
+                run=default_run, worker_id__in=[v.worker_id for v in votes]
+            )
+        }
+    consensus = {
+        c.run_id: c
+        for c in ConsensusLabel.objects.filter(item=item, run__in=runs).select_related("label")
+    }
+    model_run = (
+        TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED)
+        .order_by("-finished_at", "-id")
+        .first()
+    )
+    prediction = (
+        Prediction.objects.filter(run=model_run, item=item).select_related("label").first()
+        if model_run
+        else None
+    )
+    return {
+        "item": item,
+        "classes": classes,
+        "vote_counts": [
+            {"label": c.name, "count": sum(v.label_id == c.id for v in votes)} for c in classes
+        ],
+        "voters": [
+            {
+                "worker": v.worker.username,
+                "label": v.label.name,
+                "reliability": reliability.get(v.worker_id),
+            }
+            for v in votes
+        ],
+        "reliability_method": default_run.method if default_run else None,
+        "consensus": [
+            {
+                "method": run.method,
+                "run": run.id,
+                "label": consensus[run.id].label.name,
+                "confidence": consensus[run.id].confidence,
+                "posterior": consensus[run.id].posterior,
+            }
+            for run in runs
+            if run.id in consensus
+        ],
+        "prediction": (
+            {
+                "run": model_run.id,
+                "backbone": model_run.backbone,
+                "label_source": model_run.label_source,
+                "label": prediction.label.name,
+                "probabilities": prediction.probabilities,
+            }
+            if prediction
+            else None
+        ),
+        "expert_labels": [
+            {"source": e.source, "label": e.label.name, "note": e.note}
+            for e in item.expert_labels.filter(source=Source.REVIEW).select_related("label")
+        ],
+    }
