@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend.views import home, training
+from frontend.views import dashboard, home, review, training
 from frontend.views import labeling as labeling_pages
 from frontend.views.imports import import_page
 
@@ -13,4 +13,12 @@ urlpatterns = [
     path("runs/<int:run_id>/", training.run_page, name="training-run-page"),
     path("projects/<int:project_id>/import/", import_page, name="import"),
     path("label/<int:project_id>/", labeling_pages.label, name="label"),
+    # Expert review, blind hold-out and the admin dashboard (issue 6).
+    path("review/<int:project_id>/", review.review_page, name="review"),
+    path("holdout/<int:project_id>/", review.holdout_page, name="holdout"),
+    path("projects/<int:project_id>/", dashboard.dashboard, name="dashboard"),
+    path("projects/<int:project_id>/annotators/<int:user_id>/block/", dashboard.block, name="annotator-block"),
+    path("projects/<int:project_id>/annotators/<int:user_id>/unblock/", dashboard.unblock, name="annotator-unblock"),
+    path("projects/<int:project_id>/holdout/draw/", dashboard.draw_subset, {"subset": "holdout"}, name="holdout-draw-page"),
+    path("projects/<int:project_id>/gold/draw/", dashboard.draw_subset, {"subset": "gold"}, name="gold-draw-page"),
 ]

@@ -106,9 +106,10 @@ def method_accuracy(scores: Sequence[dict]) -> str:
     if scored:
         y = list(range(len(scored)))
         acc = [s["accuracy"] for s in scored]
+        # max(0, .): at p = 1 the upper bound is 1 only up to rounding.
         err = [
-            [a - s["ci_low"] for a, s in zip(acc, scored, strict=True)],
-            [s["ci_high"] - a for a, s in zip(acc, scored, strict=True)],
+            [max(0.0, a - s["ci_low"]) for a, s in zip(acc, scored, strict=True)],
+            [max(0.0, s["ci_high"] - a) for a, s in zip(acc, scored, strict=True)],
         ]
         ax.barh(y, acc, xerr=err, color=ACCENT, capsize=3, height=0.6)
         ax.set_yticks(y, [s["method"] for s in scored])

@@ -1,0 +1,229 @@
+// Expert pages. Review: walk the adjudication queue with the keyboard, the evidence beside the
+// image. Hold-out: the same viewer and class keys, answered by form post, nothing else shown.
+
+import { Viewer } from "./viewer.js";
+
+const reviewApp = document.querySelector("[data-testid=review-app]");
+const holdoutApp = document.querySelector("[data-testid=holdout-app]");
+
+function typing(event) {
+  const t = event.target;
+  return t instanceof HTMLTextAreaElement || (t instanceof HTMLInputElement && t.type === "text");
+}
+
+if (holdoutApp) startHoldout(holdoutApp);
+if (reviewApp) startReview(reviewApp);
+
+function startHoldout(app) {
+  const img = app.querySelector("[data-testid=item-image]");
+  if (!img) return;
+  const viewer = new Viewer(app.querySelector("[data-testid=stage]"), img);
+  viewer.show(img.dataset.src);
+  const form = app.querySelector("form[data-testid=holdout-form]");
+  document.addEventListener("keydown", (event) => {
+    if (typing(event) || event.ctrlKey || event.metaKey || event.altKey) return;
+    const button = form.querySelector(`button[data-key="${event.key}"]`);
+    if (button) {
+      event.preventDefault();
+      button.click();
+      return;
+    }
+    if (viewer.handleKey(event)) event.preventDefault();
+  });
+}
+
+function startReview(app) {
+  const $ = (id) => app.querySelector(`[data-testid=${id}]`);
+  const csrf = app.dataset.csrf;
+  const itemUrl = (id) => app.dataset.itemUrl.replace("/0/", `/${id}/`);
+  const labelUrl = (id) => app.dataset.labelUrl.replace("/0/", `/${id}/`);
+  const img = $("item-image");
+  const viewer = new Viewer($("stage"), img);
+  const buttons = [...app.querySelectorAll("button[data-label]")];
+  const note = $("note");
+  const submit = $("submit");
+
+  let queue = []; // [{id, done, label}]
+  let index = 0;
+  let picked = null;
+  let busy = false;
+  let loadToken = 0;
+
+  const say = (text, kind = "") => {
+    $("status").textContent = text;
+    $("status").className = `status ${kind}`;
+  };
+
+  async function call(url, { method = "GET", body } = {}) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (method !== "GET") headers["X-CSRFToken"] = csrf;
+    const response = await fetch(url, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(data.detail || JSON.stringify(data));
+    return data;
+  }
+
+  function pick(label) {
+    picked = label;
+    for (const b of buttons) b.classList.toggle("picked", b.dataset.label === label);
+    submit.disabled = picked === null || busy || !queue.length;
+  }
+
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (const [text, cls] of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (cls) td.className = cls;
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`);
+
+  function renderEvidence(ev) {
+    const total = ev.vote_counts.reduce((s, v) => s + v.count, 0) || 1;
+    const bars = $("vote-counts");
+    bars.replaceChildren();
+    for (const v of ev.vote_counts) {
+      const name = document.createElement("span");
+      name.textContent = v.label;
+      const track = document.createElement("div");
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      bar.style.width = `${(100 * v.count) / total}%`;
+      track.append(bar);
+      const count = document.createElement("span");
+      count.textContent = v.count;
+      count.dataset.testid = `count-${v.label}`;
+      bars.append(name, track, count);
+    }
+    $("reliability-method").textContent = ev.reliability_method
+      ? `(reliability: ${ev.reliability_method})`
+      : "(no aggregation yet)";
+    $("voters").tBodies[0].replaceChildren(
+      ...ev.voters.map((v) => row([[v.worker], [v.label], [pct(v.reliability), "num"]])),
+    );
+    $("consensus").tBodies[0].replaceChildren(
+      ...(ev.consensus.length
+        ? ev.consensus.map((c) => row([[c.method], [c.label], [pct(c.confidence), "num"]]))
+        : [row([["No aggregation run yet"]])]),
+    );
+    $("prediction").textContent = ev.prediction
+      ? `${ev.prediction.label} (${pct(Math.max(...ev.prediction.probabilities))}, ${ev.prediction.backbone}, ${ev.prediction.label_source})`
+      : "No trained model yet.";
+  }
+
+  function renderPosition() {
+    const left = queue.filter((q) => !q.done).length;
+    const current = queue[index];
+    const mark = current && current.done ? ` · done: ${current.label}` : "";
+    $("position").textContent = queue.length
+      ? `Item ${index + 1} of ${queue.length} · ${left} left${mark}`
+      : "No item awaits review";
+  }
+
+  async function show(i) {
+    if (!queue.length) {
+      $("loading").hidden = true;
+      img.hidden = true;
+      $("empty").hidden = false;
+      renderPosition();
+      pick(null);
+      return;
+    }
+    index = Math.max(0, Math.min(queue.length - 1, i));
+    const entry = queue[index];
+    const token = ++loadToken;
+    pick(entry.done ? entry.label : null);
+    note.value = entry.note || "";
+    renderPosition();
+    app.dataset.itemId = entry.id;
+    try {
+      const ev = await call(itemUrl(entry.id));
+      if (token !== loadToken) return;
+      renderEvidence(ev);
+      img.hidden = false;
+      $("loading").hidden = true;
+      await viewer.show(ev.item.image_url);
+    } catch (err) {
+      if (token === loadToken) say(err.message, "bad");
+    }
+  }
+
+  async function confirm() {
+    if (picked === null || busy || !queue.length) return;
+    const entry = queue[index];
+    busy = true;
+    submit.disabled = true;
+    try {
+      await call(labelUrl(entry.id), { method: "POST", body: { label: picked, note: note.value } });
+      Object.assign(entry, { done: true, label: picked, note: note.value });
+      say(`Item ${entry.id}: ${picked}`, "ok");
+      note.blur();
+      const after = queue.findIndex((q, j) => j > index && !q.done);
+      const anyLeft = queue.findIndex((q) => !q.done);
+      busy = false;
+      if (anyLeft === -1) {
+        renderPosition();
+        pick(entry.label);
+        say(`All ${queue.length} items reviewed.`, "ok");
+        app.dataset.finished = "true";
+        return;
+      }
+      await show(after === -1 ? anyLeft : after);
+    } catch (err) {
+      say(err.message, "bad");
+    } finally {
+      busy = false;
+      submit.disabled = picked === null || !queue.length;
+    }
+  }
+
+  buttons.forEach((b) =>
+    b.addEventListener("click", () => {
+      pick(b.dataset.label);
+      if ($("direct").checked) confirm();
+    }),
+  );
+  submit.addEventListener("click", confirm);
+
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (typing(event)) {
+      if (event.key === "Escape") note.blur();
+      else if (event.key === "Enter" && !event.shiftKey && event.target === note) {
+        event.preventDefault();
+        confirm();
+      }
+      return;
+    }
+    const key = event.key;
+    const button = buttons.find((b) => b.dataset.key === key);
+    let handled = true;
+    if (button) {
+      pick(button.dataset.label);
+      if ($("direct").checked) confirm();
+    } else if (key === "Enter") confirm();
+    else if (key === "n" || key === "N") note.focus();
+    else if (key === "j" || key === "ArrowRight") show(index + 1);
+    else if (key === "k" || key === "ArrowLeft") show(index - 1);
+    else handled = viewer.handleKey(event);
+    if (handled) event.preventDefault();
+  });
+
+  call(app.dataset.queueUrl)
+    .then((page) => {
+      queue = page.results.map((r) => ({ id: r.id, done: false }));
+      app.dataset.ready = "true";
+      return show(0);
+    })
+    .catch((err) => say(err.message, "bad"));
+}
