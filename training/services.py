@@ -300,6 +300,7 @@ def _train_and_report(run: TrainingRun) -> None:
     TrainingRun.objects.filter(pk=run.pk).update(
         n_train_items=len(data.train),
         n_holdout_items=len(data.holdout) if data.holdout is not None else 0,
+        device=config.device or ("cuda" if _cuda_available() else "cpu"),  # as the engine picks
     )
     result = train(
         config,
@@ -468,6 +469,12 @@ def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _release_gpu_memory() -> None:

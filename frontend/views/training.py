@@ -61,7 +61,11 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
 
 def _defaults() -> dict:
     fields = LaunchRunSerializer().fields
-    return {name: f.default for name, f in fields.items() if f.default is not empty}
+    return {
+        name: f.default() if callable(f.default) else f.default
+        for name, f in fields.items()
+        if f.default is not empty
+    }
 
 
 def _number(text: str) -> float | str:
