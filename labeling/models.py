@@ -195,7 +195,7 @@ class Item(models.Model):
         LabelClass,
         null=True,
         blank=True,
-        on_delete=models.PROTECT,
+        on_delete=models.RESTRICT,
         related_name="+",
         help_text="The final expert label (from import, hold-out or adjudication).",
     )
@@ -226,7 +226,7 @@ class Region(models.Model):
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="regions")
     label = models.ForeignKey(
-        LabelClass, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        LabelClass, null=True, blank=True, on_delete=models.RESTRICT, related_name="+"
     )
     name = models.CharField(max_length=100, blank=True, help_text="Free-text kind, e.g. WBC.")
     x0 = models.FloatField()
@@ -291,7 +291,7 @@ class Vote(models.Model):
     )
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.LABEL)
     label = models.ForeignKey(
-        LabelClass, null=True, blank=True, on_delete=models.PROTECT, related_name="votes"
+        LabelClass, null=True, blank=True, on_delete=models.RESTRICT, related_name="votes"
     )
     idempotency_key = models.CharField(max_length=100)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
@@ -333,7 +333,7 @@ class ExpertLabel(models.Model):
     expert = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    label = models.ForeignKey(LabelClass, on_delete=models.PROTECT, related_name="+")
+    label = models.ForeignKey(LabelClass, on_delete=models.RESTRICT, related_name="+")
     source = models.CharField(max_length=10, choices=Source.choices)
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -382,7 +382,7 @@ class AggregationRun(models.Model):
 class ConsensusLabel(models.Model):
     run = models.ForeignKey(AggregationRun, on_delete=models.CASCADE, related_name="consensus")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="consensus_labels")
-    label = models.ForeignKey(LabelClass, on_delete=models.PROTECT, related_name="+")
+    label = models.ForeignKey(LabelClass, on_delete=models.RESTRICT, related_name="+")
     posterior = models.JSONField(help_text="Probability per class, in class index order.")
     confidence = models.FloatField()
     entropy = models.FloatField()

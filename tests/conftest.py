@@ -22,6 +22,8 @@ def _media_in_tmp(settings, tmp_path):
     """Each test writes images into its own folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    # Test users log in with a fast hash; production keeps PBKDF2.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ class Evaluation(models.Model):
 class Prediction(models.Model):
     run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="predictions")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="predictions")
-    label = models.ForeignKey(LabelClass, on_delete=models.PROTECT, related_name="+")
+    label = models.ForeignKey(LabelClass, on_delete=models.RESTRICT, related_name="+")
     probabilities = models.JSONField()
     attention = models.JSONField(
         null=True, blank=True, help_text="MIL: attention weight per patch, grid rows x cols."

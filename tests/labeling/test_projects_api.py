@@ -74,3 +74,30 @@ def test_schema_is_served(staff_client):
     response = staff_client.get("/api/schema/")
     assert response.status_code == 200
     assert b"/api/projects/" in response.content
+
+
+@pytest.mark.django_db
+def test_admin_deletes_project_with_votes_and_expert_labels(admin_client, project, crowd_user):
+    from labeling.models import Item, Vote
+    from tests.factories import ItemFactory, give_expert_answer, label_of
+
+    item = ItemFactory(project=project)
+    give_expert_answer(item, "pneumonia")
+    Vote.objects.create(project=project, item=item, worker=crowd_user,
+                        label=label_of(project, "normal"), idempotency_key="k1")
+    assert admin_client.delete(f"/api/projects/{project.id}/").status_code == 204
+    assert not Item.objects.filter(pk=item.pk).exists()
+
+
+@pytest.mark.django_db
+def test_a_class_in_use_cannot_be_deleted_alone(project, crowd_user):
+    from django.db.models import RestrictedError
+
+    from labeling.models import Vote
+    from tests.factories import ItemFactory, label_of
+
+    item = ItemFactory(project=project)
+    Vote.objects.create(project=project, item=item, worker=crowd_user,
+                        label=label_of(project, "normal"), idempotency_key="k1")
+    with pytest.raises(RestrictedError):
+        label_of(project, "normal").delete()
