@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 ACCENT = "#2f6fde"
 SECOND = "#e07b39"
@@ -51,6 +52,13 @@ def _to_svg(fig: Figure, name: str) -> str:
     return svg.replace("<svg ", f'<svg data-chart="{escape(name)}" role="img" ', 1)
 
 
+def _mark_data(artists) -> None:
+    """Tag the artists that draw data (``<g id="data-...">`` in the SVG), so a test can tell a
+    chart with data from empty axes."""
+    for i, artist in enumerate(artists):
+        artist.set_gid(f"data-{i}")
+
+
 def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", color="#667085", transform=ax.transAxes)
     ax.set_xticks([])
@@ -63,8 +71,12 @@ def votes_histogram(rows: Sequence[dict]) -> str:
     fig = _figure()
     ax = fig.add_subplot()
     if rows:
-        ax.bar([r["votes"] for r in rows], [r["items"] for r in rows], color=ACCENT, width=0.8)
+        bars = ax.bar([r["votes"] for r in rows], [r["items"] for r in rows], color=ACCENT, width=0.8)
+        _mark_data(bars)
         ax.set_xticks([r["votes"] for r in rows])
+        # A lone bar would otherwise fill the whole axes.
+        ax.set_xlim(min(r["votes"] for r in rows) - 1.5, max(r["votes"] for r in rows) + 1.5)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("votes on the item")
         ax.set_ylabel("items")
     else:
@@ -86,8 +98,10 @@ def agreement_over_time(rows: Sequence[dict]) -> str:
         ):
             points = [(i, r[key]) for i, r in zip(x, rows, strict=True) if r[key] is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=label, color=color)
+                lines = ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=label, color=color)
+                _mark_data(lines)
         ax.set_xlabel("aggregation run")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(min(0.0, *(r["fleiss_kappa"] or 0 for r in rows)) - 0.05, 1.05)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(alpha=0.3)
@@ -111,7 +125,7 @@ def method_accuracy(scores: Sequence[dict]) -> str:
             [max(0.0, a - s["ci_low"]) for a, s in zip(acc, scored, strict=True)],
             [max(0.0, s["ci_high"] - a) for a, s in zip(acc, scored, strict=True)],
         ]
-        ax.barh(y, acc, xerr=err, color=ACCENT, capsize=3, height=0.6)
+        _mark_data(ax.barh(y, acc, xerr=err, color=ACCENT, capsize=3, height=0.6))
         ax.set_yticks(y, [s["method"] for s in scored])
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
@@ -134,7 +148,7 @@ def calibration(scores: Sequence[dict]) -> str:
         if not bins:
             continue
         drawn = True
-        ax.plot(
+        lines = ax.plot(
             [b["confidence"] for b in bins],
             [b["accuracy"] for b in bins],
             marker="o",
@@ -142,6 +156,7 @@ def calibration(scores: Sequence[dict]) -> str:
             color=PALETTE[i % len(PALETTE)],
             label=s["method"],
         )
+        _mark_data(lines)
     if not drawn:
         ax.text(0.5, 0.55, "No hold-out item scored yet", ha="center", color="#667085")
     ax.set_xlim(0, 1)
@@ -160,7 +175,7 @@ def confusion_heatmap(matrix: Sequence[Sequence[float]] | None, classes: Sequenc
     if not matrix:
         return ""
     k = len(matrix)
-    cell = 12 if k <= 5 else 8
+    cell = 16 if k <= 5 else 10
     size = k * cell
     rects = []
     for i, row in enumerate(matrix):

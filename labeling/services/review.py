@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from sklearn.metrics import cohen_kappa_score
 
+from labeling.exports import worker_pseudonym
 from labeling.models import (
     AggregationRun,
     ConsensusLabel,
@@ -292,7 +293,7 @@ def review_evidence(item: Item) -> dict:
     classes = list(project.label_classes.all())
     votes = list(
         Vote.objects.filter(item=item, kind=Vote.Kind.LABEL, is_excluded=False)
-        .select_related("worker", "label")
+        .select_related("label")
         .order_by("id")
     )
     runs = latest_runs(project)
@@ -327,7 +328,8 @@ def review_evidence(item: Item) -> dict:
         ],
         "voters": [
             {
-                "worker": v.worker.username,
+                # Experts judge the vote by the voter's record, not by who they are.
+                "worker": worker_pseudonym(project.id, v.worker_id),
                 "label": v.label.name,
                 "reliability": reliability.get(v.worker_id),
             }

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from labeling.exports import worker_pseudonym
 from labeling.models import (
     AggregationRun,
     ConsensusLabel,
@@ -50,24 +51,32 @@ def add_vote(item: Item, worker, name: str, *, gold: bool | None = None) -> Vote
     return vote
 
 
-def build_scene(project: Project, *, n_regular: int = 6, n_holdout: int = 4) -> Scene:
-    """Three crowd workers vote on every item; items 0 and 1 split 2:1 and need review."""
+def build_scene(
+    project: Project, *, n_regular: int = 6, n_holdout: int = 4, n_disputed: int = 2,
+    make_item=None,
+) -> Scene:
+    """Three crowd workers vote on every item; the first ``n_disputed`` split 2:1 and need
+    review. ``make_item(project, n)`` makes an item (default: a tiny factory image)."""
+    make_item = make_item or (lambda p, n, **kw: ItemFactory(project=p, **kw))
     workers = []
     for i in range(3):
         user = UserFactory(username=f"scene-worker{i}")
         MembershipFactory(project=project, user=user, role=Membership.Role.CROWD)
         workers.append(user)
-    regular = [ItemFactory(project=project) for _ in range(n_regular)]
-    holdout = [ItemFactory(project=project, is_holdout=True) for _ in range(n_holdout)]
+    regular = [make_item(project, n) for n in range(n_regular)]
+    holdout = [make_item(project, n_regular + n) for n in range(n_holdout)]
+    Item.objects.filter(pk__in=[i.pk for i in holdout]).update(is_holdout=True)
+    for item in holdout:
+        item.is_holdout = True
     scene = Scene(project=project, workers=workers, regular=regular, holdout=holdout)
     names = ["normal", "pneumonia"]
     for i, item in enumerate(regular + holdout):
         truth = names[i % 2]
         other = names[(i + 1) % 2]
-        answers = [truth, truth, other] if i < 2 else [truth, truth, truth]
+        answers = [truth, truth, other] if i < n_disputed else [truth, truth, truth]
         for worker, answer in zip(workers, answers, strict=True):
             add_vote(item, worker, answer, gold=(answer == truth) if i == 5 else None)
-    for i, item in enumerate(regular[:2]):
+    for i, item in enumerate(regular[:n_disputed]):
         Item.objects.filter(pk=item.pk).update(needs_review=True, uncertainty=0.5 + 0.3 * i)
         scene.disputed.append(item)
     for i, item in enumerate(holdout):
@@ -88,7 +97,7 @@ def build_scene(project: Project, *, n_regular: int = 6, n_holdout: int = 4) -> 
             # Majority vote gets the last hold-out item wrong; Dawid-Skene gets all right.
             wrong = method == "majority_vote" and item == holdout[-1]
             k = (i + int(wrong)) % 2
-            confidence = 0.66 if i < 2 else 0.95
+            confidence = 0.66 if i < n_disputed else 0.95
             posterior = [confidence, 1 - confidence] if k == 0 else [1 - confidence, confidence]
             ConsensusLabel.objects.create(
                 run=run, item=item, label=classes[k], posterior=posterior,
@@ -325,6 +334,9 @@ def test_review_api_evidence_and_label(scene, expert_client):
     evidence = expert_client.get(f"/api/review/{item.pk}/").json()
     assert evidence["vote_counts"] == [{"label": "normal", "count": 1}, {"label": "pneumonia", "count": 2}]
     assert [v["reliability"] for v in evidence["voters"]] == pytest.approx([0.9, 0.7, 0.5])
+    assert [v["worker"] for v in evidence["voters"]] == [
+        worker_pseudonym(project.id, w.pk) for w in scene.workers
+    ]
     assert evidence["reliability_method"] == "dawid_skene"
     assert [c["method"] for c in evidence["consensus"]] == ["dawid_skene", "majority_vote"]
     assert all(c["run"] == scene.runs[c["method"]].pk for c in evidence["consensus"])
