@@ -69,19 +69,37 @@ def sensitivity_specificity(confusions: np.ndarray) -> tuple[np.ndarray, np.ndar
 class AggNetEM:
     """The annotator side of AggNet: current soft targets ``posteriors_`` and ``confusions_``.
 
-    The trainer alternates: train the CNN on ``posteriors_``, call :meth:`e_step` with the
-    CNN's class probabilities for the training items, then :meth:`m_step`.
+    Starts from given posteriors (majority vote or Dawid-Skene) and either given confusions
+    (Dawid-Skene's) or their closed-form estimate. The trainer alternates: train the CNN on
+    ``posteriors_``, call :meth:`e_step` with the CNN's class probabilities for the training
+    items, then :meth:`m_step`.
     """
 
-    def __init__(self, votes: CrowdVotes, init_posteriors: np.ndarray, smoothing: float = 1.0):
+    def __init__(
+        self,
+        votes: CrowdVotes,
+        init_posteriors: np.ndarray,
+        smoothing: float = 1.0,
+        init_confusions: np.ndarray | None = None,
+    ):
         init_posteriors = np.asarray(init_posteriors, dtype=np.float64)
         if init_posteriors.ndim != 2:
             raise ValueError("init_posteriors must be [n_items, K]")
-        votes.check(init_posteriors.shape[0], init_posteriors.shape[1])
+        n_items, num_classes = init_posteriors.shape
+        votes.check(n_items, num_classes)
         self.votes = votes
         self.smoothing = smoothing
         self.posteriors_ = init_posteriors / init_posteriors.sum(axis=1, keepdims=True)
-        self.confusions_ = confusions_from_posteriors(self.posteriors_, votes, smoothing)
+        if init_confusions is None:
+            self.confusions_ = confusions_from_posteriors(self.posteriors_, votes, smoothing)
+        else:
+            expected = (votes.n_workers, num_classes, num_classes)
+            init_confusions = np.asarray(init_confusions, dtype=np.float64)
+            if init_confusions.shape != expected:
+                raise ValueError(
+                    f"init_confusions must have shape {expected}, got {init_confusions.shape}"
+                )
+            self.confusions_ = init_confusions / init_confusions.sum(axis=2, keepdims=True)
 
     def e_step(self, classifier_probabilities: np.ndarray) -> np.ndarray:
         """Combine the CNN's probabilities (as prior) with the votes; returns new soft targets."""

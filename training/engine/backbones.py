@@ -95,7 +95,31 @@ def build_model(
         model = _create_from_hub(name, tag, common)
     else:
         model = _create_from_file(name, Path(weights_text), common)
+    head_from_weights = weights_text != "none" and num_classes == model.pretrained_cfg.get(
+        "num_classes"
+    )
+    if not head_from_weights:
+        _reset_head(model)
     return model, data_config_for(model, in_chans)
+
+
+def _reset_head(model: nn.Module) -> None:
+    """Give a fresh classifier small weights and zero bias.
+
+    Some timm families (EfficientNet's Google-style init) scale the head by
+    1/sqrt(num_classes): fine for 1000 classes, but for two it gives logits in the tens on
+    pretrained features and a loss that starts near 4 and fine-tunes badly.
+    """
+    head = model.pretrained_cfg.get("classifier") or ()
+    for head_name in (head,) if isinstance(head, str) else tuple(head):
+        try:
+            layer = model.get_submodule(head_name)
+        except AttributeError:
+            continue
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(layer.weight, std=0.01)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def _create_from_hub(name: str, tag: str, common: dict) -> nn.Module:

@@ -175,8 +175,9 @@ def train(
 
     ``votes`` index ``train_data`` by position; ``init_posteriors`` ``[N, K]`` are majority-vote
     or Dawid-Skene posteriors (required for "dawid_skene", the start of "aggnet");
-    ``init_confusions`` ``[n_workers, K, K]`` start the crowd layer (else they are estimated
-    from ``init_posteriors``, else near identity). ``holdout_data`` carries expert labels.
+    ``init_confusions`` ``[n_workers, K, K]`` (Dawid-Skene's) start AggNet and the crowd layer
+    (else they are estimated from ``init_posteriors``; the crowd layer falls back to near
+    identity). ``holdout_data`` carries expert labels.
     """
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -218,7 +219,12 @@ def train(
     crowd_layer: CrowdLayer | None = None
     vote_workers = vote_labels = None
     if config.label_source == "aggnet":
-        aggnet = AggNetEM(votes, targets, smoothing=config.aggnet_smoothing)  # type: ignore[arg-type]
+        aggnet = AggNetEM(
+            votes,  # type: ignore[arg-type]
+            targets,
+            smoothing=config.aggnet_smoothing,
+            init_confusions=init_confusions,
+        )
     elif config.label_source == "crowd_layer":
         assert votes is not None
         if init_confusions is None and init_posteriors is not None:

@@ -81,3 +81,13 @@ def test_grayscale_stem_keeps_pretrained_features(weights_cache):
     # timm folds the RGB filters into one channel by summing them
     np.testing.assert_allclose(stem_gray[:, 0], stem_rgb.sum(dim=1), rtol=1e-5, atol=1e-6)
     assert torch.equal(rgb.blocks[3][0].conv_dw.weight, gray.blocks[3][0].conv_dw.weight)
+
+
+def test_fresh_head_starts_small_and_pretrained_head_is_kept(weights_cache):
+    # timm's Google-style init would give a 2-class head weights of about +-0.7
+    model, _ = build_model("tf_efficientnet_lite0", 2, "imagenet", cache_dir=weights_cache)
+    assert model.classifier.weight.std().item() < 0.02
+    assert not model.classifier.bias.any()
+    full, _ = build_model("tf_efficientnet_lite0", 1000, "imagenet", cache_dir=weights_cache)
+    saved = load_file(str(converted_weights_path("tf_efficientnet_lite0", weights_cache)))
+    assert torch.equal(full.classifier.weight, saved["classifier.weight"])
