@@ -52,17 +52,21 @@ except ImportError:  # numba is a dependency; the NumPy path keeps the package i
 Backend = Literal["auto", "numba", "numpy"]
 
 
-def _em_pass_python(indptr, votes_worker, votes_label, log_conf_t, log_prior, known, post, counts):
+def _em_pass_python(
+    indptr, votes_worker, votes_label, log_conf_t, log_prior, known, post, counts, post_sum
+):
     """One EM pass over task-sorted votes (compiled by numba; see module docstring).
 
-    Writes the new posterior into ``post`` and its soft counts ``[worker, observed, true]``
-    into ``counts``; returns the log-likelihood of the data under the current parameters.
+    Writes the new posterior into ``post``, its soft counts ``[worker, observed, true]`` into
+    ``counts`` and its column sums (the next prior's numerator) into ``post_sum``; returns the
+    log-likelihood of the data under the current parameters.
     """
     n_tasks = indptr.shape[0] - 1
     k = log_prior.shape[0]
     acc = np.empty(k)
     loglik = 0.0
     counts[:] = 0.0
+    post_sum[:] = 0.0
     for t in range(n_tasks):
         for c in range(k):
             acc[c] = log_prior[c]
@@ -88,6 +92,8 @@ def _em_pass_python(indptr, votes_worker, votes_label, log_conf_t, log_prior, kn
         else:
             for c in range(k):
                 post[t, c] /= total
+        for c in range(k):
+            post_sum[c] += post[t, c]
         for p in range(indptr[t], indptr[t + 1]):
             w = votes_worker[p]
             label = votes_label[p]
@@ -110,6 +116,7 @@ def _em_pass_numpy(
     known: np.ndarray,
     post: np.ndarray,
     counts: np.ndarray,
+    post_sum: np.ndarray,
 ) -> float:
     """The same pass as the numba kernel, with one ``np.bincount`` per class."""
     k = votes.n_classes
@@ -124,6 +131,7 @@ def _em_pass_numpy(
     post /= total
     clamp_known(post, known)
     counts[:] = confusion_counts(votes, post).transpose(0, 2, 1)
+    post_sum[:] = post.sum(axis=0)
     return float((top + np.log(total)).sum())
 
 
@@ -147,6 +155,7 @@ def warm_up() -> float:
         np.full(1, -1, dtype=np.int64),
         np.zeros((1, 2)),
         np.zeros((1, 2, 2)),
+        np.zeros(2),
     )
     return time.perf_counter() - start
 
@@ -243,6 +252,7 @@ class DawidSkene(Aggregator):
             > 0
         )
         post = self._initial_posteriors(votes, known)
+        post_sum = post.sum(axis=0)
         counts_t = np.ascontiguousarray(confusion_counts(votes, post).transpose(0, 2, 1))
         self.setup_seconds_ = time.perf_counter() - start
 
@@ -252,7 +262,7 @@ class DawidSkene(Aggregator):
         start = time.perf_counter()
         for _ in range(self.n_iter):
             conf_t = self._m_step(counts_t, observed)
-            prior = self._prior(post.sum(axis=0), votes.n_tasks)
+            prior = self._prior(post_sum, votes.n_tasks)
             log_conf_t = np.log(np.maximum(conf_t, EPS))
             log_prior = np.log(prior)
             if use_numba:
@@ -265,9 +275,10 @@ class DawidSkene(Aggregator):
                     known,
                     post,
                     counts_t,
+                    post_sum,
                 )
             else:
-                ll = _em_pass_numpy(votes, log_conf_t, log_prior, known, post, counts_t)
+                ll = _em_pass_numpy(votes, log_conf_t, log_prior, known, post, counts_t, post_sum)
             history.append(ll / n_votes)
             if len(history) > 1 and history[-1] - history[-2] < self.tol:
                 break
@@ -277,7 +288,7 @@ class DawidSkene(Aggregator):
 
         # final M-step so the confusions match the returned posterior (as crowd-kit does)
         self._conf_t = self._m_step(counts_t, observed)
-        self.priors_ = self._prior(post.sum(axis=0), votes.n_tasks)
+        self.priors_ = self._prior(post_sum, votes.n_tasks)
         return post
 
     def _confusions(self, votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
@@ -291,6 +302,12 @@ class DawidSkene(Aggregator):
         counts = np.empty_like(conf_t)
         no_known = np.full(votes.n_tasks, -1, dtype=np.int64)
         _em_pass_numpy(
-            votes, np.log(np.maximum(conf_t, EPS)), np.log(self.priors_), no_known, post, counts
+            votes,
+            np.log(np.maximum(conf_t, EPS)),
+            np.log(self.priors_),
+            no_known,
+            post,
+            counts,
+            np.zeros(votes.n_classes),
         )
         return post
