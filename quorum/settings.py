@@ -135,6 +135,8 @@ QUORUM_MAX_IMAGE_PIXELS = env.int("QUORUM_MAX_IMAGE_PIXELS", default=100_000_000
 
 # Real data shipped beside the repository (see README); in the wild, the loaders download it.
 QUORUM_DATA_DIR = Path(env("QUORUM_DATA_DIR", default=str(BASE_DIR.parent / "shared" / "data")))
+# A running training run whose worker has not reported for this long is marked failed.
+QUORUM_TRAINING_STALE_MINUTES = env.int("QUORUM_TRAINING_STALE_MINUTES", default=15)
 QUORUM_CACHE_DIR = Path(env("QUORUM_CACHE_DIR", default=str(VAR_DIR / "cache")))
 
 REST_FRAMEWORK = {

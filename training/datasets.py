@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.db.models import Exists, OuterRef
@@ -22,8 +23,10 @@ from PIL import Image
 
 from labeling.aggregation import METHODS, VoteMatrix
 from labeling.models import Item, Vote
-from training.engine import CrowdVotes, ItemSet
 from training.models import TrainingRun
+
+if TYPE_CHECKING:  # torch loads only in the worker, not in every web process
+    from training.engine import CrowdVotes, ItemSet
 
 Source = TrainingRun.LabelSource
 CROWD_SOURCES = (Source.MAJORITY_VOTE, Source.DAWID_SKENE, Source.AGGNET, Source.CROWD_LAYER)
@@ -82,6 +85,8 @@ def counted_votes(project_id: int):
 
 def build_training_data(run: TrainingRun) -> TrainingData:
     """Everything :func:`training.engine.train` needs for ``run``; see the module docstring."""
+    from training.engine import CrowdVotes, ItemSet
+
     names, code_of = class_codes(run)
     holdout = list(holdout_items(run))
     holdout_set = (

@@ -37,7 +37,7 @@ Status = TrainingRun.Status
 Weights = TrainingRun.Weights
 
 # A running run whose worker said nothing for this long is presumed dead.
-STALE_AFTER = timedelta(minutes=getattr(settings, "QUORUM_TRAINING_STALE_MINUTES", 15))
+STALE_AFTER = timedelta(minutes=settings.QUORUM_TRAINING_STALE_MINUTES)
 HEARTBEAT_SECONDS = 30
 
 # Method options an admin may set in ``params``, with the TrainConfig field each one feeds.
