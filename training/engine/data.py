@@ -8,6 +8,7 @@ class probabilities ``[N, K]``; votes are integer-coded long-format arrays, as i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Sequence
@@ -206,7 +207,7 @@ class Preprocessing:
         )
 
     def without_augmentation(self) -> Preprocessing:
-        return Preprocessing(**{**self.__dict__, "augment": False})
+        return dataclasses.replace(self, augment=False)
 
 
 def load_image(

@@ -9,6 +9,7 @@ switch) and returned as PNG bytes.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -140,8 +141,6 @@ def evaluate(
 
 def _balanced_accuracy(y_true: np.ndarray, predicted: np.ndarray) -> float:
     # mean recall over the classes present in the hold-out (scikit-learn's definition)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" is expected
         return balanced_accuracy_score(y_true, predicted)
