@@ -385,23 +385,43 @@ def request_aggregation(
     return run
 
 
-def maybe_trigger_aggregation(project_id: int) -> AggregationRun | None:
-    """Queue a run of the default method once ``aggregate_every`` votes have come in.
+def _work_left(project_id: int) -> bool:
+    return Item.objects.filter(
+        project_id=project_id, is_gold=False, is_holdout=False, vote_count__lt=F("votes_wanted")
+    ).exists()
 
-    Called after every committed vote, so the common case is one cheap read. The
+
+def aggregation_due(project_id: int) -> bool:
+    """``aggregate_every`` new votes came in, or some did and the crowd's work ran out."""
+    row = (
+        Project.objects.filter(pk=project_id)
+        .values_list("aggregate_every", "votes_since_aggregation")
+        .first()
+    )
+    if row is None or not row[0] or not row[1]:
+        return False
+    every, since = row
+    # A drained queue would otherwise wait forever for the last few votes of the count;
+    # aggregating now reopens the items that are still uncertain.
+    return since >= every or not _work_left(project_id)
+
+
+def maybe_trigger_aggregation(project_id: int) -> AggregationRun | None:
+    """Queue a run of the default method when :func:`aggregation_due`; else None.
+
+    Called after committed votes, so the common case is one or two cheap reads. The
     check-and-create holds the project row, so concurrent votes queue at most one run.
     """
-    due = Project.objects.filter(
-        pk=project_id, aggregate_every__gt=0, votes_since_aggregation__gte=F("aggregate_every")
-    )
-    if not due.exists():
+    if not aggregation_due(project_id):
         return None
     with transaction.atomic():
         if not connection.features.has_select_for_update:
             # SQLite: write first so this transaction holds the database write lock.
             Project.objects.filter(pk=project_id).update(aggregate_every=F("aggregate_every"))
-        project = due.select_for_update().first()
-        if project is None or in_flight(project_id, project.default_method).exists():
+        project = Project.objects.select_for_update().filter(pk=project_id).first()
+        if project is None or not aggregation_due(project_id):
+            return None
+        if in_flight(project_id, project.default_method).exists():
             return None
         run = AggregationRun.objects.create(
             project=project, method=project.default_method, status=Status.QUEUED, trigger="auto"

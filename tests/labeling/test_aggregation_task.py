@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from labeling.models import AggregationRun, ConsensusLabel, Project
+from labeling.models import AggregationRun, ConsensusLabel, Item, Project
 from labeling.services.aggregation import (
     NO_VOTES,
     aggregate_project,
@@ -65,7 +65,8 @@ def test_task_records_the_failure_on_the_run():
 
 
 def test_trigger_fires_once_enough_votes_came_in_and_not_twice(django_capture_on_commit_callbacks):
-    project, _items, _truth = simulated_project(n_items=5, aggregate_every=10)
+    project, items, _truth = simulated_project(n_items=5, aggregate_every=10)
+    Item.objects.filter(pk=items[0].pk).update(votes_wanted=4)  # the crowd still has work
     Project.objects.filter(pk=project.pk).update(votes_since_aggregation=9)
     assert maybe_trigger_aggregation(project.pk) is None
 
@@ -83,6 +84,15 @@ def test_trigger_fires_once_enough_votes_came_in_and_not_twice(django_capture_on
     assert run.status == Status.SUCCEEDED
     assert Project.objects.get(pk=project.pk).votes_since_aggregation == 0
     assert maybe_trigger_aggregation(project.pk) is None
+
+
+def test_a_drained_queue_triggers_before_the_count_is_reached(django_capture_on_commit_callbacks):
+    project, _items, _truth = simulated_project(n_items=5, aggregate_every=50)
+    assert maybe_trigger_aggregation(project.pk) is None  # nothing new since the last run
+    Project.objects.filter(pk=project.pk).update(votes_since_aggregation=3)
+    with django_capture_on_commit_callbacks():
+        run = maybe_trigger_aggregation(project.pk)
+    assert run is not None and run.trigger == "auto"
 
 
 def test_a_lost_run_does_not_block_triggering_forever(django_capture_on_commit_callbacks):

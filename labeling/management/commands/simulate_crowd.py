@@ -1,0 +1,216 @@
+"""Let a simulated crowd label a project whose items have expert answers.
+
+Each simulated worker is a real user (``sim-<project id>-<archetype>-<n>``, a crowd member
+marked ``is_simulated``) with a confusion matrix from :mod:`labeling.aggregation.simulation`.
+They work exactly like people on the annotator page: ``next_item`` hands out a lease (overlap,
+leases, gold mixing, hold-out exclusion, blocking) and ``submit_vote`` records the answer, drawn
+from the worker's confusion row of the item's expert answer. Workers take turns in a random
+order until a whole round hands nobody an item, so a re-run only adds votes where items still
+want them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.contrib.auth import get_user_model
+from django.core.management import BaseCommand, CommandError
+from django.db.models import F, Sum
+from django.db.models.functions import Greatest
+from tqdm import tqdm
+
+from labeling.aggregation.simulation import WorkerProfile, make_profiles, parse_mix
+from labeling.management.commands.aggregate import find_project
+from labeling.models import AggregationRun, Item, Membership, Project, Vote
+from labeling.services.aggregation import maybe_trigger_aggregation
+from labeling.services.assignment import CrowdError, WorkerBlocked, next_item
+from labeling.services.projects import set_membership
+from labeling.services.votes import submit_vote
+
+User = get_user_model()
+
+DEFAULT_MIX = "accurate:5,noisy:3,class_biased:2,spammer:2,adversarial:1"
+# A worker whose answer is refused this often in a row is stopped, so the loop always ends.
+MAX_REFUSALS = 3
+
+
+@dataclass
+class SimulatedWorker:
+    user: object
+    profile: WorkerProfile
+    refusals: int = 0
+
+
+@dataclass
+class SimulationSummary:
+    votes: int = 0
+    rounds: int = 0
+    votes_by_archetype: Counter = field(default_factory=Counter)
+    correct_by_archetype: Counter = field(default_factory=Counter)
+    blocked: list[str] = field(default_factory=list)
+
+    def agreement(self, archetype: str) -> float | None:
+        n = self.votes_by_archetype[archetype]
+        return self.correct_by_archetype[archetype] / n if n else None
+
+
+def simulated_workers(project: Project, mix: str, seed: int) -> list[SimulatedWorker]:
+    """Create (or reuse) one crowd member per worker in ``mix``."""
+    archetypes = parse_mix(mix)
+    profiles = make_profiles(archetypes, project.label_classes.count(), seed=seed)
+    seen: Counter = Counter()
+    workers = []
+    for profile in profiles:
+        seen[profile.archetype] += 1
+        username = f"sim-{project.pk}-{profile.archetype}-{seen[profile.archetype]}"
+        user, created = User.objects.get_or_create(username=username)
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        membership = Membership.objects.filter(project=project, user=user).first()
+        if membership is None or not membership.is_simulated:
+            set_membership(project=project, user=user, role=Membership.Role.CROWD, is_simulated=True)
+        workers.append(SimulatedWorker(user, profile))
+    return workers
+
+
+def open_slots_left(project: Project) -> int:
+    """Votes the regular items still want (an estimate for the progress bar)."""
+    left = Item.objects.filter(project=project, is_gold=False, is_holdout=False).aggregate(
+        n=Sum(Greatest(F("votes_wanted") - F("vote_count"), 0))
+    )["n"]
+    return int(left or 0)
+
+
+def _reopened(project: Project) -> bool:
+    """The crowd ran dry: a run the product triggers now may send uncertain items back out.
+
+    Only a run finished here (Celery eager, as in tests) can reopen items before we stop.
+    """
+    run = maybe_trigger_aggregation(project.pk)
+    if run is None:
+        return False
+    run.refresh_from_db()
+    return run.status == AggregationRun.Status.SUCCEEDED and open_slots_left(project) > 0
+
+
+def simulate(
+    project: Project,
+    mix: str = DEFAULT_MIX,
+    *,
+    seed: int = 0,
+    votes_per_item: int | None = None,
+    progress: bool = False,
+) -> SimulationSummary:
+    """Vote with a simulated crowd through the assignment and vote services."""
+    classes = list(project.label_classes.order_by("index").values_list("name", flat=True))
+    truth = dict(
+        Item.objects.filter(project=project, expert_answer__isnull=False).values_list(
+            "id", "expert_answer__index"
+        )
+    )
+    if not truth:
+        raise CommandError(
+            f"Project '{project.name}' has no item with an expert answer to simulate votes from."
+        )
+    if votes_per_item is not None:
+        # Items the adaptive rule has not touched yet (never aggregated) follow the new plan.
+        Item.objects.filter(
+            project=project, is_gold=False, is_holdout=False, uncertainty__isnull=True
+        ).update(votes_wanted=votes_per_item)
+    workers = simulated_workers(project, mix, seed)
+    rng = np.random.default_rng(seed)
+    gold_rng = random.Random(seed)
+    summary = SimulationSummary()
+    bar = tqdm(total=open_slots_left(project), unit="vote", disable=not progress, desc="simulated votes")
+    active = list(workers)
+    while active:
+        summary.rounds += 1
+        cast = 0
+        for index in rng.permutation(len(active)):
+            worker = active[index]
+            try:
+                lease = next_item(worker.user, project, rng=gold_rng)
+            except WorkerBlocked:
+                worker.refusals = MAX_REFUSALS
+                continue
+            except CrowdError:
+                worker.refusals += 1
+                continue
+            if lease is None:
+                continue
+            true_class = truth.get(lease.item_id)
+            if true_class is None:
+                # Without an expert answer there is nothing to draw an answer from.
+                label, kind = None, Vote.Kind.SKIP
+            else:
+                label = classes[rng.choice(len(classes), p=worker.profile.confusion[true_class])]
+                kind = Vote.Kind.LABEL
+            try:
+                submit_vote(
+                    worker.user, lease.pk, label=label, kind=kind,
+                    idempotency_key=f"sim-{lease.pk}", source=Vote.Source.SIMULATED,
+                )
+            except CrowdError:
+                worker.refusals += 1
+                continue
+            worker.refusals = 0
+            cast += 1
+            bar.update(1)
+            archetype = worker.profile.archetype
+            summary.votes_by_archetype[archetype] += 1
+            summary.correct_by_archetype[archetype] += int(label is not None and label == classes[true_class])
+        summary.votes += cast
+        active = [w for w in active if w.refusals < MAX_REFUSALS]
+        if not cast and not _reopened(project):
+            break
+    bar.close()
+    summary.blocked = sorted(
+        Membership.objects.filter(
+            project=project, is_simulated=True, is_blocked=True, user__in=[w.user for w in workers]
+        ).values_list("user__username", flat=True)
+    )
+    return summary
+
+
+class Command(BaseCommand):
+    help = "Simulate crowd workers voting on a project with expert answers, through the real services."
+
+    def add_arguments(self, parser):
+        parser.add_argument("project", help="Project id or name.")
+        parser.add_argument(
+            "--workers", default=DEFAULT_MIX,
+            help=f"Archetype:count list (accurate, noisy, class_biased, spammer, adversarial); default {DEFAULT_MIX}.",
+        )
+        parser.add_argument(
+            "--votes-per-item", type=int, default=None,
+            help="Votes wanted per item not yet aggregated (default: the project's plan).",
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+    def handle(self, *args, project: str, workers: str, votes_per_item: int | None, seed: int,
+               no_progress: bool, **options):
+        target = find_project(project)
+        if votes_per_item is not None and votes_per_item < 1:
+            raise CommandError("--votes-per-item must be at least 1.")
+        try:
+            parse_mix(workers)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        summary = simulate(
+            target, workers, seed=seed, votes_per_item=votes_per_item, progress=not no_progress
+        )
+        self.stdout.write(
+            f"Simulated crowd on '{target.name}': {summary.votes} votes in {summary.rounds} rounds; "
+            f"{open_slots_left(target)} votes still wanted."
+        )
+        for archetype, n in sorted(summary.votes_by_archetype.items()):
+            agreement = summary.agreement(archetype)
+            shown = "-" if agreement is None else f"{agreement:.0%}"
+            self.stdout.write(f"  {archetype:<13} {n:>6} votes, {shown} agree with the expert answer")
+        blocked = ", ".join(summary.blocked) or "none"
+        self.stdout.write(f"  blocked workers: {blocked}")
