@@ -118,8 +118,12 @@ def _live_lease_count(now: datetime) -> Subquery:
 
 
 def _regular_pool(project: Project) -> QuerySet:
-    """Items the crowd labels: not the experts' blind hold-out, not gold (gold is drawn apart)."""
-    return Item.objects.filter(project=project, is_holdout=False, is_gold=False)
+    """Items the crowd labels, gold apart (drawn separately).
+
+    Hold-out items are included: the crowd's consensus on them is what every aggregation method
+    is scored on. Experts label them blind, and they never train a model or clamp aggregation.
+    """
+    return Item.objects.filter(project=project, is_gold=False)
 
 
 def _gold_pool(project: Project) -> QuerySet:

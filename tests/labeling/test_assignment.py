@@ -80,11 +80,15 @@ def test_excludes_items_the_worker_voted_on(project, crowd_user):
     assert next_item(crowd_user, project).item_id == todo.pk
 
 
-def test_holdout_is_never_served(project, crowd_user):
-    ItemFactory(project=project, is_holdout=True)
+def test_holdout_is_voted_on_like_any_item_but_never_served_as_gold(project, crowd_user):
+    # The crowd's consensus on hold-out items is what aggregation methods are scored on.
+    holdout = ItemFactory(project=project, is_holdout=True)
     gold_holdout = ItemFactory(project=project, is_holdout=True)
     give_expert_answer(gold_holdout, "normal", gold=True)
     project.gold_rate = 1.0
+    lease = next_item(crowd_user, project)
+    assert lease.item_id == holdout.pk
+    answer(crowd_user, lease)
     assert next_item(crowd_user, project) is None
 
 

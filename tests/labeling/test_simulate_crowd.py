@@ -47,7 +47,7 @@ def test_simulated_workers_vote_through_the_services_up_to_the_overlap():
     assert Membership.objects.filter(project=project, is_simulated=True).count() == 6
 
 
-def test_gold_blocks_adversarial_workers_and_the_holdout_gets_no_votes():
+def test_gold_blocks_adversarial_workers_and_the_holdout_gets_crowd_votes():
     project = truth_project(
         n_items=20, overlap=3, gold_rate=0.5, gold_min_answers=3, gold_accuracy_threshold=0.5,
     )
@@ -62,8 +62,9 @@ def test_gold_blocks_adversarial_workers_and_the_holdout_gets_no_votes():
     assert len(summary.blocked) <= 3
     blocked_votes = Vote.objects.filter(project=project, worker__username__contains="adversarial")
     assert blocked_votes.exists() and not blocked_votes.filter(is_excluded=False).exists()
-    assert not Vote.objects.filter(item__is_holdout=True).exists()
-    regular = Item.objects.filter(project=project, is_gold=False, is_holdout=False)
+    # Hold-out items are voted on like the rest: their consensus is scored against the experts.
+    assert Vote.objects.filter(item__is_holdout=True, is_excluded=False).exists()
+    regular = Item.objects.filter(project=project, is_gold=False)
     # Excluded votes freed their slots, which the accurate workers filled.
     assert set(regular.values_list("vote_count", flat=True)) == {3}
 
