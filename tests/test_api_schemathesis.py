@@ -1,0 +1,174 @@
+"""Property-based robustness of the whole API (schemathesis over ``/api/schema/``), per role.
+
+Each operation is called with generated data by a crowd worker, an expert and an admin
+(token auth) of a small but complete project. Half the generated ids are swapped for real
+objects' ids so that calls reach the views' logic rather than stopping at a 404. Every
+response must be free of server errors and conform to the schema (status code documented ->
+body and content type as documented).
+
+Bounded: MAX_EXAMPLES examples per operation and role keep the run near two minutes on two
+cores. ``QUORUM_SCHEMATHESIS_EXAMPLES`` raises it for a deeper local run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
+from hypothesis import HealthCheck, Phase, settings
+from rest_framework.authtoken.models import Token
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+)
+
+from labeling.models import Assignment
+from tests.factories import ItemFactory
+from tests.labeling.test_review import build_scene
+
+MAX_EXAMPLES = int(os.environ.get("QUORUM_SCHEMATHESIS_EXAMPLES", "6"))
+ROLES = ["crowd", "expert", "admin"]
+
+
+def _schema_dict() -> dict:
+    # Built in-process from the URLconf: the same document /api/schema/ serves.
+    document = json.loads(OpenApiJsonRenderer().render(
+        SchemaGenerator().get_schema(request=None, public=True)
+    ))
+    # Django's <int:...> converter matches digits only, so a negative id never reaches a view
+    # (the URL resolver answers an HTML 404). The served schema does not say so (reported);
+    # state it here so the run tests the views rather than the resolver.
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter["schema"].get("type") == "integer":
+                    parameter["schema"].setdefault("minimum", 0)
+    return document
+
+
+schema = schemathesis.openapi.from_dict(_schema_dict()).exclude(
+    # Deleting a project that has votes raises ProtectedError (a 500): a known bug recorded
+    # as a strict xfail in tests/test_role_matrix.py; excluded here so it is reported once.
+    method="DELETE",
+    path="/api/projects/{id}/",
+)
+schema.app = get_wsgi_application()
+# Data that fits the schema: ill-typed path segments never reach a view (Django's URL resolver
+# answers its own HTML 404), and ill-typed bodies are covered by the 400 tests of each area.
+schema.config.generation.update(modes=[GenerationMode.POSITIVE])
+
+# Schema violations found by this test in other areas' code, reported to their owners; each
+# operation still runs, and a violation there is an expected failure until it is fixed.
+KNOWN_BUGS = {
+    ("POST", "/api/assignments/{assignment_id}/vote/"): "400 from the serializer is "
+    "{field: [messages]}, documented as {detail} (labeling/api/views/crowd.py VoteView)",
+    ("GET", "/api/projects/"): "crowd workers get CrowdProjectSerializer, documented as Project "
+    "(created_at etc. required) (labeling/api/views/projects.py)",
+    ("GET", "/api/projects/{id}/"): "same as the list: crowd shape undocumented",
+    ("GET", "/api/projects/{id}/members/"): "returns a plain list, documented as a paginated "
+    "object (labeling/api/views/projects.py members action)",
+    ("POST", "/api/projects/{project_id}/imports/"): "a 400 is validated against ImportBatch: "
+    "error responses undocumented (labeling/api/views/imports.py)",
+    ("GET", "/api/training-runs/{id}/"): "created_by is null for runs without a user, "
+    "documented as a string (training API serializer)",
+    ("GET", "/api/projects/{project_id}/training-runs/"): "same created_by null as the detail",
+}
+
+# Path parameters that name an object, and which object of the world each one gets.
+REAL_IDS = {
+    "project_id": "project",
+    "item_id": "item",
+    "assignment_id": "lease",
+    "user_id": "worker",
+    "run_id": "training_run",
+}
+
+
+@pytest.fixture
+def _keep_test_connection():
+    """The raw WSGI app closes the DB connection after each request (as in production); in a
+    test that connection holds the test's transaction, so keep it open like Django's Client."""
+    for signal in (request_started, request_finished):
+        signal.disconnect(close_old_connections)
+    yield
+    for signal in (request_started, request_finished):
+        signal.connect(close_old_connections)
+
+
+@pytest.fixture
+def world(_keep_test_connection, project, crowd_user, expert_user, admin_user, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    scene = build_scene(project, n_regular=3, n_holdout=2)
+    lease = Assignment.objects.create(
+        project=project, item=ItemFactory(project=project), worker=crowd_user,
+        expires_at=timezone.now() + timedelta(minutes=10),
+    )
+    users = {"crowd": crowd_user, "expert": expert_user, "admin": admin_user}
+    return {
+        "project": project.pk,
+        "item": scene.disputed[0].pk,
+        "holdout_item": scene.holdout[0].pk,
+        "lease": lease.pk,
+        "worker": scene.workers[0].pk,
+        "run": scene.runs["dawid_skene"].pk,
+        "training_run": scene.model.pk,
+        "tokens": {r: Token.objects.get_or_create(user=u)[0].key for r, u in users.items()},
+    }
+
+
+def _use_real_ids(case, world) -> None:
+    """Swap even generated ids for real ones; odd ones stay random (and usually 404)."""
+    for key, value in list((case.path_parameters or {}).items()):
+        if not isinstance(value, int) or value % 2:
+            continue
+        if key in REAL_IDS:
+            target = REAL_IDS[key]
+            if key == "item_id" and "/holdout/" in case.path:
+                target = "holdout_item"
+            case.path_parameters[key] = world[target]
+        elif key in ("id", "pk"):
+            case.path_parameters[key] = (
+                world["run"] if case.path.startswith("/api/aggregations/") else
+                world["training_run"] if case.path.startswith(("/api/runs/", "/api/training")) else
+                world["project"]
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+def test_api_conforms_to_its_schema(case, role, world):
+    _use_real_ids(case, world)
+    headers = {"Authorization": f"Token {world['tokens'][role]}"}
+    response = case.call(headers=headers)
+    try:
+        case.validate_response(
+            response,
+            checks=[not_a_server_error, response_schema_conformance, content_type_conformance],
+            headers=headers,
+        )
+    except FailureGroup:
+        known = KNOWN_BUGS.get((case.method.upper(), case.path))
+        if known and response.status_code < 500:
+            pytest.xfail(known)
+        raise
