@@ -162,7 +162,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Celery. Embedded default: kombu's file-system transport, so no broker server is needed.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://localhost//")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     for _sub in ("queue", "processed", "control"):

@@ -20,8 +20,9 @@ from django.core.management import BaseCommand, CommandError, call_command
 from django.db import transaction
 from PIL import Image
 
-from labeling.models import ImportBatch, Item, Membership, Project, Region
-from labeling.services.imports import import_path
+from labeling.models import ExpertLabel, ImportBatch, Item, Membership, Project, Region
+from labeling.services.gold import draw_gold
+from labeling.services.imports import import_files, import_path
 from labeling.services.projects import create_project, set_membership
 
 User = get_user_model()
@@ -38,6 +39,9 @@ BCCD_CLASSES = ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "BASOPHIL"
 PNEUMONIA_PROJECT = "Chest X-ray: pneumonia"
 PNEUMONIA_CLASSES = ["normal", "pneumonia"]
 SIMULATED_CROWD = "accurate:4,noisy:4,class_biased:2,spammer:2"
+GOLD_FRACTION = 0.1
+# Hold-out items left for the demo experts to label blind (the rest keep the dataset's label).
+BLIND_HOLDOUT_ITEMS = 12
 
 
 class Command(BaseCommand):
@@ -81,7 +85,8 @@ class Command(BaseCommand):
         self.stdout.write("Importing the BCCD blood-smear demo project")
         with open(folder / "image_labels.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        labels = {f"{r['image']}.jpg": r["wbc_type"] for r in rows if r["wbc_type"]}
+        labelled = [r for r in rows if r["wbc_type"]]
+        labels = {Path(r["image"]).name: r["wbc_type"] for r in labelled}
         with transaction.atomic():
             project = create_project(
                 name=BCCD_PROJECT,
@@ -99,11 +104,8 @@ class Command(BaseCommand):
                 patch_stride=160,
             )
             self._members(project, users)
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in labels:
-                (Path(tmp) / name).symlink_to(folder / "JPEGImages" / name)
-            import_path(project, Path(tmp), user=users["admin"], source=ImportBatch.Source.DEMO,
-                        labels=labels, seed=seed)
+        import_files(project, [folder / r["image"] for r in labelled], user=users["admin"],
+                     source=ImportBatch.Source.DEMO, labels=labels, seed=seed)
         self._bccd_regions(project, folder / "Annotations")
         self._crowd(project, seed)
 
@@ -154,9 +156,19 @@ class Command(BaseCommand):
         self._crowd(project, seed)
 
     def _crowd(self, project: Project, seed: int) -> None:
+        """Gold, a simulated crowd voting through the real services, then every method."""
+        draw_gold(project, fraction=GOLD_FRACTION, seed=seed)
         call_command("simulate_crowd", str(project.id), workers=SIMULATED_CROWD, seed=seed,
                      stdout=self.stdout)
+        self._leave_holdout_for_experts(project)
         call_command("aggregate", str(project.id), method="all", stdout=self.stdout)
+
+    def _leave_holdout_for_experts(self, project: Project) -> None:
+        """Forget the dataset's label on a few hold-out items so the experts have blind work."""
+        items = Item.objects.filter(project=project, is_holdout=True).order_by("id")
+        ids = list(items.values_list("id", flat=True)[:BLIND_HOLDOUT_ITEMS])
+        ExpertLabel.objects.filter(item_id__in=ids, source=ExpertLabel.Source.IMPORT).delete()
+        Item.objects.filter(id__in=ids).update(expert_answer=None)
 
     def _print_accounts(self) -> None:
         self.stdout.write(self.style.SUCCESS("\nDemo accounts (username / password / role):"))
