@@ -63,7 +63,7 @@ class EvaluationSerializer(serializers.ModelSerializer):
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     is_finished = serializers.BooleanField(read_only=True)
     epoch_metrics = EpochMetricSerializer(many=True, read_only=True)
     evaluation = serializers.SerializerMethodField()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from labeling.models import LabelClass, Membership, Project
@@ -58,6 +59,8 @@ class ProjectSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "role", "label_classes", "classes", *PROJECT_SETTINGS, "created_at"]
         read_only_fields = ["created_at"]
 
+    # Only experts and admins get this form; the enum keeps it apart from CrowdProject.
+    @extend_schema_field({"type": "string", "enum": ["expert", "admin"]})
     def get_role(self, obj: Project) -> str | None:
         from labeling.selectors import role_of
 
@@ -111,6 +114,7 @@ class CrowdProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = ["id", "name", "question", "label_classes", "role"]
 
+    @extend_schema_field({"type": "string", "enum": ["crowd"]})
     def get_role(self, obj: Project) -> str:
         return Membership.Role.CROWD
 

@@ -34,8 +34,11 @@ PROJECT_ID = OpenApiParameter("project_id", OpenApiTypes.INT, OpenApiParameter.P
         request={"multipart/form-data": ImportUploadSerializer},
         responses={
             201: ImportBatchSerializer,
-            400: OpenApiResponse(ImportBatchSerializer, description="Nothing could be imported, "
-                                 "or the labels were refused ({detail})."),
+            400: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="Nothing could be imported (the batch with its report), the labels "
+                "were refused ({detail}), or a field is invalid ({field: [messages]}).",
+            ),
             413: OpenApiResponse(description="A file is over QUORUM_MAX_UPLOAD_BYTES ({detail})."),
         },
     ),

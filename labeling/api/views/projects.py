@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -27,6 +27,18 @@ class IsSiteAdmin(permissions.BasePermission):
         return is_site_admin(request.user)
 
 
+# Crowd workers get the short form of a project; the schema documents both shapes.
+PROJECT_FOR_ROLE = PolymorphicProxySerializer(
+    component_name="ProjectForRole",
+    serializers=[ProjectSerializer, CrowdProjectSerializer],
+    resource_type_field_name=None,
+)
+
+
+@extend_schema_view(
+    list=extend_schema(responses=PROJECT_FOR_ROLE),
+    retrieve=extend_schema(responses=PROJECT_FOR_ROLE),
+)
 class ProjectViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -78,7 +90,12 @@ class ProjectViewSet(
         return serializer(project, context=self.get_serializer_context()).data
 
     @extend_schema(request=MembershipSerializer, responses=MembershipSerializer(many=True))
-    @action(detail=True, methods=["get", "post"], serializer_class=MembershipSerializer)
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        serializer_class=MembershipSerializer,
+        pagination_class=None,
+    )
     def members(self, request: Request, pk: str | None = None) -> Response:
         """List the project's members, or give a user a role (admins)."""
         project = self.get_project()
