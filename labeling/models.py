@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, FloatField, Q, Value
+from django.db.models.functions import Coalesce
+
+# Items without a consensus yet rank below every entropy (entropy is >= 0). An expression
+# rather than NULLS LAST, which SQLite cannot index; used by item_open_idx and the ordering.
+UNCERTAINTY_RANK = Coalesce(F("uncertainty"), Value(-1.0), output_field=FloatField())
 
 
 class Project(models.Model):
@@ -215,6 +220,13 @@ class Item(models.Model):
         ]
         indexes = [
             models.Index(fields=["project", "is_holdout", "vote_count"], name="item_assign_idx"),
+            # Regular items that still want votes, in serving order: next_item walks it and
+            # stops at the first free one; progress counts it (see services/assignment.py).
+            models.Index(
+                F("project"), F("vote_count"), UNCERTAINTY_RANK.desc(), F("id"),
+                condition=Q(is_gold=False, vote_count__lt=F("votes_wanted")),
+                name="item_open_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -267,7 +279,14 @@ class Assignment(models.Model):
                 name="assignment_one_open_lease_per_worker_item",
             ),
         ]
-        indexes = [models.Index(fields=["item", "status", "expires_at"], name="lease_live_idx")]
+        indexes = [
+            models.Index(fields=["item", "status", "expires_at"], name="lease_live_idx"),
+            # A worker's open leases (next_item reads them on every request): a handful of rows
+            # instead of every lease the worker ever held.
+            models.Index(
+                fields=["worker", "project"], condition=Q(status="open"), name="lease_open_worker_idx"
+            ),
+        ]
 
 
 class Vote(models.Model):
