@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from labeling.models import Assignment, Item, Membership, Project, Vote
+from labeling.models import UNCERTAINTY_RANK, Assignment, Item, Membership, Project, Vote
 
 # The page holds the shown assignment and one prefetched; more would hoard slots.
 MAX_LIVE_LEASES = 2
@@ -89,14 +89,17 @@ def register_ordering(name: str) -> Callable[[Ordering], Ordering]:
 
 @register_ordering("fewest_votes")
 def fewest_votes_then_most_uncertain(items: QuerySet) -> QuerySet:
-    """Spread votes evenly; among equals, the item the consensus is least sure of first."""
-    return items.order_by("vote_count", F("uncertainty").desc(nulls_last=True), "id")
+    """Spread votes evenly; among equals, the item the consensus is least sure of first.
+
+    Unscored items come last; the order is item_open_idx's, so the candidate read stops early.
+    """
+    return items.order_by("vote_count", UNCERTAINTY_RANK.desc(), "id")
 
 
 @register_ordering("most_uncertain")
 def most_uncertain_first(items: QuerySet) -> QuerySet:
     """Active-learning flavour: resolve disagreement before spreading votes."""
-    return items.order_by(F("uncertainty").desc(nulls_last=True), "vote_count", "id")
+    return items.order_by(UNCERTAINTY_RANK.desc(), "vote_count", "id")
 
 
 def live_leases(now: datetime | None = None) -> QuerySet:
@@ -126,6 +129,11 @@ def _regular_pool(project: Project) -> QuerySet:
     return Item.objects.filter(project=project, is_gold=False)
 
 
+def _open_pool(project: Project) -> QuerySet:
+    """Regular items that still want votes; these filters are the predicate of item_open_idx."""
+    return _regular_pool(project).filter(vote_count__lt=F("votes_wanted"))
+
+
 def _gold_pool(project: Project) -> QuerySet:
     return Item.objects.filter(
         project=project, is_holdout=False, is_gold=True, expert_answer__isnull=False
@@ -133,32 +141,64 @@ def _gold_pool(project: Project) -> QuerySet:
 
 
 def open_slots(item_id: int, *, now: datetime | None = None, exclude_lease: int | None = None) -> int:
-    """Free slots of an item, read fresh: votes wanted minus counted votes and live leases."""
+    """Free slots of an item, read fresh in one statement: votes wanted minus counted votes and
+    live leases."""
     now = now or timezone.now()
-    leases = live_leases(now).filter(item_id=item_id)
+    leases = live_leases(now).filter(item=OuterRef("pk"))
     if exclude_lease is not None:
         leases = leases.exclude(pk=exclude_lease)
-    wanted, counted = Item.objects.filter(pk=item_id).values_list("votes_wanted", "vote_count").get()
-    return wanted - counted - leases.count()
+    counted = leases.order_by().values("item").annotate(n=Count("id")).values("n")
+    return (
+        Item.objects.filter(pk=item_id)
+        .annotate(
+            free=F("votes_wanted") - F("vote_count")
+            - Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+        )
+        .values_list("free", flat=True)
+        .get()
+    )
 
 
 def candidates(worker, project: Project, *, now: datetime, ordering: str = DEFAULT_ORDERING) -> QuerySet:
-    """Regular items this worker may be served now, in serving order."""
+    """Regular items this worker may be served now, in serving order.
+
+    Starts from the open pool so that the default order walks item_open_idx and stops at the
+    first free item; each row it passes costs two index probes (the worker's vote, live leases).
+    """
     items = (
-        _regular_pool(project)
-        .exclude(votes__worker=worker)
-        .exclude(pk__in=live_leases(now).filter(worker=worker).values("item_id"))
+        _open_pool(project)
+        .exclude(Exists(Vote.objects.filter(item=OuterRef("pk"), worker=worker)))
+        .exclude(
+            Exists(
+                Assignment.objects.filter(
+                    item=OuterRef("pk"), worker=worker, status=Assignment.Status.OPEN
+                )
+            )
+        )
         .alias(leased=_live_lease_count(now))
         .filter(vote_count__lt=F("votes_wanted") - F("leased"))
     )
     return ORDERINGS[ordering](items)
 
 
+def _blocked_reason(worker, project: Project) -> str | None:
+    row = (
+        Membership.objects.filter(project=project, user=worker, is_blocked=True)
+        .values_list("blocked_reason", flat=True)
+        .first()
+    )
+    return None if row is None else row or "an admin blocked you"
+
+
 def check_not_blocked(worker, project: Project) -> None:
-    membership = Membership.objects.filter(project=project, user=worker).first()
-    if membership is not None and membership.is_blocked:
-        reason = membership.blocked_reason or "an admin blocked you"
+    reason = _blocked_reason(worker, project)
+    if reason is not None:
         raise WorkerBlocked(f"You are blocked from this project: {reason}.")
+
+
+# What the crowd API shows of an item; next_item loads only these (plus is_gold, never shown,
+# which callers like the simulation and the tests read).
+SERVED_ITEM_FIELDS = ("id", "width", "height", "channels", "is_gold")
 
 
 def next_item(
@@ -174,24 +214,33 @@ def next_item(
     A live lease the worker already holds is returned again (a page refresh is idempotent);
     ``exclude`` names leases the caller already shows, so that the page can prefetch a second.
     With probability ``project.gold_rate`` a gold item comes first, ignoring capacity.
+    The lease comes with ``item`` (only :data:`SERVED_ITEM_FIELDS` loaded) and ``project``.
     """
     check_not_blocked(worker, project)
     now = timezone.now()
     exclude = {int(pk) for pk in exclude}
-    held = list(
-        live_leases(now).filter(worker=worker, project=project).order_by("created_at", "id")
+    # Every open lease of the worker here, live or not, in one read (lease_open_worker_idx).
+    leases = list(
+        Assignment.objects.filter(worker=worker, project=project, status=Assignment.Status.OPEN)
+        .select_related("item")
+        .only("id", "item_id", "expires_at", "created_at", *(f"item__{f}" for f in SERVED_ITEM_FIELDS))
+        .order_by("created_at", "id")
     )
+    held = [lease for lease in leases if lease.expires_at > now]
     for lease in held:
         if lease.pk not in exclude:
+            lease.project = project
             return lease
     if len(held) >= MAX_LIVE_LEASES:
         raise LeaseConflict(
             f"You already hold {len(held)} open assignments; answer them before taking more."
         )
-    # An expired lease of this worker would collide with a new lease on the same item.
-    Assignment.objects.filter(
-        worker=worker, project=project, status=Assignment.Status.OPEN, expires_at__lte=now
-    ).update(status=Assignment.Status.RELEASED)
+    expired = [lease.pk for lease in leases if lease.expires_at <= now]
+    if expired:
+        # An expired lease of this worker would collide with a new lease on the same item.
+        Assignment.objects.filter(pk__in=expired, status=Assignment.Status.OPEN).update(
+            status=Assignment.Status.RELEASED
+        )
 
     if project.gold_rate > 0 and (rng or random).random() < project.gold_rate:
         lease = _take_gold(worker, project, now)
@@ -204,12 +253,19 @@ def _expiry(project: Project, now: datetime) -> datetime:
     return now + timedelta(minutes=project.lease_minutes)
 
 
+def _new_lease(worker, project: Project, item: Item, now: datetime) -> Assignment:
+    lease = Assignment(project=project, item=item, worker=worker, expires_at=_expiry(project, now))
+    lease.save(force_insert=True)
+    return lease
+
+
 def _take_gold(worker, project: Project, now: datetime) -> Assignment | None:
     """A gold item the worker has never been served; gold checks the worker, so no capacity."""
     gold = (
         _gold_pool(project)
-        .exclude(votes__worker=worker)
-        .exclude(assignments__worker=worker)
+        .exclude(Exists(Vote.objects.filter(item=OuterRef("pk"), worker=worker)))
+        .exclude(Exists(Assignment.objects.filter(item=OuterRef("pk"), worker=worker)))
+        .only(*SERVED_ITEM_FIELDS)
         .order_by("?")
         .first()
     )
@@ -217,9 +273,7 @@ def _take_gold(worker, project: Project, now: datetime) -> Assignment | None:
         return None
     try:
         with transaction.atomic():
-            return Assignment.objects.create(
-                project=project, item=gold, worker=worker, expires_at=_expiry(project, now)
-            )
+            return _new_lease(worker, project, gold, now)
     except IntegrityError:
         # The same worker's concurrent request leased it first.
         return None
@@ -236,38 +290,42 @@ def _take_regular(worker, project: Project, now: datetime, ordering: str) -> Ass
     return None
 
 
+def _lock_candidate(
+    worker, project: Project, now: datetime, ordering: str, tried: set[int]
+) -> Item | None:
+    items = candidates(worker, project, now=now, ordering=ordering).only(*SERVED_ITEM_FIELDS)
+    if tried:
+        items = items.exclude(pk__in=tried)
+    if not connection.features.has_select_for_update_skip_locked:
+        return items.first()
+    item = items.select_for_update(skip_locked=True).first()
+    if item is None:
+        # Every candidate is held by a concurrent request: wait for one rather than answer
+        # "nothing left" while slots may still free up.
+        item = items.select_for_update().first()
+    return item
+
+
 def _take_regular_once(worker, project: Project, now: datetime, ordering: str) -> Assignment | None:
-    skip_locked = connection.features.has_select_for_update_skip_locked
     tried: set[int] = set()
     for _ in range(MAX_TAKE_ATTEMPTS):
-        with write_transaction():
-            items = candidates(worker, project, now=now, ordering=ordering).exclude(pk__in=tried)
-            if skip_locked:
-                items = items.select_for_update(skip_locked=True)
-            item = items.only("id").first()
-            if item is None and skip_locked:
-                # Every candidate is held by a concurrent request: wait for one rather than
-                # answer "nothing left" while slots may still free up.
-                item = (
-                    candidates(worker, project, now=now, ordering=ordering)
-                    .exclude(pk__in=tried)
-                    .select_for_update()
-                    .only("id")
-                    .first()
-                )
+        item = None
+        try:
+            with write_transaction():
+                item = _lock_candidate(worker, project, now, ordering, tried)
+                if item is None:
+                    return None
+                # The candidate read may predate a lease committed just before we took the row.
+                if open_slots(item.pk, now=now) <= 0:
+                    tried.add(item.pk)
+                    continue
+                return _new_lease(worker, project, item, now)
+        except IntegrityError:
+            # The same worker's concurrent request took this item (the whole transaction is
+            # rolled back, which is all it did); try another. No savepoint on the common path.
             if item is None:
-                return None
-            if open_slots(item.pk, now=now) <= 0:
-                tried.add(item.pk)
-                continue
-            try:
-                with transaction.atomic():
-                    return Assignment.objects.create(
-                        project=project, item=item, worker=worker, expires_at=_expiry(project, now)
-                    )
-            except IntegrityError:
-                # The same worker's concurrent request took this item; try another.
-                tried.add(item.pk)
+                raise
+            tried.add(item.pk)
     return None
 
 
@@ -277,17 +335,50 @@ class Progress:
     items_left: int
 
 
+# items_left is exact while a project has at most this many open items (a bounded index walk);
+# above it, the project-wide part comes from a per-process count at most OPEN_COUNT_TTL old:
+# counting 20,000 open items on every request cost more than the rest of the request.
+ITEMS_LEFT_EXACT_UP_TO = 500
+OPEN_COUNT_TTL = 2.0
+_open_counts: dict[tuple[int, datetime | None], tuple[float, int]] = {}
+
+
+def _open_item_count(project: Project) -> int:
+    # created_at in the key: a test database may hand a new project an old project's id.
+    key = (project.pk, project.created_at)
+    cached = _open_counts.get(key)
+    clock = time.monotonic()
+    if cached is not None and clock - cached[0] < OPEN_COUNT_TTL:
+        return cached[1]
+    open_items = _open_pool(project).order_by()
+    n = open_items.values("pk")[: ITEMS_LEFT_EXACT_UP_TO + 1].count()
+    if n <= ITEMS_LEFT_EXACT_UP_TO:
+        _open_counts.pop(key, None)
+        return n
+    n = open_items.count()
+    _open_counts[key] = (clock, n)
+    return n
+
+
 def progress(worker, project: Project) -> Progress:
-    """The worker's own progress line: nothing about other workers or single items."""
+    """The worker's own progress line: nothing about other workers or single items.
+
+    Items left = open items minus the open items the worker voted on. The second part and
+    the votes today are one read over the worker's own votes; see ITEMS_LEFT_EXACT_UP_TO for
+    the first.
+    """
     midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
-    votes_today = Vote.objects.filter(project=project, worker=worker, created_at__gte=midnight).count()
-    items_left = (
-        _regular_pool(project)
-        .filter(vote_count__lt=F("votes_wanted"))
-        .exclude(votes__worker=worker)
-        .count()
+    row = Vote.objects.filter(project=project, worker=worker).aggregate(
+        today=Count("id", filter=Q(created_at__gte=midnight)),
+        voted_open=Count(
+            "id",
+            filter=Q(item__is_gold=False, item__vote_count__lt=F("item__votes_wanted")),
+        ),
     )
-    return Progress(votes_today=votes_today, items_left=items_left)
+    return Progress(
+        votes_today=row["today"],
+        items_left=max(0, _open_item_count(project) - row["voted_open"]),
+    )
 
 
 def release_expired_leases(project: Project | None = None) -> int:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Value
+from django.db.models import Case, Exists, F, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from labeling.models import Assignment, Item, LabelClass, Membership, Project, Vote
 from labeling.services.assignment import (
+    CrowdError,
     InvalidAnswer,
     LeaseConflict,
     LeaseNotFound,
@@ -92,19 +93,16 @@ def _replay(worker, idempotency_key: str, assignment_id: int) -> VoteResult | No
     return _result(vote, created=False)
 
 
-def _resolve_answer(project: Project, kind: str, label: str | None) -> LabelClass | None:
+def _unknown_class(project_id: int, label: str | None) -> InvalidAnswer:
+    names = ", ".join(LabelClass.objects.filter(project_id=project_id).order_by("index").values_list("name", flat=True))
+    return InvalidAnswer(f"unknown class '{label}'; this project's classes are {names}")
+
+
+def _check_answer(kind: str, label: str | None) -> None:
     if kind not in Vote.Kind.values:
         raise InvalidAnswer(f"unknown kind '{kind}'; use one of {', '.join(Vote.Kind.values)}")
-    if kind != Vote.Kind.LABEL:
-        if label:
-            raise InvalidAnswer(f"a '{kind}' answer carries no label")
-        return None
-    classes = list(project.label_classes.all())
-    for label_class in classes:
-        if label_class.name == label:
-            return label_class
-    names = ", ".join(c.name for c in classes)
-    raise InvalidAnswer(f"unknown class '{label}'; this project's classes are {names}")
+    if kind != Vote.Kind.LABEL and label:
+        raise InvalidAnswer(f"a '{kind}' answer carries no label")
 
 
 def submit_vote(
@@ -119,86 +117,117 @@ def submit_vote(
     """Record the worker's answer on their lease; a retried key returns the first result.
 
     Raises LeaseNotFound (not theirs), InvalidAnswer (unknown class), LeaseConflict (expired
-    and full, already answered), WorkerBlocked.
+    and full, already answered), WorkerBlocked. After the vote commits, the aggregation service
+    is asked whether a run is due (it also fires when the crowd ran out of work).
     """
-    replayed = _replay(worker, idempotency_key, assignment_id)
-    if replayed is not None:
-        return replayed
     try:
         with write_transaction():
-            vote, trigger = _record_vote(worker, assignment_id, label, kind, idempotency_key, source)
-    except (IntegrityError, _AlreadyAnswered) as exc:
+            vote, feedback = _record_vote(worker, assignment_id, label, kind, idempotency_key, source)
+    except IntegrityError:
         # A concurrent retry of the same request got there first, or the item was answered.
         replayed = _replay(worker, idempotency_key, assignment_id)
         if replayed is not None:
             return replayed
-        if isinstance(exc, LeaseConflict):
-            raise
         raise LeaseConflict("You already answered this item.") from None
-    if trigger:
-        transaction.on_commit(lambda: _trigger_aggregation(vote.project_id), robust=True)
+    except CrowdError:
+        # A retried key gets its first result whatever has changed since (a block, an expiry):
+        # looked up only on a refusal, so an accepted vote costs no extra read.
+        replayed = _replay(worker, idempotency_key, assignment_id)
+        if replayed is not None:
+            return replayed
+        raise
+    project_id = vote.project_id
+    transaction.on_commit(lambda: _trigger_aggregation(project_id), robust=True)
     if vote.was_gold and vote.gold_correct is not None:
-        evaluate_worker(worker, vote.project)
-    return _result(vote, created=True)
+        evaluate_worker(worker, Project.objects.get(pk=project_id))
+    return VoteResult(
+        vote_id=vote.pk,
+        assignment_id=assignment_id,
+        kind=vote.kind,
+        label=label if vote.label_id else None,
+        created=True,
+        feedback=feedback,
+    )
 
 
 def _record_vote(
     worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str
-) -> tuple[Vote, bool]:
+) -> tuple[Vote, GoldFeedback | None]:
+    answer = (
+        Subquery(
+            LabelClass.objects.filter(project=OuterRef("project_id"), name=label).values("pk")[:1],
+            output_field=IntegerField(),
+        )
+        if kind == Vote.Kind.LABEL
+        else Value(None, output_field=IntegerField())
+    )
+    # One statement: the lease (locked), the item's gold state, the block and the class id.
     lease = (
         Assignment.objects.select_for_update(of=("self",))
-        .select_related("project")
+        .select_related("item")
+        .only("id", "project_id", "item_id", "worker_id", "status", "expires_at",
+              "item__id", "item__is_gold", "item__expert_answer_id")
+        .annotate(
+            blocked=Exists(
+                Membership.objects.filter(project=OuterRef("project_id"), user=worker, is_blocked=True)
+            ),
+            answer_id=answer,
+        )
         .filter(pk=assignment_id, worker=worker)
         .first()
     )
     if lease is None:
         raise LeaseNotFound("No such assignment.")
-    project = lease.project
-    check_not_blocked(worker, project)
+    if lease.blocked:
+        check_not_blocked(worker, lease.project_id)
     if lease.status == Assignment.Status.SUBMITTED:
         raise _AlreadyAnswered("This assignment was already answered.")
-    answer = _resolve_answer(project, kind, label)
-    item = (
-        Item.objects.select_for_update(of=("self",))
-        .select_related("expert_answer")
-        .get(pk=lease.item_id)
-    )
+    _check_answer(kind, label)
+    if kind == Vote.Kind.LABEL and lease.answer_id is None:
+        raise _unknown_class(lease.project_id, label)
+    item = lease.item
     now = timezone.now()
     is_gold = item.is_gold and item.expert_answer_id is not None
-    # Late answers may not push an item past its votes; gold needs no capacity.
-    if lease.expires_at <= now and not is_gold and open_slots(item.pk, now=now) <= 0:
-        raise LeaseConflict(LATE_AND_FULL)
+    # Late answers may not push an item past its votes; gold needs no capacity. Only then is
+    # the item row locked here; otherwise the vote_count update below takes it.
+    if lease.expires_at <= now and not is_gold:
+        Item.objects.select_for_update().filter(pk=item.pk).values_list("pk").first()
+        if open_slots(item.pk, now=now) <= 0:
+            raise LeaseConflict(LATE_AND_FULL)
 
-    vote = Vote.objects.create(
-        project=project,
-        item=item,
+    vote = Vote(
+        project_id=lease.project_id,
+        item_id=item.pk,
         worker=worker,
-        assignment=lease,
+        assignment_id=lease.pk,
         kind=kind,
-        label=answer,
+        label_id=lease.answer_id,
         idempotency_key=idempotency_key,
         source=source,
         was_gold=is_gold,
         # Unsure/skip on gold is shown the answer but not scored: honesty is not an error.
-        gold_correct=(answer.pk == item.expert_answer_id) if is_gold and answer else None,
+        gold_correct=(lease.answer_id == item.expert_answer_id) if is_gold and lease.answer_id else None,
     )
-    lease.status = Assignment.Status.SUBMITTED
-    lease.save(update_fields=["status"])
-    # An older, expired lease of the same worker on this item is moot now.
-    Assignment.objects.filter(item=item, worker=worker, status=Assignment.Status.OPEN).update(
-        status=Assignment.Status.RELEASED
+    vote.save(force_insert=True)
+    # This lease is answered; an older, expired lease of the same worker on the item is moot.
+    Assignment.objects.filter(item_id=item.pk, worker=worker).filter(
+        Q(pk=lease.pk) | Q(status=Assignment.Status.OPEN)
+    ).update(
+        status=Case(
+            When(pk=lease.pk, then=Value(Assignment.Status.SUBMITTED)),
+            default=Value(Assignment.Status.RELEASED),
+        )
     )
     if vote.counts:
         Item.objects.filter(pk=item.pk).update(vote_count=F("vote_count") + 1)
-    Project.objects.filter(pk=project.pk).update(
+    Project.objects.filter(pk=lease.project_id).update(
         votes_since_aggregation=F("votes_since_aggregation") + 1
     )
-    since, every = (
-        Project.objects.filter(pk=project.pk)
-        .values_list("votes_since_aggregation", "aggregate_every")
-        .get()
-    )
-    return vote, bool(every) and since >= every
+    feedback = None
+    if is_gold:
+        expert_label = LabelClass.objects.filter(pk=item.expert_answer_id).values_list("name", flat=True).first()
+        feedback = GoldFeedback(correct=bool(vote.gold_correct), expert_label=expert_label or "")
+    return vote, feedback
 
 
 def _trigger_aggregation(project_id: int) -> None:

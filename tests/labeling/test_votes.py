@@ -175,7 +175,9 @@ def test_undo_without_a_vote_conflicts(project, crowd_user):
         undo_vote(crowd_user, lease.pk)
 
 
-def test_aggregation_hook_runs_after_commit_when_due(project, crowd_user, monkeypatch, django_capture_on_commit_callbacks):
+def test_aggregation_hook_runs_after_every_committed_vote(project, crowd_user, monkeypatch, django_capture_on_commit_callbacks):
+    # The aggregation service decides whether a run is due (count reached, or the crowd's
+    # work ran out), so it is asked after every vote, and only once the vote committed.
     import labeling.services.votes as votes_module
 
     project.aggregate_every = 2
@@ -183,14 +185,18 @@ def test_aggregation_hook_runs_after_commit_when_due(project, crowd_user, monkey
     ItemFactory.create_batch(2, project=project)
     called: list[int] = []
     monkeypatch.setattr(votes_module, "_trigger_aggregation", called.append)
-    with django_capture_on_commit_callbacks(execute=True):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
         lease = next_item(crowd_user, project)
         submit_vote(crowd_user, lease.pk, label="normal", idempotency_key="1")
-    assert called == []
+    assert called == [] and len(callbacks) == 1
+    callbacks[0]()
+    assert called == [project.pk]
     with django_capture_on_commit_callbacks(execute=True):
         lease = next_item(crowd_user, project)
         submit_vote(crowd_user, lease.pk, label="normal", idempotency_key="2")
-    assert called == [project.pk]
+        # A replayed retry records nothing and asks nothing.
+        submit_vote(crowd_user, lease.pk, label="normal", idempotency_key="2")
+    assert called == [project.pk, project.pk]
 
 
 def test_aggregation_hook_tolerates_a_missing_module(project, monkeypatch):
