@@ -191,3 +191,36 @@ def test_progress_counts_own_votes_and_items_left(project, crowd_user):
     answer(crowd_user, lease)
     assert progress(crowd_user, project).votes_today == 1
     assert progress(crowd_user, project).items_left == 2
+
+
+def test_written_out_default_order_matches_the_queryset(project, crowd_user, crowd_user2):
+    """The hot path's SQL for the default order gives what candidates() gives, in its order."""
+    from labeling.services.assignment import _default_candidates, candidates
+
+    others = workers(3)
+    items = [
+        ItemFactory(project=project, uncertainty=u, votes_wanted=w)
+        for u, w in [(None, 3), (0.2, 3), (0.9, 3), (0.9, 1), (None, 2), (0.5, 3), (0.0, 3), (0.7, 2)]
+    ]
+    gold = ItemFactory(project=project)
+    give_expert_answer(gold, "normal", gold=True)
+    vote(crowd_user2, project, items[1])
+    vote(crowd_user2, project, items[6])
+    vote(crowd_user, project, items[5])  # the worker's own vote: never served again
+    vote(others[0], project, items[3])  # full
+    now = timezone.now()
+    # Live leases take slots; an expired one does not; the worker's own lease excludes the item.
+    for worker, item in [(others[1], items[4]), (others[2], items[4]), (others[1], items[7])]:
+        Assignment.objects.create(project=project, item=item, worker=worker,
+                                  expires_at=now + timedelta(minutes=5))
+    Assignment.objects.create(project=project, item=items[2], worker=others[2],
+                              expires_at=now - timedelta(minutes=1))
+    Assignment.objects.create(project=project, item=items[0], worker=crowd_user,
+                              expires_at=now + timedelta(minutes=5))
+
+    expected = list(candidates(crowd_user, project, now=now).values_list("pk", flat=True))
+    written = [item.pk for item in _default_candidates(crowd_user, project, now, set(), limit=50)]
+    assert written == expected
+    assert expected == [items[2].pk, items[7].pk, items[1].pk, items[6].pk]
+    tried = {items[2].pk}
+    assert [i.pk for i in _default_candidates(crowd_user, project, now, tried, limit=50)] == expected[1:]

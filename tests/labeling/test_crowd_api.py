@@ -229,3 +229,21 @@ def test_routes_are_in_the_schema(staff_client):
                   "/api/assignments/{assignment_id}/undo/", "/api/items/{item_id}/image/",
                   "/api/projects/{project_id}/members/{user_id}/unblock/"):
         assert route in schema, route
+
+
+def test_plain_bodies_match_the_documented_serializers(crowd_client, project):
+    """The views build their bodies by hand for speed; the schema documents the serializers."""
+    from rest_framework.test import APIRequestFactory
+
+    from labeling.api.serializers.crowd import AssignmentSerializer, VoteResponseSerializer
+    from labeling.services.assignment import progress
+
+    ItemFactory.create_batch(2, project=project)
+    body = next_of(crowd_client, project).json()
+    lease = Assignment.objects.select_related("project", "item").get(pk=body["id"])
+    request = APIRequestFactory().get("/")
+    context = {"request": request, "progress": progress(lease.worker, project)}
+    documented = json.loads(json.dumps(AssignmentSerializer(lease, context=context).data))
+    assert body == documented
+    answered = vote(crowd_client, body["id"], label="normal", idempotency_key="k").json()
+    assert set(answered) == set(VoteResponseSerializer().fields)
