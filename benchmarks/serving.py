@@ -167,27 +167,24 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _postgres_pids() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with suppress(OSError):
-                if (proc / "comm").read_text().strip() in ("postgres", "postmaster"):
-                    pids.append(int(proc.name))
-    return pids
+def _postgres_pids(url: str) -> list[int]:
+    """The server processes serving the benchmark database (gunicorn's persistent connections);
+    other databases' backends on a shared server are left out."""
+    with _admin_conn(url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", [db_name(url)]
+        ).fetchall()
+    return [pid for (pid,) in rows]
 
 
-def cpu_snapshot(gunicorn_pid: int) -> dict[str, float]:
-    """CPU seconds so far of the load generator, gunicorn (master + workers) and PostgreSQL.
-
-    Processes that exited meanwhile drop out, so PostgreSQL's figure is a lower bound when
-    backends come and go; with persistent connections they do not during a level.
-    """
+def cpu_snapshot(gunicorn_pid: int, pg_pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the load generator, gunicorn (master + workers) and the
+    benchmark database's PostgreSQL backends (read from /proc)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "load": usage.ru_utime + usage.ru_stime,
         "gunicorn": sum(_cpu_of(p) for p in [gunicorn_pid, *_children(gunicorn_pid)]),
-        "postgres": sum(_cpu_of(p) for p in _postgres_pids()),
+        "postgres": sum(_cpu_of(p) for p in pg_pids),
     }
 
 
@@ -345,9 +342,11 @@ async def run_level(n: int, args: argparse.Namespace, port: int, project_id: int
         for i in range(n)
     ]
     await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
-    cpu0, t0 = cpu_snapshot(gunicorn_pid), time.perf_counter()
+    # Backends are persistent (CONN_MAX_AGE) and all open after the warm-up.
+    pg_pids = _postgres_pids(args.database_url)
+    cpu0, t0 = cpu_snapshot(gunicorn_pid, pg_pids), time.perf_counter()
     await asyncio.gather(*tasks)
-    cpu1, t1 = cpu_snapshot(gunicorn_pid), time.perf_counter()
+    cpu1, t1 = cpu_snapshot(gunicorn_pid, pg_pids), time.perf_counter()
     wall = t1 - t0
     return {
         "n": n,
@@ -424,6 +423,7 @@ def main() -> None:
     levels = [int(n) for n in args.levels.split(",")]
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     var_dir = Path(tempfile.mkdtemp(prefix="quorum-serving-"))
+    (var_dir / "static").mkdir()  # WhiteNoise warns in every worker without it
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "quorum.settings",
