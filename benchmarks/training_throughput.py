@@ -8,7 +8,9 @@ Usage::
 
 Both sides train the same backbone (built by ``training.engine.build_model``, same weights)
 on the same images (seeded random uint8 arrays already at ``--size``, so neither resizes),
-with AdamW, cross-entropy, and on CUDA ``torch.autocast`` (float16) + ``GradScaler``.
+with AdamW, cross-entropy, channels-last memory layout, and on CUDA ``torch.autocast``
+(float16) + ``GradScaler``. (Layout matters: on this CPU, lite0 at 64 px trains about 1.6x
+faster in channels-last than in contiguous NCHW.)
 
 * ``quorum trainer``: :func:`training.engine.train`, label source ``expert``, no hold-out,
   no augmentation; its own ``images_per_second`` per epoch (training steps only, which
@@ -73,10 +75,12 @@ def plain_images_per_second(
     model, data_config = build_model(
         args.model, args.classes, args.weights, cache_dir=args.cache_dir
     )
-    model.to(device).train()
+    # the same NHWC layout the trainer uses, so the comparison is about the loop, not layout
+    model.to(device, memory_format=torch.channels_last).train()
     mean = torch.tensor(data_config.mean).view(1, -1, 1, 1)
     std = torch.tensor(data_config.std).view(1, -1, 1, 1)
-    inputs = ((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std).to(device)
+    inputs = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    inputs = inputs.contiguous(memory_format=torch.channels_last).to(device)
     targets = torch.from_numpy(labels).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     use_amp = device == "cuda"

@@ -1,6 +1,6 @@
 """Quorum's training engine: pure torch + timm, no Django.
 
-The Django side calls :func:`train` with a :class:`TrainConfig`, :class:`ItemSet` s and (for
+The Django side calls :func:`train` (or :func:`train_mil` for bag projects) with a :class:`TrainConfig`, :class:`ItemSet` s and (for
 crowd-aware label sources) :class:`CrowdVotes`, and :func:`evaluate` / the ``plot_*`` functions
 on the hold-out predictions it gets back.
 """
@@ -19,6 +19,23 @@ from training.engine.metrics import (
     plot_roc_curves,
     plot_training_curves,
 )
+from training.engine.mil import (
+    MIL_LABEL_SOURCES,
+    BagDataset,
+    BagPreprocessing,
+    GatedAttentionMIL,
+    MILConfig,
+    MILResult,
+    load_mil_model,
+    predict_bags,
+    train_mil,
+)
+from training.engine.patches import (
+    PatchGrid,
+    attention_heatmap,
+    localisation_scores,
+    overlay_attention,
+)
 from training.engine.trainer import (
     LABEL_SOURCES,
     EpochRecord,
@@ -31,7 +48,20 @@ from training.engine.weights import WeightsError, converted_weights_path
 
 __all__ = [
     "LABEL_SOURCES",
+    "MIL_LABEL_SOURCES",
     "AggNetEM",
+    "BagDataset",
+    "BagPreprocessing",
+    "GatedAttentionMIL",
+    "MILConfig",
+    "MILResult",
+    "PatchGrid",
+    "attention_heatmap",
+    "localisation_scores",
+    "load_mil_model",
+    "overlay_attention",
+    "predict_bags",
+    "train_mil",
     "CheckpointError",
     "CrowdLayer",
     "CrowdVotes",

@@ -25,15 +25,18 @@ def predict(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    channels_last: bool = True,
 ) -> np.ndarray:
     """Softmax probabilities ``[N, K]`` (float32) for every item of ``dataset``, in order.
 
     ``dataset`` yields ``(image, ...)`` tuples (an :class:`ItemDataset` built without
-    augmentation). The model is left in eval mode.
+    augmentation). The model is left in eval mode (and in channels-last layout if asked).
     """
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     autocast = (
@@ -45,7 +48,7 @@ def predict(
     for batch in loader:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         with autocast:
-            logits = model(images.to(device, non_blocking=True))
+            logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
         chunks.append(logits.float().softmax(dim=-1).cpu())
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)

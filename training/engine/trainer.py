@@ -95,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # None: CUDA if available, else CPU
     amp: bool = True  # mixed precision, used on CUDA only
+    channels_last: bool = True  # NHWC convolutions: much faster on CPU (oneDNN) and tensor cores
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     checkpoint_dir: str | None = None  # None: a fresh temporary folder
     cache_dir: str | None = None  # where converted pretrained weights are cached
@@ -199,6 +200,8 @@ def train(
         drop_rate=config.drop_rate,
     )
     model.to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     preprocessing = Preprocessing.for_model(data_config, config.image_size, augment=config.augment)
     evaluation = preprocessing.without_augmentation()
 
@@ -334,7 +337,7 @@ def train(
         for step, (images, batch_targets, indices) in enumerate(loader):
             if step and step % config.cancel_check_every == 0 and stop_requested():
                 return result("cancelled", None)
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
             with autocast():
                 logits = model(images)
             if crowd_layer is not None:
