@@ -110,6 +110,7 @@ class MILConfig:
     seed: int = 0
     device: str | None = None
     amp: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC convolutions, as TrainConfig.channels_last
     threads: int | None = None
     checkpoint_dir: str | None = None
     cache_dir: str | None = None
@@ -337,7 +338,8 @@ def train_mil(
     if resumed is not None:
         _check_resumable(resumed, config)
     model, preprocessing = build_mil_model(config, "none" if resumed is not None else None)
-    model.to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     evaluation = preprocessing.without_augmentation()
 
     n_bags = len(train_data)
@@ -404,7 +406,9 @@ def train_mil(
 
     def result(status: Literal["completed", "cancelled"], model_path: Path | None) -> MILResult:
         probabilities, attention = (
-            predict_bags(model, holdout_dataset, config.bags_per_batch * 2, device)
+            predict_bags(
+                model, holdout_dataset, config.bags_per_batch * 2, device, config.channels_last
+            )
             if holdout_dataset is not None and status == "completed"
             else (None, [])
         )
@@ -448,7 +452,7 @@ def train_mil(
         for step, (patches, sizes, batch_targets, indices, _) in enumerate(loader):
             if step and step % config.cancel_check_every == 0 and stop_requested():
                 return result("cancelled", None)
-            patches = patches.to(device, non_blocking=True)
+            patches = patches.to(device, non_blocking=True, memory_format=memory_format)
             with autocast():
                 logits, _ = model(patches, sizes)
             logits = logits.float()
@@ -481,7 +485,7 @@ def train_mil(
             and holdout_data.targets is not None
         ):
             probabilities, _ = predict_bags(
-                model, holdout_dataset, config.bags_per_batch * 2, device
+                model, holdout_dataset, config.bags_per_batch * 2, device, config.channels_last
             )
             expected = holdout_data.soft_targets(config.num_classes)
             holdout_loss = float(
@@ -540,9 +544,15 @@ def predict_bags(
     dataset: BagDataset,
     bags_per_batch: int = 8,
     device: str | torch.device | None = None,
+    channels_last: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Class probabilities ``[N, K]`` and one ``[rows, cols]`` attention map per bag, in order."""
+    """Class probabilities ``[N, K]`` and one ``[rows, cols]`` attention map per bag, in order.
+
+    The model is left in eval mode (and in channels-last layout if asked).
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     model.eval()
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.float16)
@@ -552,7 +562,9 @@ def predict_bags(
     probabilities, attention = [], []
     for patches, sizes, _, _, shapes in _loader(dataset, bags_per_batch, shuffle=False, seed=0):
         with autocast:
-            logits, weights = model(patches.to(device, non_blocking=True), sizes)
+            logits, weights = model(
+                patches.to(device, non_blocking=True, memory_format=memory_format), sizes
+            )
         probabilities.append(logits.float().softmax(dim=-1).cpu())
         attention += [
             w.float().cpu().numpy().reshape(shape) for w, shape in zip(weights, shapes, strict=True)
