@@ -74,9 +74,10 @@ def test_crowd_labels_by_keyboard_with_gold_feedback(
         gold.source_name = "GOLD-secret-file.dcm"
         gold.save(update_fields=["source_name"])
     regular = [chest_item(project, n) for n in range(2, 6)]
+    # An item whose consensus is already confident wants no more votes: never served.
     hidden = chest_item(project, 6)
-    hidden.is_holdout = True
-    hidden.save(update_fields=["is_holdout"])
+    hidden.votes_wanted = 0
+    hidden.save(update_fields=["votes_wanted"])
 
     login(page, "crowd1")
     page.goto(f"{live_server.url}/label/{project.id}/")
@@ -142,7 +143,7 @@ def test_crowd_labels_by_keyboard_with_gold_feedback(
     assert votes[fourth].kind == "unsure" and votes[fifth].kind == "skip"
     assert votes[sixth].label.name == "normal"
     assert [v.gold_correct for v in votes.values() if v.was_gold].count(True) == 1
-    assert not Assignment.objects.filter(worker=crowd_user, item__is_holdout=True).exists()
+    assert not Assignment.objects.filter(worker=crowd_user, item=hidden).exists()
     assert browser_errors == []
 
 
