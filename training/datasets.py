@@ -9,6 +9,8 @@
   with ``labeling.aggregation`` (always current, unlike the latest stored ConsensusLabel);
   ``aggnet`` and ``crowd_layer`` start from the same Dawid-Skene fit. Expert answers given in
   review are final, so they are clamped as known labels in both fits.
+* ``mil`` (bag projects) trains on bag labels from ``params["mil_labels"]`` (one of the sources
+  above or ``crowd_layer``; default ``dawid_skene``), built exactly as for that source.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # torch loads only in the worker, not in every web process
 
 Source = TrainingRun.LabelSource
 CROWD_SOURCES = (Source.MAJORITY_VOTE, Source.DAWID_SKENE, Source.AGGNET, Source.CROWD_LAYER)
+MIL_LABELS = (Source.EXPERT, Source.MAJORITY_VOTE, Source.DAWID_SKENE, Source.CROWD_LAYER)
 
 
 class NoLabelledItems(ValueError):
@@ -83,10 +86,18 @@ def counted_votes(project_id: int):
     )
 
 
+def bag_label_source(run: TrainingRun) -> str:
+    """The source of a run's training labels: its own, or for MIL the bag labels it uses."""
+    if run.label_source == Source.MIL:
+        return (run.params or {}).get("mil_labels", Source.DAWID_SKENE)
+    return run.label_source
+
+
 def build_training_data(run: TrainingRun) -> TrainingData:
     """Everything :func:`training.engine.train` needs for ``run``; see the module docstring."""
     from training.engine import CrowdVotes, ItemSet
 
+    source = bag_label_source(run)
     names, code_of = class_codes(run)
     holdout = list(holdout_items(run))
     holdout_set = (
@@ -99,14 +110,14 @@ def build_training_data(run: TrainingRun) -> TrainingData:
         else None
     )
     candidates = Item.objects.filter(project=run.project, is_holdout=False).order_by("id")
-    if run.label_source == Source.EXPERT:
+    if source == Source.EXPERT:
         items = list(candidates.filter(expert_answer__isnull=False))
         if not items:
             raise NoLabelledItems(f"no labelled items for label source {run.label_source}")
         targets = np.array([code_of[i.expert_answer_id] for i in items], dtype=np.int64)
         train = ItemSet([item_image(i) for i in items], targets, [i.id for i in items])
         return TrainingData(names, train, holdout_set)
-    if run.label_source not in CROWD_SOURCES:
+    if source not in CROWD_SOURCES:
         raise NoLabelledItems(f"label source {run.label_source} is not available yet")
 
     votes_qs = counted_votes(run.project_id)
@@ -132,14 +143,14 @@ def build_training_data(run: TrainingRun) -> TrainingData:
         workers=worker_ids,
         classes=names,
     )
-    method = "majority_vote" if run.label_source == Source.MAJORITY_VOTE else "dawid_skene"
+    method = "majority_vote" if source == Source.MAJORITY_VOTE else "dawid_skene"
     aggregator = METHODS[method]().fit(matrix, known_labels=known)
     posteriors = np.asarray(aggregator.posteriors_, dtype=np.float64)
     train = ItemSet([item_image(i) for i in items], None, [i.id for i in items])
     data = TrainingData(names, train, holdout_set, worker_ids=[int(w) for w in worker_ids])
     # the engine takes majority vote's argmax itself, breaking ties with the run's seed
     data.init_posteriors = posteriors
-    if run.label_source in (Source.AGGNET, Source.CROWD_LAYER):
+    if source in (Source.AGGNET, Source.CROWD_LAYER):
         data.votes = CrowdVotes(item_codes, worker_codes, label_codes, n_workers=len(worker_ids))
         data.init_confusions = np.asarray(aggregator.confusions_, dtype=np.float64)
     return data

@@ -26,9 +26,16 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from labeling.models import Item, Project
+from labeling.models import Item, Project, Region
 from training import selectors
-from training.datasets import NoLabelledItems, TrainingData, build_training_data, item_image
+from training.datasets import (
+    MIL_LABELS,
+    NoLabelledItems,
+    TrainingData,
+    bag_label_source,
+    build_training_data,
+    item_image,
+)
 from training.models import EpochMetric, Evaluation, Prediction, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -51,7 +58,19 @@ PARAM_FIELDS = {
     "schedule": "schedule",
     "num_workers": "num_workers",
     "amp": "amp",
+    # MIL (bag projects): the bag labels, the patch grid (default: the project's) and the head
+    "mil_labels": "mil_labels",
+    "patch_size": "patch_size",
+    "patch_stride": "patch_stride",
+    "patch_input_size": "patch_input_size",
+    "attention_dim": "attention_dim",
 }
+MIL_PARAMS = ("mil_labels", "patch_size", "patch_stride", "patch_input_size", "attention_dim")
+PARAM_TYPES = {"schedule": str, "mil_labels": str, "amp": bool, "num_workers": int} | {
+    key: int for key in MIL_PARAMS[1:]
+}
+# hold-out heatmaps rendered as PNGs for the run page's gallery
+GALLERY_SIZE = 12
 
 
 class RunStateError(Exception):
@@ -85,28 +104,51 @@ def check_launch_settings(project: Project, values: dict[str, Any]) -> None:
         if not Path(path).is_file():
             raise LaunchError("weights_path", f"weights file {path} does not exist on the server")
     source = values.get("label_source")
-    if source == TrainingRun.LabelSource.MIL:
+    if source == TrainingRun.LabelSource.MIL and project.task_type != Project.TaskType.BAG:
         raise LaunchError(
             "label_source",
-            "MIL training is for bag projects and is not available yet"
-            if project.task_type == Project.TaskType.BAG
-            else "MIL is only for bag projects",
+            f"MIL is only for bag projects; {project.name!r} is an image-classification project",
         )
     params = values.get("params") or {}
     unknown = sorted(set(params) - set(PARAM_FIELDS))
     if unknown:
         raise LaunchError("params", f"unknown method options {unknown}; known: {sorted(PARAM_FIELDS)}")
     for key, value in params.items():
-        expected = {"schedule": str, "amp": bool, "num_workers": int}.get(key, (int, float))
+        expected = PARAM_TYPES.get(key, (int, float))
         if isinstance(value, bool) is not (expected is bool) or not isinstance(value, expected):
             raise LaunchError("params", f"method option {key!r} has the wrong type: {value!r}")
     if params.get("schedule", "cosine") not in ("cosine", "constant"):
         raise LaunchError("params", "schedule must be 'cosine' or 'constant'")
+    if source == TrainingRun.LabelSource.MIL:
+        _check_mil_params(project, params)
+    elif set(params) & set(MIL_PARAMS):
+        raise LaunchError("params", f"{sorted(set(params) & set(MIL_PARAMS))} apply to MIL runs only")
+
+
+def _check_mil_params(project: Project, params: dict[str, Any]) -> None:
+    if params.get("mil_labels", "dawid_skene") not in MIL_LABELS:
+        raise LaunchError("params", f"mil_labels must be one of {list(MIL_LABELS)}")
+    size = params.get("patch_size", project.patch_size)
+    stride = params.get("patch_stride", project.patch_stride)
+    if not 1 <= stride <= size:
+        raise LaunchError(
+            "params", f"need 1 <= patch_stride <= patch_size, got stride {stride}, size {size}"
+        )
+    for key in ("patch_input_size", "attention_dim"):
+        if key in params and params[key] < 1:
+            raise LaunchError("params", f"{key} must be positive")
 
 
 def launch_run(project: Project, user, **values: Any) -> TrainingRun:
     """Create a queued run and dispatch it to a ``gpu`` worker once the transaction commits."""
     check_launch_settings(project, values)
+    if values.get("label_source") == TrainingRun.LabelSource.MIL:
+        # the run records its grid: attention maps mean nothing without it
+        values["params"] = {
+            "patch_size": project.patch_size,
+            "patch_stride": project.patch_stride,
+            **(values.get("params") or {}),
+        }
     with transaction.atomic():
         run = TrainingRun.objects.create(project=project, created_by=user, **values)
         _dispatch(run)
@@ -223,12 +265,6 @@ def train_config(run: TrainingRun, data: TrainingData):
     """The engine's TrainConfig for this run (checkpoints under MEDIA_ROOT/runs/<id>/)."""
     from training.engine import TrainConfig
 
-    weights = {
-        Weights.IMAGENET: "imagenet",
-        Weights.NONE: "none",
-        Weights.FILE: run.weights_path,
-        Weights.HUB: f"hub:{run.weights_path}",
-    }[run.weights]
     options = {PARAM_FIELDS[key]: value for key, value in (run.params or {}).items()
                if key in PARAM_FIELDS}
     known = {f.name for f in dataclass_fields(TrainConfig)}
@@ -236,7 +272,7 @@ def train_config(run: TrainingRun, data: TrainingData):
         label_source=run.label_source,
         num_classes=len(data.class_names),
         model_name=run.backbone,
-        weights=weights,
+        weights=_engine_weights(run),
         in_chans=3,
         image_size=run.image_size,
         epochs=run.epochs,
@@ -248,6 +284,50 @@ def train_config(run: TrainingRun, data: TrainingData):
         cache_dir=str(Path(settings.QUORUM_CACHE_DIR) / "weights"),
         **{k: v for k, v in options.items() if k in known},
     )
+
+
+def mil_config(run: TrainingRun, data: TrainingData):
+    """The engine's MILConfig for a ``mil`` run: bag labels and patch grid from ``params``.
+
+    The run's ``image_size`` is the side each patch is resized to for the backbone, unless
+    ``params["patch_input_size"]`` says otherwise; ``batch_size`` counts bags.
+    """
+    from training.engine import MILConfig
+
+    params = run.params or {}
+    known = {f.name for f in dataclass_fields(MILConfig)}
+    options = {
+        PARAM_FIELDS[key]: value
+        for key, value in params.items()
+        if key in PARAM_FIELDS and PARAM_FIELDS[key] in known
+    }
+    options.setdefault("patch_size", run.project.patch_size)
+    options.setdefault("patch_stride", run.project.patch_stride)
+    options.setdefault("patch_input_size", run.image_size)
+    return MILConfig(
+        label_source=bag_label_source(run),
+        num_classes=len(data.class_names),
+        model_name=run.backbone,
+        weights=_engine_weights(run),
+        in_chans=3,
+        epochs=run.epochs,
+        bags_per_batch=run.batch_size,
+        lr=run.learning_rate,
+        augment=run.augment,
+        seed=run.seed,
+        checkpoint_dir=str(selectors.run_folder(run)),
+        cache_dir=str(Path(settings.QUORUM_CACHE_DIR) / "weights"),
+        **options,
+    )
+
+
+def _engine_weights(run: TrainingRun) -> str:
+    return {
+        Weights.IMAGENET: "imagenet",
+        Weights.NONE: "none",
+        Weights.FILE: run.weights_path,
+        Weights.HUB: f"hub:{run.weights_path}",
+    }[run.weights]
 
 
 class RunProgress:
@@ -292,17 +372,18 @@ def _store_epoch(run_id: int, record) -> None:
 
 
 def _train_and_report(run: TrainingRun) -> None:
-    from training.engine import train
+    from training.engine import train, train_mil
 
     data = build_training_data(run)
-    config = train_config(run, data)
+    is_mil = run.label_source == TrainingRun.LabelSource.MIL
+    config = mil_config(run, data) if is_mil else train_config(run, data)
     resume_from = selectors.checkpoint_file(run)
     TrainingRun.objects.filter(pk=run.pk).update(
         n_train_items=len(data.train),
         n_holdout_items=len(data.holdout) if data.holdout is not None else 0,
         device=config.device or ("cuda" if _cuda_available() else "cpu"),  # as the engine picks
     )
-    result = train(
+    result = (train_mil if is_mil else train)(
         config,
         data.train,
         data.holdout,
@@ -351,12 +432,28 @@ def _build_report(run: TrainingRun, data: TrainingData, result) -> dict[str, Any
                 "calibration": engine.plot_reliability_diagram(targets, probabilities),
             },
         }
-        report["predictions"] += list(zip(result.holdout_ids, probabilities, strict=True))
+        attention = getattr(result, "holdout_attention", None) or [None] * len(probabilities)
+        report["predictions"] += list(
+            zip(result.holdout_ids, probabilities, attention, strict=True)
+        )
+        if run.label_source == TrainingRun.LabelSource.MIL:
+            report["extra"] = _mil_report(run, result)
 
     review = list(
         Item.objects.filter(project=run.project, needs_review=True, is_holdout=False).order_by("id")
     )
-    if review and result.model_path is not None:
+    if review and result.model_path is not None and run.label_source == TrainingRun.LabelSource.MIL:
+        model, preprocessing = engine.load_mil_model(result.model_path, device=result.device)
+        dataset = engine.BagDataset(
+            engine.ItemSet([item_image(i) for i in review]), len(names), preprocessing
+        )
+        probabilities, attention = engine.predict_bags(
+            model, dataset, bags_per_batch=run.batch_size * 2, device=result.device
+        )
+        report["predictions"] += list(
+            zip([i.id for i in review], probabilities, attention, strict=True)
+        )
+    elif review and result.model_path is not None:
         model, preprocessing = engine.load_trained_model(result.model_path, device=result.device)
         dataset = engine.ItemDataset(
             engine.ItemSet([item_image(i) for i in review]), len(names), preprocessing
@@ -364,9 +461,65 @@ def _build_report(run: TrainingRun, data: TrainingData, result) -> dict[str, Any
         probabilities = engine.predict(
             model, dataset, batch_size=run.batch_size * 2, device=result.device
         )
-        report["predictions"] += list(zip([i.id for i in review], probabilities, strict=True))
+        report["predictions"] += [
+            (item_id, p, None) for item_id, p in zip([i.id for i in review], probabilities, strict=True)
+        ]
     report["reliability"] = _learned_reliability(data, result)
     return report
+
+
+def _mil_report(run: TrainingRun, result) -> dict[str, Any]:
+    """Localisation against expert Regions and the heatmap gallery of a MIL run's hold-out.
+
+    The gallery PNGs go straight to the run's folder (files, not rows); what the run page needs
+    to find them is returned for ``Evaluation.extra``.
+    """
+    from training import engine
+    from training.engine.checkpoints import atomic_write
+
+    params = run.params or {}
+    size = params.get("patch_size", run.project.patch_size)
+    stride = params.get("patch_stride", run.project.patch_stride)
+    grids = [engine.PatchGrid(*a.shape, size, stride) for a in result.holdout_attention]
+    marked: dict[int, list] = {}
+    for region in Region.objects.filter(item_id__in=result.holdout_ids):
+        marked.setdefault(region.item_id, []).append(
+            (region.x0, region.y0, region.x1, region.y1)
+        )
+    extra: dict[str, Any] = {"mil": {"patch_size": size, "patch_stride": stride, "gallery": []}}
+    if marked:
+        extra["localisation"] = engine.localisation_scores(
+            result.holdout_attention, grids, [marked.get(i, []) for i in result.holdout_ids]
+        )
+    items = Item.objects.in_bulk(result.holdout_ids[:GALLERY_SIZE])
+    for item_id, attention, grid in zip(
+        result.holdout_ids[:GALLERY_SIZE], result.holdout_attention, grids, strict=False
+    ):
+        png = engine.overlay_attention(_rendering(items[item_id]), attention, grid)
+        atomic_write(_heatmap_path(run, item_id), lambda tmp, png=png: tmp.write_bytes(png))
+        extra["mil"]["gallery"].append(item_id)
+    return extra
+
+
+def heatmap_file(run: TrainingRun, item_id: int) -> Path | None:
+    """The gallery PNG of a MIL run's attention over one hold-out item, if it was rendered."""
+    path = _heatmap_path(run, item_id)
+    return path if path.is_file() else None
+
+
+def _heatmap_path(run: TrainingRun, item_id: int) -> Path:
+    return selectors.run_folder(run) / "attention" / f"{int(item_id)}.png"
+
+
+def _rendering(item: Item) -> np.ndarray:
+    """The item's rendering (what people see), at the size of the pixels it was trained on."""
+    from PIL import Image
+
+    with item.image.open("rb") as handle, Image.open(handle) as image:
+        picture = image.convert("RGB")
+        if picture.size != (item.width, item.height):
+            picture = picture.resize((item.width, item.height), Image.BILINEAR)
+        return np.asarray(picture)
 
 
 def _learned_reliability(data: TrainingData, result) -> dict[str, dict]:
@@ -374,7 +527,8 @@ def _learned_reliability(data: TrainingData, result) -> dict[str, dict]:
     confusions = result.annotator_confusions
     if confusions is None or data.votes is None:
         return {}
-    posteriors = result.train_posteriors if result.train_posteriors is not None else data.init_posteriors
+    trained = getattr(result, "train_posteriors", None)  # MIL results have none
+    posteriors = trained if trained is not None else data.init_posteriors
     prior = np.asarray(posteriors, dtype=np.float64).mean(axis=0)
     counts = np.bincount(data.votes.workers, minlength=len(data.worker_ids))
     usernames = dict(
@@ -417,7 +571,7 @@ def _store_report(run: TrainingRun, report: dict[str, Any]) -> None:
             ece=scores.expected_calibration_error,
             per_class=per_class,
             confusion=scores.confusion_matrix,
-            extra={"class_names": scores.class_names},
+            extra={"class_names": scores.class_names, **report.get("extra", {})},
         )
         for name, png in evaluation["plots"].items():
             getattr(row, selectors.PLOTS[name]).save(
@@ -433,8 +587,13 @@ def _store_report(run: TrainingRun, report: dict[str, Any]) -> None:
             item_id=item_id,
             label=ordered[int(np.argmax(probabilities))],
             probabilities=[round(float(p), 6) for p in probabilities],
+            attention=(
+                np.round(np.asarray(attention, dtype=np.float64), 6).tolist()
+                if attention is not None
+                else None
+            ),
         )
-        for item_id, probabilities in report["predictions"]
+        for item_id, probabilities, attention in report["predictions"]
     )
 
 

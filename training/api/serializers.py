@@ -52,7 +52,7 @@ class EvaluationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Evaluation
         fields = ["n_items", "accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class",
-                  "confusion", "plots"]
+                  "confusion", "extra", "plots"]
 
     def get_plots(self, evaluation: Evaluation) -> dict[str, str]:
         return {
@@ -60,6 +60,24 @@ class EvaluationSerializer(serializers.ModelSerializer):
             for name, field in selectors.PLOTS.items()
             if getattr(evaluation, field)
         }
+
+
+class AttentionSerializer(serializers.Serializer):
+    """A MIL run's attention over one item's patch grid, in the item's pixel coordinates."""
+
+    run = serializers.IntegerField()
+    item = serializers.IntegerField()
+    attention = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()),
+        help_text="Attention weight per patch, rows x cols; sums to 1.",
+    )
+    patch_size = serializers.IntegerField()
+    patch_stride = serializers.IntegerField()
+    width = serializers.IntegerField(help_text="The item's width in pixels.")
+    height = serializers.IntegerField()
+    heatmap_url = serializers.CharField(
+        allow_null=True, help_text="PNG of the heatmap over the image, for gallery items."
+    )
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
@@ -17,8 +18,12 @@ from rest_framework.response import Response
 from labeling.api.permissions import IsProjectAdmin, IsProjectExpert
 from labeling.models import Project
 from training import selectors, services
-from training.api.serializers import LaunchRunSerializer, TrainingRunSerializer
-from training.models import TrainingRun
+from training.api.serializers import (
+    AttentionSerializer,
+    LaunchRunSerializer,
+    TrainingRunSerializer,
+)
+from training.models import Prediction, TrainingRun
 
 
 class ProjectTrainingRunsView(generics.ListCreateAPIView):
@@ -110,3 +115,51 @@ class TrainingRunViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         if not stored:
             raise Http404("This run has no such plot.")
         return FileResponse(stored.open("rb"), content_type="image/png")
+
+    @extend_schema(responses={200: AttentionSerializer, 404: OpenApiResponse()})
+    @action(
+        detail=True, methods=["get"], url_path=r"attention/(?P<item_id>[0-9]+)",
+        url_name="attention",
+    )
+    def attention(self, request: Request, pk: str, item_id: str) -> Response:
+        """A MIL run's attention map on one item (hold-out or review), for a heatmap overlay."""
+        run = self.get_object()
+        prediction = (
+            Prediction.objects.filter(run=run, item_id=item_id, attention__isnull=False)
+            .select_related("item")
+            .first()
+        )
+        if prediction is None:
+            raise Http404("This run has no attention map for that item.")
+        params = run.params or {}
+        heatmap = services.heatmap_file(run, prediction.item_id)
+        return Response(
+            AttentionSerializer(
+                {
+                    "run": run.pk,
+                    "item": prediction.item_id,
+                    "attention": prediction.attention,
+                    "patch_size": params.get("patch_size", run.project.patch_size),
+                    "patch_stride": params.get("patch_stride", run.project.patch_stride),
+                    "width": prediction.item.width,
+                    "height": prediction.item.height,
+                    "heatmap_url": (
+                        reverse("training-run-heatmap", args=[run.pk, prediction.item_id])
+                        if heatmap is not None
+                        else None
+                    ),
+                }
+            ).data
+        )
+
+    @extend_schema(responses={(200, "image/png"): OpenApiResponse()})
+    @action(
+        detail=True, methods=["get"], url_path=r"heatmaps/(?P<item_id>[0-9]+)",
+        url_name="heatmap",
+    )
+    def heatmap(self, request: Request, pk: str, item_id: str) -> FileResponse:
+        """The attention heatmap over a hold-out image, rendered when the MIL run finished."""
+        path = services.heatmap_file(self.get_object(), int(item_id))
+        if path is None:
+            raise Http404("This run has no heatmap for that item.")
+        return FileResponse(path.open("rb"), content_type="image/png")
