@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, Phase, settings
 from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -55,13 +54,6 @@ schema.app = get_wsgi_application()
 # Data that fits the schema: ill-typed path segments never reach a view (Django's URL resolver
 # answers its own HTML 404), and ill-typed bodies are covered by the 400 tests of each area.
 schema.config.generation.update(modes=[GenerationMode.POSITIVE])
-
-# Schema violations found by this test in other areas' code, reported to their owners; each
-# operation still runs, and a violation there is an expected failure until it is fixed.
-KNOWN_BUGS = {
-    ("POST", "/api/assignments/{assignment_id}/vote/"): "400 from the serializer is "
-    "{field: [messages]}, documented as {detail} (labeling/api/views/crowd.py VoteView)",
-}
 
 # Path parameters that name an object, and which object of the world each one gets.
 REAL_IDS = {
@@ -138,14 +130,8 @@ def test_api_conforms_to_its_schema(case, role, world):
     _use_real_ids(case, world)
     headers = {"Authorization": f"Token {world['tokens'][role]}"}
     response = case.call(headers=headers)
-    try:
-        case.validate_response(
-            response,
-            checks=[not_a_server_error, response_schema_conformance, content_type_conformance],
-            headers=headers,
-        )
-    except FailureGroup:
-        known = KNOWN_BUGS.get((case.method.upper(), case.path))
-        if known and response.status_code < 500:
-            pytest.xfail(known)
-        raise
+    case.validate_response(
+        response,
+        checks=[not_a_server_error, response_schema_conformance, content_type_conformance],
+        headers=headers,
+    )

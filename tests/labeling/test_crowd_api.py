@@ -59,6 +59,16 @@ def test_next_vote_retry_shape(crowd_client, project):
     assert Vote.objects.get().source == Vote.Source.API
 
 
+def test_a_second_answer_with_a_new_key_is_409(crowd_client, project):
+    ItemFactory(project=project)
+    lease = next_of(crowd_client, project).json()["id"]
+    assert vote(crowd_client, lease, label="normal", idempotency_key="a").status_code == 201
+    again = vote(crowd_client, lease, kind="unsure", idempotency_key="b")
+    assert again.status_code == 409
+    assert again.json() == {"detail": "This assignment was already answered."}
+    assert Vote.objects.count() == 1
+
+
 def test_next_returns_204_when_nothing_is_left(crowd_client, project):
     assert next_of(crowd_client, project).status_code == 204
 

@@ -36,7 +36,9 @@ STATUS_OF = {
 
 
 def refusal(exc: assignments.CrowdError) -> Response:
-    return Response({"detail": exc.message}, status=STATUS_OF[type(exc)])
+    # Services may raise a private subclass of one of these (e.g. an already answered lease).
+    code = next(STATUS_OF[cls] for cls in type(exc).__mro__ if cls in STATUS_OF)
+    return Response({"detail": exc.message}, status=code)
 
 
 _EXPIRES_AT = serializers.DateTimeField()
@@ -133,7 +135,11 @@ class VoteView(_OwnAssignmentView):
         responses={
             201: VoteResponseSerializer,
             200: OpenApiResponse(VoteResponseSerializer, description="A retry of an earlier POST."),
-            400: ErrorSerializer,
+            400: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="{detail} for a refused answer (e.g. a class the project does not "
+                "have), or {field: [messages]} for a malformed request.",
+            ),
             403: ErrorSerializer,
             404: ErrorSerializer,
             409: ErrorSerializer,
