@@ -14,7 +14,7 @@ from labeling.models import Membership, Project
 from labeling.selectors import has_role
 from training import selectors, services
 from training.api.serializers import LaunchRunSerializer
-from training.models import TrainingRun
+from training.models import Prediction, TrainingRun
 
 Role = Membership.Role
 LAUNCH_FIELDS = ("label_source", "backbone", "weights", "weights_path", "image_size", "epochs",
@@ -89,6 +89,7 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
         if evaluation
         else []
     )
+    extra = evaluation.extra if evaluation else {}
     return render(
         request,
         "frontend/run.html",
@@ -104,6 +105,8 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             "comparison": selectors.comparison_rows(project),
             "reliability": selectors.reliability_rows(run),
             "api_url": reverse("training-run-detail", args=[run.pk]),
+            "localisation": extra.get("localisation"),
+            "heatmaps": _heatmaps(run, extra.get("mil", {}).get("gallery", [])),
             "plots": {
                 name: reverse("training-run-plot", args=[run.pk, name])
                 for name, field in selectors.PLOTS.items()
@@ -111,3 +114,26 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             },
         },
     )
+
+
+def _heatmaps(run: TrainingRun, item_ids: list[int]) -> list[dict]:
+    """The MIL gallery: each hold-out item's heatmap with its expert and predicted class."""
+    if not item_ids:
+        return []
+    predictions = {
+        p.item_id: p
+        for p in Prediction.objects.filter(run=run, item_id__in=item_ids).select_related(
+            "label", "item__expert_answer"
+        )
+    }
+    return [
+        {
+            "item_id": item_id,
+            "url": reverse("training-run-heatmap", args=[run.pk, item_id]),
+            "expert": getattr(prediction.item.expert_answer, "name", "–"),
+            "predicted": prediction.label.name,
+            "confidence": max(prediction.probabilities),
+        }
+        for item_id in item_ids
+        if (prediction := predictions.get(item_id)) is not None
+    ]

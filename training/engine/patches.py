@@ -115,8 +115,9 @@ def overlay_attention(
 ) -> bytes:
     """PNG of ``image`` (``HxW`` or ``HxWxC`` in [0, 1] or uint8) with the attention on top.
 
-    Attention is scaled to its own maximum so the most-attended patch is always the hottest;
-    the image is shrunk to ``max_side`` first, because a gallery does not need full resolution.
+    Attention is rescaled to [0, 1] between its minimum and maximum (as Ilse et al. show it),
+    so the map shows where the bag looks, not how peaked it is; a uniform map shows no colour.
+    The picture is shrunk to ``max_side``, because a gallery does not need full resolution.
     """
     from matplotlib import colormaps
     from PIL import Image
@@ -129,7 +130,8 @@ def overlay_attention(
     pixels = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[:, :, :3]
     height, width = pixels.shape[:2]
     heat = attention_heatmap(attention, grid, height, width)
-    heat = heat / heat.max() if heat.max() > 0 else heat
+    spread = heat.max() - heat.min()
+    heat = (heat - heat.min()) / spread if spread > 1e-12 else np.zeros_like(heat)
     colours = colormaps[colormap](heat)[:, :, :3]
     # the hot patches are tinted more than cold ones so the cells stay readable under them
     weight = alpha * (0.35 + 0.65 * heat)[:, :, None]

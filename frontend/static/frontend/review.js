@@ -38,7 +38,8 @@ function startReview(app) {
   const itemUrl = (id) => app.dataset.itemUrl.replace("/0/", `/${id}/`);
   const labelUrl = (id) => app.dataset.labelUrl.replace("/0/", `/${id}/`);
   const img = $("item-image");
-  const viewer = new Viewer($("stage"), img);
+  const heatmap = $("heatmap");
+  const viewer = new Viewer($("stage"), img, { onChange: placeHeatmap });
   const buttons = [...app.querySelectorAll("button[data-label]")];
   const note = $("note");
   const submit = $("submit");
@@ -48,6 +49,80 @@ function startReview(app) {
   let picked = null;
   let busy = false;
   let loadToken = 0;
+  let attention = null; // the latest MIL run's attention on the shown item, if it has one
+  let heatmapOn = false; // kept from item to item, like a viewer setting
+
+  // The heatmap canvas follows the image: same size in image pixels, same transform.
+  function placeHeatmap(state) {
+    if (!img.naturalWidth) return;
+    heatmap.style.width = `${img.naturalWidth}px`;
+    heatmap.style.height = `${img.naturalHeight}px`;
+    heatmap.style.transform = `translate(${state.x}px, ${state.y}px) scale(${state.scale})`;
+  }
+
+  // Each pixel gets the mean attention of the patches covering it.
+  function drawHeatmap(map) {
+    const f = Math.min(1, 512 / Math.max(map.width, map.height));
+    const w = Math.max(1, Math.round(map.width * f));
+    const h = Math.max(1, Math.round(map.height * f));
+    const sum = new Float32Array(w * h);
+    const count = new Float32Array(w * h);
+    map.attention.forEach((row, r) =>
+      row.forEach((a, c) => {
+        const x0 = Math.floor(c * map.patch_stride * f);
+        const y0 = Math.floor(r * map.patch_stride * f);
+        const x1 = Math.min(w, Math.ceil((c * map.patch_stride + map.patch_size) * f));
+        const y1 = Math.min(h, Math.ceil((r * map.patch_stride + map.patch_size) * f));
+        for (let y = y0; y < y1; y++) {
+          for (let x = x0; x < x1; x++) {
+            sum[y * w + x] += a;
+            count[y * w + x] += 1;
+          }
+        }
+      }),
+    );
+    // rescaled between the least and most attended, as the run page's gallery
+    let low = Infinity;
+    let high = -Infinity;
+    for (let i = 0; i < sum.length; i++) {
+      const mean = sum[i] / (count[i] || 1);
+      low = Math.min(low, mean);
+      high = Math.max(high, mean);
+    }
+    const spread = high - low;
+    heatmap.width = w;
+    heatmap.height = h;
+    const ctx = heatmap.getContext("2d");
+    const pixels = ctx.createImageData(w, h);
+    for (let i = 0; i < sum.length; i++) {
+      const t = spread > 1e-12 ? (sum[i] / (count[i] || 1) - low) / spread : 0;
+      // dark purple (ignored) to yellow (most attended), more opaque where it matters
+      pixels.data.set([80 + 175 * t, 20 + 215 * t * t, 120 * (1 - t), 255 * (0.12 + 0.5 * t)], i * 4);
+    }
+    ctx.putImageData(pixels, 0, 0);
+  }
+
+  function renderHeatmap() {
+    const state = $("heatmap-state");
+    heatmap.hidden = !(attention && heatmapOn);
+    state.hidden = !attention;
+    state.textContent = heatmapOn
+      ? "Attention heatmap shown (h hides it)"
+      : "Attention heatmap available: press h";
+    app.dataset.heatmap = attention && heatmapOn ? "shown" : attention ? "available" : "none";
+    if (!heatmap.hidden) placeHeatmap(viewer.state());
+  }
+
+  async function loadAttention(ev) {
+    const p = ev.prediction;
+    if (!p || p.label_source !== "mil") return null;
+    const url = app.dataset.attentionUrl.replace("/0/attention/0/", `/${p.run}/attention/${ev.item.id}/`);
+    try {
+      return await call(url);
+    } catch {
+      return null; // this run has no attention map for the item
+    }
+  }
 
   const say = (text, kind = "") => {
     $("status").textContent = text;
@@ -150,9 +225,15 @@ function startReview(app) {
       const ev = await call(itemUrl(entry.id));
       if (token !== loadToken) return;
       renderEvidence(ev);
+      attention = null;
+      renderHeatmap();
       img.hidden = false;
       $("loading").hidden = true;
-      await viewer.show(ev.item.image_url);
+      const [map] = await Promise.all([loadAttention(ev), viewer.show(ev.item.image_url)]);
+      if (token !== loadToken) return;
+      attention = map;
+      if (map) drawHeatmap(map);
+      renderHeatmap();
     } catch (err) {
       if (token === loadToken) say(err.message, "bad");
     }
@@ -213,6 +294,11 @@ function startReview(app) {
       if ($("direct").checked) confirm();
     } else if (key === "Enter") confirm();
     else if (key === "n" || key === "N") note.focus();
+    else if (key === "h" || key === "H") {
+      heatmapOn = !heatmapOn;
+      if (!attention) say("The latest model has no attention map for this item.");
+      renderHeatmap();
+    }
     else if (key === "j" || key === "ArrowRight") show(index + 1);
     else if (key === "k" || key === "ArrowLeft") show(index - 1);
     else handled = viewer.handleKey(event);
