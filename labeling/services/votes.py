@@ -316,16 +316,18 @@ def block_worker(membership: Membership, *, reason: str) -> Membership:
     membership = Membership.objects.select_for_update().get(pk=membership.pk)
     if membership.is_blocked:
         return membership
-    votes = Vote.objects.filter(
-        project_id=membership.project_id, worker_id=membership.user_id, is_excluded=False
-    )
-    _shift_counts(votes.filter(kind=Vote.Kind.LABEL), -1)
-    votes.update(is_excluded=True)
+    # Leases before items, the order a vote takes them in, so a vote racing this block
+    # cannot deadlock with it.
     Assignment.objects.filter(
         project_id=membership.project_id,
         worker_id=membership.user_id,
         status=Assignment.Status.OPEN,
     ).update(status=Assignment.Status.RELEASED)
+    votes = Vote.objects.filter(
+        project_id=membership.project_id, worker_id=membership.user_id, is_excluded=False
+    )
+    _shift_counts(votes.filter(kind=Vote.Kind.LABEL), -1)
+    votes.update(is_excluded=True)
     membership.is_blocked = True
     membership.blocked_reason = reason[:300]
     membership.blocked_at = timezone.now()
