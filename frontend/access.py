@@ -10,7 +10,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from labeling.models import Project
-from labeling.selectors import has_role, role_of
+from labeling.selectors import role_allows, role_of
 
 
 def project_role_required(role: str):
@@ -25,9 +25,10 @@ def project_role_required(role: str):
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             project = get_object_or_404(Project, pk=project_id)
-            if role_of(request.user, project) is None:
+            actual = role_of(request.user, project)
+            if actual is None:
                 raise Http404("No such project.")
-            if not has_role(request.user, project, role):
+            if not role_allows(request.user, actual, role):
                 raise PermissionDenied("Your role on this project does not allow this page.")
             return view(request, project, *args, **kwargs)
 

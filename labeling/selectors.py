@@ -33,7 +33,11 @@ def has_role(user: AbstractBaseUser | AnonymousUser, project: Project, role: str
     Experts reach expert pages, admins reach everything; a crowd worker reaches only crowd pages.
     Crowd pages are for crowd members: experts and admins label on the review pages instead.
     """
-    actual = role_of(user, project)
+    return role_allows(user, role_of(user, project), role)
+
+
+def role_allows(user: AbstractBaseUser | AnonymousUser, actual: str | None, role: str) -> bool:
+    """Whether holding ``actual`` (from :func:`role_of`) is enough for ``role``."""
     if actual is None:
         return False
     if role == Role.CROWD:

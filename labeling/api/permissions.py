@@ -10,7 +10,7 @@ from django.http import Http404
 from rest_framework.permissions import BasePermission
 
 from labeling.models import Membership
-from labeling.selectors import has_role, role_of
+from labeling.selectors import role_allows, role_of
 
 
 class _ProjectRolePermission(BasePermission):
@@ -18,19 +18,19 @@ class _ProjectRolePermission(BasePermission):
     message = "Your role on this project does not allow this."
 
     def has_permission(self, request, view) -> bool:
-        project = view.get_project()
-        if role_of(request.user, project) is None:
+        actual = role_of(request.user, view.get_project())
+        if actual is None:
             raise Http404("No such project.")
-        return has_role(request.user, project, self.role)
+        return self.allows(request.user, actual)
+
+    def allows(self, user, actual: str) -> bool:
+        return role_allows(user, actual, self.role)
 
 
 class IsProjectMember(_ProjectRolePermission):
-    role = Membership.Role.CROWD
+    """Any role on the project."""
 
-    def has_permission(self, request, view) -> bool:
-        project = view.get_project()
-        if role_of(request.user, project) is None:
-            raise Http404("No such project.")
+    def allows(self, user, actual: str) -> bool:
         return True
 
 
