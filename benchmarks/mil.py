@@ -85,6 +85,20 @@ def load_bccd(folder: Path, task: str, scale: float) -> dict[str, dict]:
     return splits
 
 
+class Progress:
+    """Prints each epoch, so a slow CPU shows it is working."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def on_epoch_end(self, record) -> None:
+        print(
+            f"  {self.method} epoch {record.epoch}: train loss {record.train_loss:.3f},"
+            f" test accuracy {record.holdout_accuracy:.3f}, {record.seconds:.0f}s",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -146,6 +160,7 @@ def main() -> None:
                 ),
                 train_set,
                 test_set,
+                callbacks=Progress("MIL"),
             )
             mil_seconds = time.perf_counter() - began
             began = time.perf_counter()
@@ -165,6 +180,7 @@ def main() -> None:
                 ),
                 train_set,
                 test_set,
+                callbacks=Progress("image-level"),
             )
             plain_seconds = time.perf_counter() - began
         grids = [PatchGrid(*a.shape, args.patch, args.stride) for a in mil.holdout_attention]
