@@ -349,6 +349,10 @@ class Aggregator:
         """Per-worker confusion; methods without their own use one soft M-step."""
         return expected_confusions(votes, posteriors, smoothing=0.0)
 
+    def _worker_accuracy(self, votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
+        """Expected share of each worker's votes that are right; EM methods may reuse counts."""
+        return worker_accuracy(votes, posteriors)
+
     # -- shared machinery -------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "posteriors_"):
@@ -386,7 +390,7 @@ class Aggregator:
                 else np.full(votes.n_classes, 1.0 / votes.n_classes)
             )
         self.confusions_ = self._confusions(votes, posteriors)
-        self.worker_accuracy_ = worker_accuracy(votes, posteriors)
+        self.worker_accuracy_ = self._worker_accuracy(votes, posteriors)
         self.probas_ = pd.DataFrame(
             posteriors,
             index=_named_index(votes.tasks, "task"),

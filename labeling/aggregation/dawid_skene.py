@@ -37,6 +37,8 @@ algorithm runs on ``np.bincount`` segment sums.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -52,61 +54,174 @@ except ImportError:  # numba is a dependency; the NumPy path keeps the package i
 Backend = Literal["auto", "numba", "numpy"]
 
 
-def _em_pass_python(
-    indptr, votes_worker, votes_label, log_conf_t, log_prior, known, post, counts, post_sum
-):
-    """One EM pass over task-sorted votes (compiled by numba; see module docstring).
+def _sort_by_task_python(task_idx, worker_idx, label_idx, k, indptr, code, observed, worker_votes):
+    """Counting sort of the votes by task (stable, O(n), no comparison sort).
 
-    Writes the new posterior into ``post``, its soft counts ``[worker, observed, true]`` into
-    ``counts`` and its column sums (the next prior's numerator) into ``post_sum``; returns the
-    log-likelihood of the data under the current parameters.
+    Fills ``indptr`` (each task's slice, CSR), ``code`` (``worker * k + label`` per vote in
+    task order: the row of the flat confusion table the vote reads), ``observed``
+    (``[n_workers * k]``: did the worker ever give that label) and ``worker_votes``.
     """
+    n = task_idx.shape[0]
     n_tasks = indptr.shape[0] - 1
-    k = log_prior.shape[0]
-    acc = np.empty(k)
-    loglik = 0.0
-    counts[:] = 0.0
-    post_sum[:] = 0.0
+    indptr[:] = 0
+    observed[:] = False
+    worker_votes[:] = 0
+    for i in range(n):
+        indptr[task_idx[i] + 1] += 1
+    for t in range(n_tasks):
+        indptr[t + 1] += indptr[t]
+    fill = indptr[:-1].copy()
+    for i in range(n):
+        t = task_idx[i]
+        p = fill[t]
+        fill[t] = p + 1
+        w = worker_idx[i]
+        c = w * k + label_idx[i]
+        code[p] = c
+        observed[c] = True
+        worker_votes[w] += 1
+
+
+def _vote_shares_python(indptr, code, post):
+    """Majority-vote initialisation: each task's vote shares (uniform for a task with no vote)."""
+    n_tasks, k = post.shape
     for t in range(n_tasks):
         for c in range(k):
-            acc[c] = log_prior[c]
-        for p in range(indptr[t], indptr[t + 1]):
-            w = votes_worker[p]
-            label = votes_label[p]
+            post[t, c] = 0.0
+        lo = indptr[t]
+        hi = indptr[t + 1]
+        for p in range(lo, hi):
+            post[t, code[p] % k] += 1.0
+        if hi > lo:
             for c in range(k):
-                acc[c] += log_conf_t[w, label, c]
-        top = acc[0]
-        for c in range(1, k):
-            if acc[c] > top:
-                top = acc[c]
-        total = 0.0
-        for c in range(k):
-            e = np.exp(acc[c] - top)
-            post[t, c] = e
-            total += e
-        loglik += top + np.log(total)
-        if known[t] >= 0:
-            for c in range(k):
-                post[t, c] = 0.0
-            post[t, known[t]] = 1.0
+                post[t, c] /= hi - lo
         else:
             for c in range(k):
-                post[t, c] /= total
-        for c in range(k):
-            post_sum[c] += post[t, c]
-        for p in range(indptr[t], indptr[t + 1]):
-            w = votes_worker[p]
-            label = votes_label[p]
+                post[t, c] = 1.0 / k
+
+
+def _make_em_pass(k):
+    """The EM pass for ``k`` classes (a compile-time constant, so the class loops unroll).
+
+    Returns a function ``em_pass(first, last, indptr, code, log_conf, log_prior, known, post,
+    counts, post_sum, e_step)`` that walks the tasks ``first:last`` of task-sorted votes
+    (compiled by numba, one call per chunk of tasks and thread). With ``e_step`` it first
+    replaces each task's posterior: E-step from the flat log confusions
+    ``log_conf[(worker * k + label) * k + true]`` and ``log_prior``, log-sum-exp shifted,
+    known tasks clamped one-hot. Either way it then adds the task's posterior to the soft
+    counts of its votes (``counts``, flat like ``log_conf``: the next M-step's numerator) and
+    to ``post_sum``, both zeroed first. Returns the chunk's data log-likelihood under the
+    parameters used (0 without ``e_step``).
+    """
+
+    def em_pass(
+        first, last, indptr, code, log_conf, log_prior, known, post, counts, post_sum, e_step
+    ):
+        counts[:] = 0.0
+        post_sum[:] = 0.0
+        acc = np.empty(k)
+        ll = 0.0
+        for t in range(first, last):
+            lo = indptr[t]
+            hi = indptr[t + 1]
+            if e_step:
+                for c in range(k):
+                    acc[c] = log_prior[c]
+                for p in range(lo, hi):
+                    base = code[p] * k
+                    for c in range(k):
+                        acc[c] += log_conf[base + c]
+                top = acc[0]
+                for c in range(1, k):
+                    if acc[c] > top:
+                        top = acc[c]
+                total = 0.0
+                for c in range(k):
+                    acc[c] = np.exp(acc[c] - top)
+                    total += acc[c]
+                ll += top + np.log(total)
+                kt = known[t]
+                if kt >= 0:
+                    for c in range(k):
+                        acc[c] = 0.0
+                    acc[kt] = 1.0
+                else:
+                    for c in range(k):
+                        acc[c] /= total
+                for c in range(k):
+                    post[t, c] = acc[c]
+            else:
+                for c in range(k):
+                    acc[c] = post[t, c]
             for c in range(k):
-                counts[w, label, c] += post[t, c]
-    return loglik
+                post_sum[c] += acc[c]
+            for p in range(lo, hi):
+                base = code[p] * k
+                for c in range(k):
+                    counts[base + c] += acc[c]
+        return ll
+
+    return em_pass
 
 
-_em_pass_numba = (
-    numba.njit(cache=True, nogil=True, fastmath=False)(_em_pass_python)
-    if numba is not None
-    else None
-)
+def _log_m_step_python(counts, observed, k, smoothing, eps, log_conf):
+    """Dawid-Skene M-step straight into log space, flat ``[worker, observed, true]`` layout.
+
+    Same arithmetic as :meth:`DawidSkene._m_step` followed by ``log(max(conf, eps))``.
+    """
+    n_workers = observed.shape[0] // k
+    num = np.empty(k)
+    for w in range(n_workers):
+        for c in range(k):
+            total = 0.0
+            for obs in range(k):
+                v = counts[(w * k + obs) * k + c]
+                if smoothing > 0:
+                    v += smoothing
+                elif observed[w * k + obs]:
+                    v = max(v, eps)
+                else:
+                    v = 0.0
+                num[obs] = v
+                total += v
+            for obs in range(k):
+                conf = num[obs] / total if total > 0 else 1.0 / k
+                log_conf[(w * k + obs) * k + c] = np.log(max(conf, eps))
+
+
+_jit = numba.njit(cache=True, nogil=True) if numba is not None else None
+_sort_by_task = _jit(_sort_by_task_python) if numba is not None else None
+_vote_shares = _jit(_vote_shares_python) if numba is not None else None
+_log_m_step_numba = _jit(_log_m_step_python) if numba is not None else None
+_em_passes: dict[int, object] = {}
+_pool: ThreadPoolExecutor | None = None
+
+
+def _em_pass_for(k: int):
+    """The compiled pass for ``k`` classes (compiled once per ``k``, cached on disk)."""
+    if k not in _em_passes:
+        _em_passes[k] = numba.njit(cache=True, nogil=True)(_make_em_pass(k))
+    return _em_passes[k]
+
+
+def _run_chunks(kernel, bounds, *args, counts_buf, post_sum_buf, e_step) -> float:
+    """Run ``kernel`` over every chunk of tasks, one thread each (the kernel releases the
+    GIL), then sum the chunks' soft counts and posterior sums into row 0."""
+    global _pool
+    n_chunks = len(bounds) - 1
+
+    def one(ch: int) -> float:
+        return kernel(bounds[ch], bounds[ch + 1], *args, counts_buf[ch], post_sum_buf[ch], e_step)
+
+    if n_chunks == 1:
+        return one(0)
+    if _pool is None or _pool._max_workers < n_chunks:
+        _pool = ThreadPoolExecutor(max_workers=n_chunks, thread_name_prefix="dawid-skene")
+    lls = list(_pool.map(one, range(n_chunks)))
+    for ch in range(1, n_chunks):
+        counts_buf[0] += counts_buf[ch]
+        post_sum_buf[0] += post_sum_buf[ch]
+    return float(sum(lls))
 
 
 def _em_pass_numpy(
@@ -136,28 +251,37 @@ def _em_pass_numpy(
 
 
 def numba_available() -> bool:
-    return _em_pass_numba is not None
+    return numba is not None
 
 
-def warm_up() -> float:
-    """Compile (or load from cache) the numba kernel; return the seconds it took."""
-    if _em_pass_numba is None:
+def warm_up(n_classes: Iterable[int] = range(2, 9)) -> float:
+    """Compile (or load from numba's disk cache) the kernels for these class counts.
+
+    The EM pass is specialised per number of classes; a count not warmed up here compiles
+    (or loads) on its first ``fit``. Returns the seconds it took.
+    """
+    if numba is None:
         return 0.0
     start = time.perf_counter()
-    indptr = np.array([0, 1], dtype=np.int64)
-    one = np.zeros(1, dtype=np.int64)
-    _em_pass_numba(
-        indptr,
-        one,
-        one,
-        np.zeros((1, 2, 2)),
-        np.zeros(2),
-        np.full(1, -1, dtype=np.int64),
-        np.zeros((1, 2)),
-        np.zeros((1, 2, 2)),
-        np.zeros(2),
-    )
+    for k in n_classes:
+        votes = VoteMatrix.from_codes([0, 0, 1], [0, 1, 1], [0, 1, 1], n_classes=k)
+        DawidSkene(n_iter=2, tol=-1, backend="numba").fit(votes)
     return time.perf_counter() - start
+
+
+def _chunk_bounds(indptr: np.ndarray, n_cells: int) -> np.ndarray:
+    """Split the tasks into chunks of about equal vote counts, one per numba thread.
+
+    One chunk unless each thread gets enough votes to repay zeroing and summing its own copy
+    of the ``n_cells`` soft counts every iteration.
+    """
+    n_tasks = len(indptr) - 1
+    n_votes = int(indptr[-1])
+    n_chunks = min(numba.get_num_threads(), max(1, n_votes // max(50_000, 4 * n_cells)))
+    targets = np.linspace(0, n_votes, n_chunks + 1)[1:-1]
+    inner = np.searchsorted(indptr, targets)
+    bounds = np.concatenate([[0], inner, [n_tasks]]).astype(np.int64)
+    return np.maximum.accumulate(np.minimum(bounds, n_tasks))
 
 
 class DawidSkene(Aggregator):
@@ -199,16 +323,19 @@ class DawidSkene(Aggregator):
             raise ValueError("init must be 'auto', 'majority_vote', 'gold' or 'random'")
         if self.backend not in ("auto", "numba", "numpy"):
             raise ValueError("backend must be 'auto', 'numba' or 'numpy'")
-        if self.backend == "numba" and _em_pass_numba is None:
+        if self.backend == "numba" and numba is None:
             raise ValueError("backend='numba' but numba is not installed")
 
     def _use_numba(self) -> bool:
-        return self.backend != "numpy" and _em_pass_numba is not None
+        return self.backend != "numpy" and numba is not None
+
+    def _resolved_init(self, known: np.ndarray) -> str:
+        if self.init == "auto":
+            return "gold" if (known >= 0).any() else "majority_vote"
+        return self.init
 
     def _initial_posteriors(self, votes: VoteMatrix, known: np.ndarray) -> np.ndarray:
-        init = self.init
-        if init == "auto":
-            init = "gold" if (known >= 0).any() else "majority_vote"
+        init = self._resolved_init(known)
         if init == "random":
             rng = np.random.default_rng(self.random_state)
             post = rng.dirichlet(np.ones(votes.n_classes), size=votes.n_tasks)
@@ -237,49 +364,90 @@ class DawidSkene(Aggregator):
         prior = (post_sum + self.smoothing) / max(n_tasks + k * self.smoothing, EPS)
         return np.maximum(prior, EPS)
 
+    def _log_confusions(self, counts_t: np.ndarray, observed: np.ndarray, out: np.ndarray) -> None:
+        """``out[:] = log(max(M-step confusions, EPS))`` in kernel layout (flat or 3-d)."""
+        if self._use_numba() and type(self)._m_step is DawidSkene._m_step:
+            _log_m_step_numba(
+                counts_t.reshape(-1),
+                observed.reshape(-1),
+                observed.shape[-1],
+                float(self.smoothing),
+                EPS,
+                out.reshape(-1),
+            )
+        else:  # subclasses with their own M-step (one-coin) and the NumPy backend
+            out.reshape(counts_t.shape)[...] = np.log(
+                np.maximum(self._m_step(counts_t, observed), EPS)
+            )
+
     # -- fit -----------------------------------------------------------------------------------
     def _fit_votes(self, votes: VoteMatrix, known: np.ndarray) -> np.ndarray:
         self._validate()
         k = votes.n_classes
+        n_workers = votes.n_workers
         start = time.perf_counter()
-        order, indptr = votes.task_order()
-        sorted_worker = np.ascontiguousarray(votes.worker_idx[order])
-        sorted_label = np.ascontiguousarray(votes.label_idx[order])
-        observed = (
-            np.bincount(
-                votes.worker_idx * k + votes.label_idx, minlength=votes.n_workers * k
-            ).reshape(votes.n_workers, k)
-            > 0
-        )
-        post = self._initial_posteriors(votes, known)
-        post_sum = post.sum(axis=0)
-        counts_t = np.ascontiguousarray(confusion_counts(votes, post).transpose(0, 2, 1))
+        known = np.ascontiguousarray(known, dtype=np.int64)
+        if self._use_numba():
+            # counting sort by task once: each vote becomes one int32 row index worker * k + label
+            code_dtype = np.int32 if n_workers * k * k < 2**31 else np.int64
+            indptr = np.empty(votes.n_tasks + 1, dtype=np.int64)
+            code = np.empty(votes.n_votes, dtype=code_dtype)
+            observed_flat = np.empty(n_workers * k, dtype=np.bool_)
+            worker_votes = np.empty(n_workers, dtype=np.int64)
+            _sort_by_task(
+                votes.task_idx, votes.worker_idx, votes.label_idx, k,
+                indptr, code, observed_flat, worker_votes,
+            )  # fmt: skip
+            observed = observed_flat.reshape(n_workers, k)
+            bounds = _chunk_bounds(indptr, n_workers * k * k)
+            if self._resolved_init(known) == "majority_vote":
+                post = np.empty((votes.n_tasks, k))
+                _vote_shares(indptr, code, post)
+                clamp_known(post, known)
+            else:
+                post = self._initial_posteriors(votes, known)
+            # per-chunk soft counts; after each pass row 0 holds the total
+            counts_buf = np.empty((len(bounds) - 1, n_workers * k * k))
+            post_sum_buf = np.empty((len(bounds) - 1, k))
+            log_conf = np.empty(n_workers * k * k)
+            log_prior = np.zeros(k)
+            kernel = _em_pass_for(k)
+            _run_chunks(
+                kernel, bounds, indptr, code, log_conf, log_prior, known, post,
+                counts_buf=counts_buf, post_sum_buf=post_sum_buf, e_step=False,
+            )  # fmt: skip
+            counts_t = counts_buf[0].reshape(n_workers, k, k)
+            post_sum = post_sum_buf[0]
+
+            def em_pass() -> float:
+                return _run_chunks(
+                    kernel, bounds, indptr, code, log_conf, log_prior, known, post,
+                    counts_buf=counts_buf, post_sum_buf=post_sum_buf, e_step=True,
+                )  # fmt: skip
+
+        else:
+            worker_votes = np.bincount(votes.worker_idx, minlength=n_workers)
+            observed = (
+                np.bincount(votes.worker_idx * k + votes.label_idx, minlength=n_workers * k) > 0
+            ).reshape(n_workers, k)
+            post = self._initial_posteriors(votes, known)
+            post_sum = post.sum(axis=0)
+            counts_t = np.ascontiguousarray(confusion_counts(votes, post).transpose(0, 2, 1))
+            log_conf = np.empty((n_workers, k, k))
+            log_prior = np.zeros(k)
+
+            def em_pass() -> float:
+                return _em_pass_numpy(votes, log_conf, log_prior, known, post, counts_t, post_sum)
+
         self.setup_seconds_ = time.perf_counter() - start
 
-        use_numba = self._use_numba()
         history: list[float] = []
         n_votes = max(votes.n_votes, 1)
         start = time.perf_counter()
         for _ in range(self.n_iter):
-            conf_t = self._m_step(counts_t, observed)
-            prior = self._prior(post_sum, votes.n_tasks)
-            log_conf_t = np.log(np.maximum(conf_t, EPS))
-            log_prior = np.log(prior)
-            if use_numba:
-                ll = _em_pass_numba(
-                    indptr,
-                    sorted_worker,
-                    sorted_label,
-                    log_conf_t,
-                    log_prior,
-                    known,
-                    post,
-                    counts_t,
-                    post_sum,
-                )
-            else:
-                ll = _em_pass_numpy(votes, log_conf_t, log_prior, known, post, counts_t, post_sum)
-            history.append(ll / n_votes)
+            self._log_confusions(counts_t, observed, log_conf)
+            log_prior[:] = np.log(self._prior(post_sum, votes.n_tasks))
+            history.append(em_pass() / n_votes)
             if len(history) > 1 and history[-1] - history[-2] < self.tol:
                 break
         self.em_seconds_ = time.perf_counter() - start
@@ -289,7 +457,15 @@ class DawidSkene(Aggregator):
         # final M-step so the confusions match the returned posterior (as crowd-kit does)
         self._conf_t = self._m_step(counts_t, observed)
         self.priors_ = self._prior(post_sum, votes.n_tasks)
+        # each worker's expected share of right votes is the trace of its soft counts
+        hits = np.einsum("wcc->w", counts_t)
+        self._accuracy = np.divide(
+            hits, worker_votes, out=np.full(n_workers, np.nan), where=worker_votes > 0
+        )
         return post
+
+    def _worker_accuracy(self, votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
+        return self._accuracy
 
     def _confusions(self, votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self._conf_t.transpose(0, 2, 1))
