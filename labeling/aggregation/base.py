@@ -152,13 +152,14 @@ def code_votes(data: pd.DataFrame, classes: Sequence[Any] | None = None) -> Vote
     missing = [c for c in VOTE_COLUMNS if c not in data.columns]
     if missing:
         raise ValueError(f"votes frame lacks column(s) {missing}; expected {list(VOTE_COLUMNS)}")
-    if data[list(VOTE_COLUMNS)].isna().to_numpy().any():
-        raise ValueError("votes frame has missing values in task, worker or label")
-    task_idx, tasks = pd.factorize(data["task"], sort=True)
-    worker_idx, workers = pd.factorize(data["worker"], sort=True)
+    for column in VOTE_COLUMNS:
+        # plain NumPy integer columns cannot hold a missing value; skip the scan for them
+        if not _plain_int(data[column]) and data[column].isna().to_numpy().any():
+            raise ValueError("votes frame has missing values in task, worker or label")
+    task_idx, tasks = _factorize_sorted(data["task"])
+    worker_idx, workers = _factorize_sorted(data["worker"])
     if classes is None:
-        label_idx, class_index = pd.factorize(data["label"], sort=True)
-        class_names = np.asarray(class_index)
+        label_idx, class_names = _factorize_sorted(data["label"])
     else:
         class_names = _as_class_array(classes)
         label_idx = pd.Index(class_names).get_indexer(data["label"])
@@ -173,6 +174,29 @@ def code_votes(data: pd.DataFrame, classes: Sequence[Any] | None = None) -> Vote
         np.asarray(workers),
         class_names,
     )
+
+
+def _plain_int(column: pd.Series) -> bool:
+    return isinstance(column.dtype, np.dtype) and column.dtype.kind in "iu"
+
+
+def _factorize_sorted(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(column, sort=True)`` as ``(int64 codes, sorted uniques)``.
+
+    Integer ids spanning a range not much larger than the column are coded with one
+    ``bincount`` over the range instead of a hash table and a sort (same codes and uniques).
+    """
+    if _plain_int(column) and len(column):
+        values = column.to_numpy()
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo <= 4 * len(values) + 1024:
+            shifted = (values - lo).astype(np.intp, copy=False)
+            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+            lookup = np.cumsum(present) - 1
+            uniques = (np.flatnonzero(present) + lo).astype(values.dtype)
+            return lookup[shifted], uniques
+    codes, uniques = pd.factorize(column, sort=True)
+    return np.asarray(codes, dtype=np.int64), np.asarray(uniques)
 
 
 def _as_class_array(classes: Sequence[Any]) -> np.ndarray:

@@ -105,3 +105,27 @@ def test_known_labels_validation(frame):
     assert len(model.labels_) == 3
     model = DawidSkene().fit(code_votes(frame), known_labels=np.array([-1, 0, -1]))
     assert model.labels_.loc["t2"] == "cat"
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([5, -3, 5, 9, -3, 0], dtype=np.int64),
+        np.array([7, 7, 2], dtype=np.uint64),
+        np.array([3, 1, 2, 1], dtype=np.int32),
+        np.array([10**15, 4, 10**15]),  # sparse ids: the hash-table path
+    ],
+)
+def test_integer_ids_code_like_sorted_factorize(ids):
+    frame = pd.DataFrame({"task": ids, "worker": ids[::-1].copy(), "label": ids % 2})
+    votes = code_votes(frame)
+    for codes, lookup, column in (
+        (votes.task_idx, votes.tasks, "task"),
+        (votes.worker_idx, votes.workers, "worker"),
+        (votes.label_idx, votes.classes, "label"),
+    ):
+        expected_codes, expected_lookup = pd.factorize(frame[column], sort=True)
+        np.testing.assert_array_equal(codes, expected_codes)
+        np.testing.assert_array_equal(lookup, np.asarray(expected_lookup))
+        assert lookup.dtype == np.asarray(expected_lookup).dtype
+    pd.testing.assert_frame_equal(votes.to_frame(), frame)
