@@ -288,7 +288,7 @@ class ItemDataset(Dataset):
         prep = self.preprocessing
         array = load_image(self.items.images[index], prep.intensity_percentiles)
         image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-        image = _match_channels(image, prep.in_chans)
+        image = match_channels(image, prep.in_chans)
         if tuple(image.shape[1:]) != prep.image_size:
             mode = (
                 prep.interpolation if prep.interpolation in ("bilinear", "bicubic") else "bilinear"
@@ -304,7 +304,7 @@ class ItemDataset(Dataset):
         return self.image(index), self.targets[index], index
 
 
-def _match_channels(image: torch.Tensor, in_chans: int) -> torch.Tensor:
+def match_channels(image: torch.Tensor, in_chans: int) -> torch.Tensor:
     channels = image.shape[0]
     if channels == in_chans:
         return image

@@ -47,9 +47,15 @@ from training.engine.checkpoints import (
     save_model_file,
 )
 from training.engine.crowd_layer import CrowdLayer
-from training.engine.data import CrowdVotes, ItemSet, as_probabilities, load_image
+from training.engine.data import (
+    CrowdVotes,
+    ItemSet,
+    as_probabilities,
+    load_image,
+    match_channels,
+)
 from training.engine.patches import PatchGrid
-from training.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, EpochRecord
+from training.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, EpochRecord, seed_everything
 
 __all__ = [
     "MIL_LABEL_SOURCES",
@@ -181,7 +187,7 @@ class BagDataset(Dataset):
         prep = self.preprocessing
         array = load_image(self.items.images[index], prep.intensity_percentiles)
         image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-        image = _match_channels(image, prep.in_chans)
+        image = match_channels(image, prep.in_chans)
         height, width = image.shape[1:]
         grid = prep.grid(height, width)
         padded_h, padded_w = grid.padded_size
@@ -332,7 +338,7 @@ def train_mil(
     use_amp = config.amp and device.type == "cuda"
     checkpoint_dir = Path(config.checkpoint_dir or tempfile.mkdtemp(prefix="quorum-mil-"))
     checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
 
     resumed = load_checkpoint(resume_from) if resume_from is not None else None
     if resumed is not None:
@@ -444,7 +450,7 @@ def train_mil(
         epoch_started = time.perf_counter()
         # each epoch reseeds from (seed, epoch): a resumed run replays exactly the same stream
         epoch_seed = config.seed * 100_003 + epoch
-        _seed_everything(epoch_seed)
+        seed_everything(epoch_seed)
         loader = _loader(train_dataset, config.bags_per_batch, shuffle=True, seed=epoch_seed)
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -664,21 +670,3 @@ def _check_resumable(checkpoint: dict[str, Any], config: MILConfig) -> None:
         raise CheckpointError("cannot resume, the run's settings changed: " + "; ".join(different))
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
-
-
-def _match_channels(image: torch.Tensor, in_chans: int) -> torch.Tensor:
-    channels = image.shape[0]
-    if channels == in_chans:
-        return image
-    if channels == 1:
-        return image.expand(in_chans, -1, -1).contiguous()
-    if channels == 3 and in_chans == 1:
-        return (image * _LUMA.view(3, 1, 1)).sum(dim=0, keepdim=True)
-    raise ValueError(f"cannot turn a {channels}-channel image into {in_chans} channels")

@@ -186,7 +186,7 @@ def train(
     use_amp = config.amp and device.type == "cuda"
     checkpoint_dir = Path(config.checkpoint_dir or tempfile.mkdtemp(prefix="quorum-run-"))
     checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
 
     resumed = load_checkpoint(resume_from) if resume_from is not None else None
     if resumed is not None:
@@ -322,7 +322,7 @@ def train(
         epoch_started = time.perf_counter()
         # each epoch reseeds from (seed, epoch): a resumed run replays exactly the same stream
         epoch_seed = config.seed * 100_003 + epoch
-        _seed_everything(epoch_seed)
+        seed_everything(epoch_seed)
         loader = make_loader(
             train_dataset,
             config.batch_size,
@@ -484,7 +484,7 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig) -> None:
         raise CheckpointError("cannot resume, the run's settings changed: " + "; ".join(different))
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
