@@ -9,7 +9,7 @@ if [ ! -x /usr/bin/chromium ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo"
   echo "Installing Debian's chromium for the browser tests"
-  $sudo apt-get update -qq && $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 export QUORUM_VAR_DIR="${QUORUM_VAR_DIR:-$PWD/var/test}"
