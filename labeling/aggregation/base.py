@@ -16,6 +16,11 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
+try:
+    import numba
+except ImportError:  # numba is a dependency; NumPy does the same work without it, slower
+    numba = None
+
 VOTE_COLUMNS = ("task", "worker", "label")
 
 # Floor for probabilities before taking logs (crowd-kit uses the same 1e-10).
@@ -52,8 +57,10 @@ class VoteMatrix:
         ):
             if codes.dtype.kind not in "iu":
                 raise ValueError(f"{name} must be an integer array, got {codes.dtype}")
-            if n and (codes.min() < 0 or codes.max() >= size):
-                raise ValueError(f"{name} has codes outside [0, {size})")
+            if n:
+                lo, hi = _value_range(codes)
+                if lo < 0 or hi >= size:
+                    raise ValueError(f"{name} has codes outside [0, {size})")
         if self.n_classes < 1:
             raise ValueError("at least one class is needed")
 
@@ -183,20 +190,69 @@ def _plain_int(column: pd.Series) -> bool:
 def _factorize_sorted(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """``pd.factorize(column, sort=True)`` as ``(int64 codes, sorted uniques)``.
 
-    Integer ids spanning a range not much larger than the column are coded with one
-    ``bincount`` over the range instead of a hash table and a sort (same codes and uniques).
+    Integer ids spanning a range not much larger than the column are coded through a table
+    over the range instead of a hash table and a sort (same codes and uniques).
     """
     if _plain_int(column) and len(column):
         values = column.to_numpy()
-        lo, hi = int(values.min()), int(values.max())
+        lo, hi = _value_range(values)
         if hi - lo <= 4 * len(values) + 1024:
-            shifted = (values - lo).astype(np.intp, copy=False)
-            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
-            lookup = np.cumsum(present) - 1
-            uniques = (np.flatnonzero(present) + lo).astype(values.dtype)
-            return lookup[shifted], uniques
+            return _dense_codes(values, lo, hi)
     codes, uniques = pd.factorize(column, sort=True)
     return np.asarray(codes, dtype=np.int64), np.asarray(uniques)
+
+
+def _value_range_python(values):
+    """``(min, max)`` of a non-empty integer array in one pass."""
+    lo = values[0]
+    hi = values[0]
+    for v in values:
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+def _dense_codes_python(values, lo, present, codes):
+    """Mark the values present in ``[lo, lo + len(present))``, number them in order, code each value."""
+    for v in values:
+        present[v - lo] = 1
+    n = 0
+    for i in range(present.shape[0]):
+        if present[i]:
+            present[i] = n
+            n += 1
+        else:
+            present[i] = -1
+    for i in range(values.shape[0]):
+        codes[i] = present[values[i] - lo]
+    return n
+
+
+if numba is not None:
+    _value_range_numba = numba.njit(cache=True, nogil=True)(_value_range_python)
+    _dense_codes_numba = numba.njit(cache=True, nogil=True)(_dense_codes_python)
+
+
+def _value_range(values: np.ndarray) -> tuple[int, int]:
+    if numba is not None:
+        lo, hi = _value_range_numba(values)
+        return int(lo), int(hi)
+    return int(values.min()), int(values.max())
+
+
+def _dense_codes(values: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted-factorize codes of integer ``values`` within ``[lo, hi]`` by a table over the range."""
+    if numba is not None and values.dtype != np.uint64:  # uint64 - int64 is float in numba
+        table = np.zeros(hi - lo + 1, dtype=np.int64)
+        codes = np.empty(len(values), dtype=np.int64)
+        _dense_codes_numba(values, lo, table, codes)
+        uniques = (np.flatnonzero(table >= 0) + lo).astype(values.dtype)
+        return codes, uniques
+    shifted = (values - lo).astype(np.intp, copy=False)
+    present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+    lookup = np.cumsum(present) - 1
+    uniques = (np.flatnonzero(present) + lo).astype(values.dtype)
+    return lookup[shifted], uniques
 
 
 def _as_class_array(classes: Sequence[Any]) -> np.ndarray:

@@ -30,25 +30,37 @@ quantity one half-step later).
 
 Speed: votes are sorted by task once, with an O(n) counting sort, into one int32 code per vote
 (``worker * K + label``: the row of the flat log-confusion table it reads). Each iteration is
-then one numba pass per chunk of tasks (E-step for one task as a contiguous segment sum, then
-its votes' contributions to the next M-step's soft counts), compiled per number of classes so
-the class loops unroll, releasing the GIL so chunks run on a small thread pool (one chunk per
-numba thread, each with its own soft counts, summed afterwards). The M-step and its log run in
-numba as well; the kernels cache on disk (``warm_up`` compiles or loads them). Without numba
-the same algorithm runs on ``np.bincount`` segment sums (also the reference the tests compare
-the kernels with).
+then one numba pass per chunk of tasks, compiled per number of classes so the class loops
+unroll, a block of tasks at a time: the E-step as contiguous segment sums, one vectorised exp
+over the block (a polynomial exp: libm's does not vectorise), then each task's normalised
+posterior added to its votes' soft counts for the next M-step. The log-likelihood takes one log
+per few hundred tasks (of the product of their normalisers). Chunks release the GIL and run on
+the calling thread plus a small pool (one chunk per numba thread, each with its own soft
+counts, summed afterwards; the pool is forgotten in a forked child, which would otherwise wait
+on threads it does not have). The M-step and its log run in numba as well; the kernels cache on
+disk (``warm_up`` compiles or loads them). Without numba the same algorithm runs on
+``np.bincount`` segment sums (also the reference the tests compare the kernels with).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
-from labeling.aggregation.base import EPS, Aggregator, VoteMatrix, clamp_known, confusion_counts
+from labeling.aggregation.base import (
+    EPS,
+    Aggregator,
+    VoteMatrix,
+    clamp_known,
+    code_votes,
+    confusion_counts,
+)
 from labeling.aggregation.majority_vote import normalise_rows
 
 try:
@@ -87,84 +99,131 @@ def _sort_by_task_python(task_idx, worker_idx, label_idx, k, indptr, code, obser
         worker_votes[w] += 1
 
 
-def _vote_shares_python(indptr, code, post):
-    """Majority-vote initialisation: each task's vote shares (uniform for a task with no vote)."""
-    n_tasks, k = post.shape
-    for t in range(n_tasks):
-        for c in range(k):
-            post[t, c] = 0.0
-        lo = indptr[t]
-        hi = indptr[t + 1]
-        for p in range(lo, hi):
-            post[t, code[p] % k] += 1.0
-        if hi > lo:
-            for c in range(k):
-                post[t, c] /= hi - lo
-        else:
-            for c in range(k):
-                post[t, c] = 1.0 / k
+# EM pass modes: what the pass does to each task's posterior before adding it to the counts
+SCATTER, VOTE_SHARES, E_STEP = 0, 1, 2
+# tasks per block: a block's log posteriors stay in L1 between the E-step, exp and scatter loops
+_BLOCK = 256
+# exp(-700) ~ 1e-304: a class that far below the top has posterior 0 to any tolerance
+_EXP_FLOOR = -700.0
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+def _exp_inplace_python(x, bits):
+    """``x[:] = exp(x)`` for ``x <= 0``, written so LLVM vectorises it (libm's exp does not).
+
+    Cody-Waite reduction ``x = n ln2 + r`` with ``|r| <= ln2 / 2``, a degree-13 Taylor polynomial
+    for ``exp(r)`` (relative error below 4e-16) and ``2**n`` built from its exponent bits in
+    ``bits`` (int64 scratch at least as long as ``x``).
+    """
+    m = x.shape[0]
+    scale = bits[:m].view(np.float64)
+    for i in range(m):
+        xi = max(x[i], _EXP_FLOOR)
+        n = np.floor(xi * _LOG2E + 0.5)
+        x[i] = xi - n * _LN2_HI - n * _LN2_LO
+        bits[i] = (np.int64(n) + 1023) << 52
+    for i in range(m):
+        r = x[i]
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        x[i] = (p * r + 1.0) * scale[i]
 
 
 def _make_em_pass(k):
     """The EM pass for ``k`` classes (a compile-time constant, so the class loops unroll).
 
     Returns a function ``em_pass(first, last, indptr, code, log_conf, log_prior, known, post,
-    counts, post_sum, e_step)`` that walks the tasks ``first:last`` of task-sorted votes
-    (compiled by numba, one call per chunk of tasks and thread). With ``e_step`` it first
-    replaces each task's posterior: E-step from the flat log confusions
-    ``log_conf[(worker * k + label) * k + true]`` and ``log_prior``, log-sum-exp shifted,
-    known tasks clamped one-hot. Either way it then adds the task's posterior to the soft
-    counts of its votes (``counts``, flat like ``log_conf``: the next M-step's numerator) and
-    to ``post_sum``, both zeroed first. Returns the chunk's data log-likelihood under the
-    parameters used (0 without ``e_step``).
+    counts, post_sum, mode)`` that walks the tasks ``first:last`` of task-sorted votes
+    (compiled by numba, one call per chunk of tasks and thread), a block of tasks at a time.
+    ``mode`` says what happens to each task's posterior first: ``E_STEP`` replaces it by the
+    E-step from the flat log confusions ``log_conf[(worker * k + label) * k + true]`` and
+    ``log_prior`` (log-sum-exp shifted; the top class needs no exp), ``VOTE_SHARES`` by its
+    vote shares (majority-vote initialisation), ``SCATTER`` keeps it; the first two then clamp
+    known tasks one-hot. Either way it then adds the task's posterior to the soft counts of
+    its votes (``counts``, flat like ``log_conf``: the next M-step's numerator) and to
+    ``post_sum``. Returns the chunk's data log-likelihood under the parameters used (0 unless
+    ``E_STEP``); each task's normaliser is multiplied into a running product (each lies in
+    ``[1, k]``) and its log taken only when that product grows large.
     """
 
     def em_pass(
-        first, last, indptr, code, log_conf, log_prior, known, post, counts, post_sum, e_step
+        first, last, indptr, code, log_conf, log_prior, known, post, counts, post_sum, mode
     ):
         counts[:] = 0.0
-        post_sum[:] = 0.0
-        acc = np.empty(k)
+        sums = np.zeros(k)
+        flat = post.reshape(-1)
+        tops = np.empty(_BLOCK)
+        bits = np.empty(_BLOCK * k, dtype=np.int64)
         ll = 0.0
-        for t in range(first, last):
-            lo = indptr[t]
-            hi = indptr[t + 1]
-            if e_step:
+        prod = 1.0
+        for b0 in range(first, last, _BLOCK):
+            b1 = min(b0 + _BLOCK, last)
+            if mode == E_STEP:
+                for t in range(b0, b1):
+                    for c in range(k):
+                        post[t, c] = log_prior[c]
+                    for p in range(indptr[t], indptr[t + 1]):
+                        base = code[p] * k
+                        for c in range(k):
+                            post[t, c] += log_conf[base + c]
+                    top = post[t, 0]
+                    for c in range(1, k):
+                        top = max(top, post[t, c])
+                    tops[t - b0] = top
+                    for c in range(k):
+                        post[t, c] -= top
+                _exp_inplace(flat[b0 * k : b1 * k], bits)
+            elif mode == VOTE_SHARES:
+                for t in range(b0, b1):
+                    # a task without votes gets equal shares
+                    fill = 1.0 if indptr[t + 1] == indptr[t] else 0.0
+                    for c in range(k):
+                        post[t, c] = fill
+                    for p in range(indptr[t], indptr[t + 1]):
+                        # unsigned: a modulo by a constant without the sign fix-up
+                        post[t, np.uint64(code[p]) % np.uint64(k)] += 1.0
+            for t in range(b0, b1):
+                if mode != SCATTER:
+                    total = 0.0
+                    for c in range(k):
+                        total += post[t, c]
+                    if mode == E_STEP:
+                        ll += tops[t - b0]
+                        prod *= total
+                        if prod > 1e250:
+                            ll += np.log(prod)
+                            prod = 1.0
+                    kt = known[t]
+                    if kt >= 0:
+                        for c in range(k):
+                            post[t, c] = 0.0
+                        post[t, kt] = 1.0
+                    else:
+                        inv = 1.0 / total
+                        for c in range(k):
+                            post[t, c] *= inv
                 for c in range(k):
-                    acc[c] = log_prior[c]
-                for p in range(lo, hi):
+                    sums[c] += post[t, c]
+                for p in range(indptr[t], indptr[t + 1]):
                     base = code[p] * k
                     for c in range(k):
-                        acc[c] += log_conf[base + c]
-                top = acc[0]
-                for c in range(1, k):
-                    if acc[c] > top:
-                        top = acc[c]
-                total = 0.0
-                for c in range(k):
-                    acc[c] = np.exp(acc[c] - top)
-                    total += acc[c]
-                ll += top + np.log(total)
-                kt = known[t]
-                if kt >= 0:
-                    for c in range(k):
-                        acc[c] = 0.0
-                    acc[kt] = 1.0
-                else:
-                    for c in range(k):
-                        acc[c] /= total
-                for c in range(k):
-                    post[t, c] = acc[c]
-            else:
-                for c in range(k):
-                    acc[c] = post[t, c]
-            for c in range(k):
-                post_sum[c] += acc[c]
-            for p in range(lo, hi):
-                base = code[p] * k
-                for c in range(k):
-                    counts[base + c] += acc[c]
-        return ll
+                        counts[base + c] += post[t, c]
+        for c in range(k):
+            post_sum[c] = sums[c]
+        return ll + np.log(prod)
 
     return em_pass
 
@@ -196,10 +255,25 @@ def _log_m_step_python(counts, observed, k, smoothing, eps, log_conf):
 
 _jit = numba.njit(cache=True, nogil=True) if numba is not None else None
 _sort_by_task = _jit(_sort_by_task_python) if numba is not None else None
-_vote_shares = _jit(_vote_shares_python) if numba is not None else None
 _log_m_step_numba = _jit(_log_m_step_python) if numba is not None else None
+# fused multiply-add in the polynomial (the only place it applies) is what lets it vectorise well
+_exp_inplace = (
+    numba.njit(cache=True, nogil=True, fastmath={"contract"})(_exp_inplace_python)
+    if numba is not None
+    else None
+)
 _em_passes: dict[int, object] = {}
 _pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """A forked child inherits the pool object but not its threads: it would wait forever."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _em_pass_for(k: int):
@@ -209,24 +283,26 @@ def _em_pass_for(k: int):
     return _em_passes[k]
 
 
-def _run_chunks(kernel, bounds, *args, counts_buf, post_sum_buf, e_step) -> float:
-    """Run ``kernel`` over every chunk of tasks, one thread each (the kernel releases the
-    GIL), then sum the chunks' soft counts and posterior sums into row 0."""
+def _run_chunks(kernel, bounds, *args, counts_buf, post_sum_buf, mode) -> float:
+    """Run ``kernel`` over every chunk of tasks (the calling thread takes the first, the pool
+    the rest; the kernel releases the GIL), then sum the chunks' soft counts and posterior
+    sums into row 0."""
     global _pool
     n_chunks = len(bounds) - 1
 
     def one(ch: int) -> float:
-        return kernel(bounds[ch], bounds[ch + 1], *args, counts_buf[ch], post_sum_buf[ch], e_step)
+        return kernel(bounds[ch], bounds[ch + 1], *args, counts_buf[ch], post_sum_buf[ch], mode)
 
     if n_chunks == 1:
         return one(0)
-    if _pool is None or _pool._max_workers < n_chunks:
-        _pool = ThreadPoolExecutor(max_workers=n_chunks, thread_name_prefix="dawid-skene")
-    lls = list(_pool.map(one, range(n_chunks)))
+    if _pool is None or _pool._max_workers < n_chunks - 1:
+        _pool = ThreadPoolExecutor(max_workers=n_chunks - 1, thread_name_prefix="dawid-skene")
+    others = [_pool.submit(one, ch) for ch in range(1, n_chunks)]
+    ll = one(0) + sum(f.result() for f in others)
     for ch in range(1, n_chunks):
         counts_buf[0] += counts_buf[ch]
         post_sum_buf[0] += post_sum_buf[ch]
-    return float(sum(lls))
+    return float(ll)
 
 
 def _em_pass_numpy(
@@ -268,6 +344,7 @@ def warm_up(n_classes: Iterable[int] = range(2, 9)) -> float:
     if numba is None:
         return 0.0
     start = time.perf_counter()
+    code_votes(pd.DataFrame({"task": [0, 0, 1], "worker": [0, 1, 1], "label": [0, 1, 1]}))
     for k in n_classes:
         votes = VoteMatrix.from_codes([0, 0, 1], [0, 1, 1], [0, 1, 1], n_classes=k)
         DawidSkene(n_iter=2, tol=-1, backend="numba").fit(votes)
@@ -407,10 +484,10 @@ class DawidSkene(Aggregator):
             bounds = _chunk_bounds(indptr, n_workers * k * k)
             if self._resolved_init(known) == "majority_vote":
                 post = np.empty((votes.n_tasks, k))
-                _vote_shares(indptr, code, post)
-                clamp_known(post, known)
+                first_mode = VOTE_SHARES
             else:
-                post = self._initial_posteriors(votes, known)
+                post = np.ascontiguousarray(self._initial_posteriors(votes, known))
+                first_mode = SCATTER
             # per-chunk soft counts; after each pass row 0 holds the total
             counts_buf = np.empty((len(bounds) - 1, n_workers * k * k))
             post_sum_buf = np.empty((len(bounds) - 1, k))
@@ -419,7 +496,7 @@ class DawidSkene(Aggregator):
             kernel = _em_pass_for(k)
             _run_chunks(
                 kernel, bounds, indptr, code, log_conf, log_prior, known, post,
-                counts_buf=counts_buf, post_sum_buf=post_sum_buf, e_step=False,
+                counts_buf=counts_buf, post_sum_buf=post_sum_buf, mode=first_mode,
             )  # fmt: skip
             counts_t = counts_buf[0].reshape(n_workers, k, k)
             post_sum = post_sum_buf[0]
@@ -427,7 +504,7 @@ class DawidSkene(Aggregator):
             def em_pass() -> float:
                 return _run_chunks(
                     kernel, bounds, indptr, code, log_conf, log_prior, known, post,
-                    counts_buf=counts_buf, post_sum_buf=post_sum_buf, e_step=True,
+                    counts_buf=counts_buf, post_sum_buf=post_sum_buf, mode=E_STEP,
                 )  # fmt: skip
 
         else:

@@ -54,6 +54,69 @@ def test_numba_kernel_equals_plain_numpy_em():
     np.testing.assert_allclose(fast.loglik_history_, slow.loglik_history_, rtol=1e-10)
 
 
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+def test_exp_kernel_is_exact_to_rounding():
+    from labeling.aggregation.dawid_skene import _EXP_FLOOR, _exp_inplace
+
+    x = np.concatenate([np.linspace(-690.0, 0.0, 100_001), [0.0, -1e-300, -0.5, -745.0]])
+    got = x.copy()
+    _exp_inplace(got, np.empty(len(x), dtype=np.int64))
+    inside = x >= _EXP_FLOOR
+    np.testing.assert_allclose(got[inside], np.exp(x[inside]), rtol=5e-16, atol=0)
+    assert got[-4] == 1.0 and got[-3] == 1.0
+    assert got[-1] == np.exp(_EXP_FLOOR)  # floored: zero for any posterior purpose
+
+
+@pytest.fixture
+def three_chunks(monkeypatch):
+    """Split every fit into three chunks of tasks, whatever the size and core count."""
+    from labeling.aggregation import dawid_skene
+
+    def bounds(indptr, n_cells):
+        n_tasks = len(indptr) - 1
+        return np.array([0, n_tasks // 3, 2 * n_tasks // 3, n_tasks], dtype=np.int64)
+
+    monkeypatch.setattr(dawid_skene, "_chunk_bounds", bounds)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+@pytest.mark.parametrize("init", ["majority_vote", "random", "gold"])
+def test_chunked_kernel_equals_plain_numpy_em(three_chunks, init):
+    crowd = hard_crowd()
+    known = np.where(np.arange(len(crowd.true_labels)) % 5 == 0, crowd.true_labels, -1)
+    fits = [
+        DawidSkene(n_iter=12, tol=-1, init=init, backend=backend).fit(
+            crowd.votes, known_labels=known
+        )
+        for backend in ("numba", "numpy")
+    ]
+    np.testing.assert_allclose(fits[0].posteriors_, fits[1].posteriors_, atol=1e-10)
+    np.testing.assert_allclose(fits[0].confusions_, fits[1].confusions_, atol=1e-10)
+    np.testing.assert_allclose(fits[0].loglik_history_, fits[1].loglik_history_, rtol=1e-10)
+
+
+def _fit_in_child(queue) -> None:
+    queue.put(DawidSkene(n_iter=5, tol=-1).fit(hard_crowd().votes).posteriors_)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fit_in_a_child_forked_after_a_fit(three_chunks):
+    import multiprocessing
+
+    parent = DawidSkene(n_iter=5, tol=-1).fit(hard_crowd().votes).posteriors_  # starts the pool
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_fit_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on the thread pool it inherited")
+    assert child.exitcode == 0
+    np.testing.assert_allclose(queue.get(timeout=5), parent, atol=1e-12)
+
+
 def test_log_likelihood_never_decreases():
     history = np.array(DawidSkene(n_iter=30, tol=-1).fit(hard_crowd().votes).loglik_history_)
     assert (np.diff(history) > -1e-9).all()
