@@ -339,10 +339,40 @@ def confusion_counts(votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
     return out
 
 
-def tie_broken_argmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise argmax; exact ties go to the class listed first (crowd-kit's ``idxmax`` does the same
-    with its sorted labels), so the project's class order decides ties, deterministically."""
-    return np.argmax(scores, axis=1) if scores.size else np.zeros(len(scores), dtype=np.int64)
+def tie_broken_argmax(scores: np.ndarray, tie_scores: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise argmax. Among classes with exactly the top score, the highest ``tie_scores``
+    (same shape) wins; remaining ties go to the class listed first (crowd-kit's ``idxmax`` does
+    the same with its sorted labels), so the project's class order decides them,
+    deterministically."""
+    n, k = scores.shape
+    if numba is not None and scores.dtype == np.float64 and n:
+        scores = np.ascontiguousarray(scores)
+        ties = scores if tie_scores is None else np.ascontiguousarray(tie_scores, dtype=np.float64)
+        out = np.empty(n, dtype=np.int64)
+        _argmax_rows_numba(scores, ties, out)
+        return out
+    if not scores.size:
+        return np.zeros(n, dtype=np.int64)
+    if tie_scores is None:
+        return np.argmax(scores, axis=1)
+    tied = scores == scores.max(axis=1, keepdims=True)
+    return np.argmax(np.where(tied, tie_scores, -np.inf), axis=1)
+
+
+def _argmax_rows_python(scores, tie_scores, out):
+    """``tie_broken_argmax`` in one pass (NumPy's argmax over short rows is slow)."""
+    for i in range(scores.shape[0]):
+        best = 0
+        for c in range(1, scores.shape[1]):
+            s = scores[i, c]
+            b = scores[i, best]
+            if s > b or (s == b and tie_scores[i, c] > tie_scores[i, best]):
+                best = c
+        out[i] = best
+
+
+if numba is not None:
+    _argmax_rows_numba = numba.njit(cache=True, nogil=True)(_argmax_rows_python)
 
 
 class Aggregator:
@@ -384,7 +414,7 @@ class Aggregator:
         self.__dict__.pop("priors_", None)
         posteriors = self._fit_votes(votes, known)
         clamp_known(posteriors, known)
-        self._store(votes, posteriors)
+        self._store(votes, posteriors, known)
         return self
 
     def fit_predict(
@@ -414,9 +444,11 @@ class Aggregator:
         )
 
     def predict(self, data: pd.DataFrame | VoteMatrix) -> pd.Series:
-        proba = self.predict_proba(data)
-        codes = tie_broken_argmax(proba.to_numpy())
-        return pd.Series(self.classes_[codes], index=proba.index, name="agg_label")
+        votes = self._recode(data)
+        posteriors = self._predict_votes(votes)
+        codes = self._predicted_label_codes(votes, posteriors)
+        index = _named_index(votes.tasks, "task")
+        return pd.Series(self.classes_[codes], index=index, name="agg_label")
 
     # -- subclass hooks ---------------------------------------------------------------------
     def _fit_votes(self, votes: VoteMatrix, known: np.ndarray) -> np.ndarray:
@@ -428,6 +460,17 @@ class Aggregator:
     def _confusions(self, votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
         """Per-worker confusion; methods without their own use one soft M-step."""
         return expected_confusions(votes, posteriors, smoothing=0.0)
+
+    def _label_codes(
+        self, votes: VoteMatrix, posteriors: np.ndarray, known: np.ndarray
+    ) -> np.ndarray:
+        """Each task's label code after ``fit``; methods whose posteriors tie often resolve ties
+        their way."""
+        return tie_broken_argmax(posteriors)
+
+    def _predicted_label_codes(self, votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
+        """Each task's label code in ``predict`` (new votes, learned parameters)."""
+        return tie_broken_argmax(posteriors)
 
     def _worker_accuracy(self, votes: VoteMatrix, posteriors: np.ndarray) -> np.ndarray:
         """Expected share of each worker's votes that are right; EM methods may reuse counts."""
@@ -458,7 +501,7 @@ class Aggregator:
             votes.classes,
         )
 
-    def _store(self, votes: VoteMatrix, posteriors: np.ndarray) -> None:
+    def _store(self, votes: VoteMatrix, posteriors: np.ndarray, known: np.ndarray) -> None:
         self.tasks_ = votes.tasks
         self.workers_ = votes.workers
         self.classes_ = votes.classes
@@ -476,7 +519,7 @@ class Aggregator:
             index=_named_index(votes.tasks, "task"),
             columns=_named_index(votes.classes, "label"),
         )
-        codes = tie_broken_argmax(posteriors)
+        codes = self._label_codes(votes, posteriors, known)
         self.labels_ = pd.Series(votes.classes[codes], index=self.probas_.index, name="agg_label")
         self.errors_ = errors_frame(self.confusions_, votes.workers, votes.classes)
 

@@ -89,6 +89,10 @@ def build_aggregator(method: str, params: dict[str, Any] | None = None) -> Aggre
     params = dict(params or {})
     cls = METHODS[method]
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    if "tie_break" in accepted:
+        # a stored label is the first argmax of its stored posterior (what readers of consensus
+        # rows expect); a tied item has confidence <= 0.5 and goes to expert review anyway
+        params.setdefault("tie_break", "first")
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         takes = ", ".join(accepted) or "no parameters"

@@ -25,10 +25,35 @@ def test_shares_and_labels():
 
 def test_ties_go_to_the_first_listed_class_and_stay_visible():
     frame = pd.DataFrame({"task": [1, 1], "worker": ["a", "b"], "label": ["pos", "neg"]})
-    assert MajorityVote().fit(frame, classes=["pos", "neg"]).labels_.iloc[0] == "pos"
-    model = MajorityVote().fit(frame, classes=["neg", "pos"])
+    first = MajorityVote(tie_break="first")
+    assert first.fit(frame, classes=["pos", "neg"]).labels_.iloc[0] == "pos"
+    model = first.fit(frame, classes=["neg", "pos"])
     assert model.labels_.iloc[0] == "neg"
     np.testing.assert_allclose(model.posteriors_, [[0.5, 0.5]])
+
+
+def _reliable_and_contrary_workers() -> pd.DataFrame:
+    """Workers a and c agree on 40 tasks, b contradicts them; on 10 more only a and b vote."""
+    rows = []
+    for t in range(40):
+        right, wrong = ("x", "y") if t % 2 else ("y", "x")
+        rows += [(t, "a", right), (t, "c", right), (t, "b", wrong)]
+    for t in range(40, 50):
+        rows += [(t, "a", "y"), (t, "b", "x")]
+    return pd.DataFrame(rows, columns=["task", "worker", "label"])
+
+
+@pytest.mark.parametrize("method", [MajorityVote, WeightedMajorityVote])
+def test_ties_go_to_the_class_dawid_skene_prefers(method):
+    frame = _reliable_and_contrary_workers()
+    model = method().fit(frame)
+    tied = model.labels_.loc[40:]
+    assert (tied == "y").all()  # worker a's answer: a agrees with c, b never does
+    np.testing.assert_allclose(model.posteriors_[40:], 0.5)
+    assert (method(tie_break="first").fit(frame).labels_.loc[40:] == "x").all()
+    assert (model.predict(frame[frame.task >= 40]) == "y").all()
+    with pytest.raises(ValueError, match="tie_break"):
+        method(tie_break="coin").fit(frame)
 
 
 def test_weights_from_mapping_array_and_gold():
