@@ -85,7 +85,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A health check is a round trip at the start of every request. Without it, a connection
+    # that broke (a database restart) fails one request, and Django drops it when that request
+    # ends; the crowd loop's requests are two round trips each, so the check is off by default.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -136,12 +139,17 @@ QUORUM_MAX_IMAGE_PIXELS = env.int("QUORUM_MAX_IMAGE_PIXELS", default=100_000_000
 # Real data shipped beside the repository (see README); in the wild, the loaders download it.
 QUORUM_DATA_DIR = Path(env("QUORUM_DATA_DIR", default=str(BASE_DIR.parent / "shared" / "data")))
 # A running training run whose worker has not reported for this long is marked failed.
+# On PostgreSQL the crowd loop's next/vote run as database functions (migration 0004), one
+# round trip each; off, the same Python services serve them with a statement per step.
+QUORUM_CROWD_DB_FUNCTIONS = env.bool("QUORUM_CROWD_DB_FUNCTIONS", default=True)
+# Seconds a process remembers which user an API token belongs to (quorum/authentication.py).
+QUORUM_TOKEN_CACHE_SECONDS = env.float("QUORUM_TOKEN_CACHE_SECONDS", default=5.0)
 QUORUM_TRAINING_STALE_MINUTES = env.int("QUORUM_TRAINING_STALE_MINUTES", default=15)
 QUORUM_CACHE_DIR = Path(env("QUORUM_CACHE_DIR", default=str(VAR_DIR / "cache")))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "quorum.authentication.FastTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
