@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection
 from django.db.models import QuerySet
 
-from .models import Membership, Project
+from .models import LabelClass, Membership, Project
 
 Role = Membership.Role
 
@@ -58,3 +61,54 @@ def projects_for(user: AbstractBaseUser | AnonymousUser, role: str | None = None
         allowed = [r for r, rank in _ROLE_RANK.items() if rank >= _ROLE_RANK[role]]
         memberships = memberships.filter(role__in=allowed)
     return Project.objects.filter(id__in=memberships.values("project_id"))
+
+
+@dataclass(frozen=True)
+class CrowdContext:
+    """What the crowd API needs to know before serving a worker: read in one statement."""
+
+    project: Project
+    role: str | None  # as role_of gives it
+    blocked_reason: str | None  # None unless the worker is blocked here
+    classes: list[tuple[str, int]]  # (name, index) in index order
+
+
+def _crowd_context_sql() -> tuple[str, list[str]]:
+    qn = connection.ops.quote_name
+    fields = [f.attname for f in Project._meta.concrete_fields]
+    columns = ", ".join(f"p.{qn(f.column)}" for f in Project._meta.concrete_fields)
+    m, c = Membership._meta, LabelClass._meta
+    sql = (
+        f"SELECT {columns}, m.{qn('role')}, m.{qn('is_blocked')}, m.{qn('blocked_reason')}, "
+        f"c.{qn('name')}, c.{qn('index')} FROM {qn(Project._meta.db_table)} p "
+        f"LEFT JOIN {qn(m.db_table)} m ON m.{qn('project_id')} = p.{qn('id')} "
+        f"AND m.{qn('user_id')} = %s "
+        f"LEFT JOIN {qn(c.db_table)} c ON c.{qn('project_id')} = p.{qn('id')} "
+        f"WHERE p.{qn('id')} = %s ORDER BY c.{qn('index')}"
+    )
+    return sql, fields
+
+
+def crowd_context(user: AbstractBaseUser, project_id: int) -> CrowdContext | None:
+    """The project, the user's role and block on it, and its classes; None for no project.
+
+    One statement (a row per class), since the crowd loop asks on every request; the ORM
+    would build three queries.
+    """
+    sql, fields = _crowd_context_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [user.pk, project_id])
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    n = len(fields)
+    project = Project.from_db(connection.alias, fields, rows[0][:n])
+    role, is_blocked, reason = rows[0][n : n + 3]
+    if is_site_admin(user):
+        role = Role.ADMIN
+    return CrowdContext(
+        project=project,
+        role=role,
+        blocked_reason=(reason or "an admin blocked you") if is_blocked else None,
+        classes=[(name, index) for *_, name, index in rows if name is not None],
+    )

@@ -9,6 +9,8 @@ that item's row, so the capacity re-check after taking the row cannot race.
 - PostgreSQL: candidates are read with ``SELECT ... FOR UPDATE SKIP LOCKED``; concurrent workers
   skip each other's rows instead of queueing on them, and the capacity is checked again with a
   fresh statement once the row is held (READ COMMITTED then sees every committed lease).
+- On PostgreSQL, the default ordering runs as the database function ``quorum_next_lease``
+(migration 0004): the same steps, in one round trip (see :func:`database_functions_enabled`).
 - SQLite has no row locks but one writer at a time. Every write transaction here starts with a
   no-op write (``write_transaction``), which takes the database write lock the way ``BEGIN
   IMMEDIATE`` would: the reads that follow cannot be overtaken by another writer, and a waiting
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -61,6 +64,16 @@ class LeaseConflict(CrowdError):
 
 class InvalidAnswer(CrowdError):
     pass
+
+
+class NotCrowdMember(CrowdError):
+    """A member of the project whose role does not label (an expert, an admin)."""
+
+
+def database_functions_enabled() -> bool:
+    """Whether the crowd loop runs as PostgreSQL functions (migration 0004), one round trip per
+    request: next_item in the default ordering and submit_vote. Elsewhere, Python does it."""
+    return connection.vendor == "postgresql" and settings.QUORUM_CROWD_DB_FUNCTIONS
 
 
 @contextmanager
@@ -120,7 +133,7 @@ def _live_lease_count(now: datetime) -> Subquery:
     return Coalesce(Subquery(counts, output_field=IntegerField()), Value(0))
 
 
-def _regular_pool(project: Project) -> QuerySet:
+def _regular_pool(project: Project | int) -> QuerySet:
     """Items the crowd labels, gold apart (drawn separately).
 
     Hold-out items are included: the crowd's consensus on them is what every aggregation method
@@ -129,7 +142,7 @@ def _regular_pool(project: Project) -> QuerySet:
     return Item.objects.filter(project=project, is_gold=False)
 
 
-def _open_pool(project: Project) -> QuerySet:
+def _open_pool(project: Project | int) -> QuerySet:
     """Regular items that still want votes; these filters are the predicate of item_open_idx."""
     return _regular_pool(project).filter(vote_count__lt=F("votes_wanted"))
 
@@ -190,10 +203,14 @@ def _blocked_reason(worker, project: Project) -> str | None:
     return None if row is None else row or "an admin blocked you"
 
 
-def check_not_blocked(worker, project: Project) -> None:
+def blocked_message(reason: str | None) -> str:
+    return f"You are blocked from this project: {reason or 'an admin blocked you'}."
+
+
+def check_not_blocked(worker, project: Project | int) -> None:
     reason = _blocked_reason(worker, project)
     if reason is not None:
-        raise WorkerBlocked(f"You are blocked from this project: {reason}.")
+        raise WorkerBlocked(blocked_message(reason))
 
 
 # What the crowd API shows of an item; next_item loads only these (plus is_gold, never shown,
@@ -216,6 +233,8 @@ def next_item(
     With probability ``project.gold_rate`` a gold item comes first, ignoring capacity.
     The lease comes with ``item`` (only :data:`SERVED_ITEM_FIELDS` loaded) and ``project``.
     """
+    if _in_database(ordering):
+        return _serve_in_database(worker, project, exclude, rng)[0]
     check_not_blocked(worker, project)
     now = timezone.now()
     exclude = {int(pk) for pk in exclude}
@@ -247,6 +266,72 @@ def next_item(
         if lease is not None:
             return lease
     return _take_regular(worker, project, now, ordering)
+
+
+def serve_next(
+    worker,
+    project: Project,
+    *,
+    exclude: Iterable[int] = (),
+    rng: random.Random | None = None,
+    block_checked: bool = False,
+) -> tuple[Assignment | None, Progress]:
+    """:func:`next_item` in the default ordering and the worker's :func:`progress` after it,
+    as the crowd API answers them (one round trip with the database functions).
+
+    ``block_checked`` skips the block check in the database path, for a caller that has just
+    read the membership (the Python path checks again; it has no round trip to save).
+    """
+    if _in_database(DEFAULT_ORDERING):
+        return _serve_in_database(worker, project, exclude, rng, block_checked=block_checked)
+    lease = next_item(worker, project, exclude=exclude, rng=rng)
+    return lease, progress(worker, project)
+
+
+def _in_database(ordering: str) -> bool:
+    return (
+        ordering == DEFAULT_ORDERING
+        and ORDERINGS[DEFAULT_ORDERING] is fewest_votes_then_most_uncertain
+        and database_functions_enabled()
+    )
+
+
+_LEASE_FIELDS = ["id", "project_id", "item_id", "worker_id", "status", "expires_at"]
+
+
+def _serve_in_database(
+    worker, project: Project, exclude: Iterable[int], rng: random.Random | None, *,
+    block_checked: bool = False,
+) -> tuple[Assignment | None, Progress]:
+    """next_item's steps as ``quorum_next_lease`` (the same order and rows), plus progress."""
+    if not block_checked:
+        check_not_blocked(worker, project)
+    now = timezone.now()
+    # Drawn before the function knows whether a held lease comes back: the rate is the same.
+    draw_gold = project.gold_rate > 0 and (rng or random).random() < project.gold_rate
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM quorum_next_lease(%s, %s, %s, %s, %s::bigint[], %s, %s, %s, %s)",
+            [worker.pk, project.pk, now, _expiry(project, now), sorted({int(pk) for pk in exclude}),
+             draw_gold, MAX_LIVE_LEASES, MAX_TAKE_ATTEMPTS, start_of_today()],
+        )  # fmt: skip
+        (outcome, detail, lease_id, expires_at, item_id, width, height, channels, is_gold,
+         votes_today, voted_open) = cursor.fetchone()  # fmt: skip
+    if outcome == "too_many":
+        raise LeaseConflict(
+            f"You already hold {detail} open assignments; answer them before taking more."
+        )
+    lease = None
+    if outcome in ("held", "new"):
+        alias = connection.alias
+        lease = Assignment.from_db(
+            alias, _LEASE_FIELDS,
+            [lease_id, project.pk, item_id, worker.pk, Assignment.Status.OPEN, expires_at],
+        )  # fmt: skip
+        lease.item = Item.from_db(alias, list(SERVED_ITEM_FIELDS), [item_id, width, height, channels, is_gold])
+        lease.project = project
+        lease.worker = worker
+    return lease, progress_from_counts(project.pk, project.created_at, votes_today, voted_open)
 
 
 def _expiry(project: Project, now: datetime) -> datetime:
@@ -386,14 +471,14 @@ OPEN_COUNT_TTL = 2.0
 _open_counts: dict[tuple[int, datetime | None], tuple[float, int]] = {}
 
 
-def _open_item_count(project: Project) -> int:
+def _open_item_count(project_id: int, created_at: datetime | None) -> int:
     # created_at in the key: a test database may hand a new project an old project's id.
-    key = (project.pk, project.created_at)
+    key = (project_id, created_at)
     cached = _open_counts.get(key)
     clock = time.monotonic()
     if cached is not None and clock - cached[0] < OPEN_COUNT_TTL:
         return cached[1]
-    open_items = _open_pool(project).order_by()
+    open_items = _open_pool(project_id).order_by()
     n = open_items.values("pk")[: ITEMS_LEFT_EXACT_UP_TO + 1].count()
     if n <= ITEMS_LEFT_EXACT_UP_TO:
         _open_counts.pop(key, None)
@@ -410,17 +495,25 @@ def progress(worker, project: Project) -> Progress:
     the votes today are one read over the worker's own votes; see ITEMS_LEFT_EXACT_UP_TO for
     the first.
     """
-    midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     row = Vote.objects.filter(project=project, worker=worker).aggregate(
-        today=Count("id", filter=Q(created_at__gte=midnight)),
+        today=Count("id", filter=Q(created_at__gte=start_of_today())),
         voted_open=Count(
             "id",
             filter=Q(item__is_gold=False, item__vote_count__lt=F("item__votes_wanted")),
         ),
     )
+    return progress_from_counts(project.pk, project.created_at, row["today"], row["voted_open"])
+
+
+def start_of_today() -> datetime:
+    return timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def progress_from_counts(project_id: int, created_at: datetime | None, votes_today: int, voted_open: int) -> Progress:
+    """The progress line from the worker's two counts (see :func:`progress`)."""
     return Progress(
-        votes_today=row["today"],
-        items_left=max(0, _open_item_count(project) - row["voted_open"]),
+        votes_today=votes_today,
+        items_left=max(0, _open_item_count(project_id, created_at) - voted_open),
     )
 
 

@@ -10,19 +10,27 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Exists, F, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from labeling.models import Assignment, Item, LabelClass, Membership, Project, Vote
+from labeling.selectors import is_site_admin, role_allows, role_of
 from labeling.services.assignment import (
     CrowdError,
     InvalidAnswer,
     LeaseConflict,
     LeaseNotFound,
+    NotCrowdMember,
+    Progress,
+    WorkerBlocked,
+    blocked_message,
     check_not_blocked,
+    database_functions_enabled,
     open_slots,
+    progress_from_counts,
+    start_of_today,
     write_transaction,
 )
 
@@ -33,6 +41,13 @@ LATE_AND_FULL = "lease expired and the item already has enough votes"
 
 class _AlreadyAnswered(LeaseConflict):
     """Raised under the lease lock; a concurrent retry with the same key turns into a replay."""
+
+
+class _NotAMember(LeaseNotFound):
+    """The lease's project is not the worker's (any more): a 404, so project ids do not leak."""
+
+
+NOT_CROWD = "Only the project's crowd workers label here."
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,8 @@ class VoteResult:
     created: bool
     # Only for gold items; None otherwise, so a worker learns nothing about regular items.
     feedback: GoldFeedback | None
+    # The worker's progress line after the vote, when it came with it (the database path).
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)
@@ -113,22 +130,25 @@ def submit_vote(
     kind: str = Vote.Kind.LABEL,
     idempotency_key: str,
     source: str = Vote.Source.WEB,
+    check_role: bool = False,
 ) -> VoteResult:
     """Record the worker's answer on their lease; a retried key returns the first result.
 
     Raises LeaseNotFound (not theirs), InvalidAnswer (unknown class), LeaseConflict (expired
-    and full, already answered), WorkerBlocked. After the vote commits, the aggregation service
-    is asked whether a run is due (it also fires when the crowd ran out of work).
+    and full, already answered), WorkerBlocked; with ``check_role`` (the API's permission,
+    checked under the same lock) also LeaseNotFound when the worker is no member of the
+    lease's project and NotCrowdMember when their role does not label. After the vote commits,
+    the aggregation service is asked whether a run is due (it also fires when the crowd ran
+    out of work).
     """
     try:
-        with write_transaction():
-            vote, feedback = _record_vote(worker, assignment_id, label, kind, idempotency_key, source)
-    except IntegrityError:
-        # A concurrent retry of the same request got there first, or the item was answered.
-        replayed = _replay(worker, idempotency_key, assignment_id)
-        if replayed is not None:
-            return replayed
-        raise LeaseConflict("You already answered this item.") from None
+        if database_functions_enabled():
+            return _submit_in_database(
+                worker, assignment_id, label, kind, idempotency_key, source, check_role
+            )
+        return _submit_in_python(worker, assignment_id, label, kind, idempotency_key, source, check_role)
+    except (_NotAMember, NotCrowdMember):
+        raise
     except CrowdError:
         # A retried key gets its first result whatever has changed since (a block, an expiry):
         # looked up only on a refusal, so an accepted vote costs no extra read.
@@ -136,6 +156,20 @@ def submit_vote(
         if replayed is not None:
             return replayed
         raise
+
+
+def _submit_in_python(
+    worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str,
+    check_role: bool,
+) -> VoteResult:
+    try:
+        with write_transaction():
+            vote, feedback = _record_vote(
+                worker, assignment_id, label, kind, idempotency_key, source, check_role
+            )
+    except IntegrityError:
+        # A concurrent retry of the same request got there first, or the item was answered.
+        raise LeaseConflict("You already answered this item.") from None
     project_id = vote.project_id
     transaction.on_commit(lambda: _trigger_aggregation(project_id), robust=True)
     if vote.was_gold and vote.gold_correct is not None:
@@ -150,8 +184,77 @@ def submit_vote(
     )
 
 
+def _submit_in_database(
+    worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str,
+    check_role: bool,
+) -> VoteResult:
+    """submit_vote as ``quorum_record_vote`` (migration 0004): _record_vote's checks and writes
+    in one round trip, with the aggregation counters and the worker's progress."""
+    _check_answer(kind, label)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM quorum_record_vote(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [worker.pk, assignment_id, kind, label if kind == Vote.Kind.LABEL else None,
+             idempotency_key, source, timezone.now(), check_role, is_site_admin(worker),
+             start_of_today()],
+        )  # fmt: skip
+        (outcome, detail, vote_id, project_id, label_id, was_gold, gold_correct, expert_label,
+         every, since, work_left, project_created, votes_today, voted_open,
+         gold_below_threshold) = cursor.fetchone()  # fmt: skip
+    if outcome != "recorded":
+        raise _refusal(outcome, detail, project_id, label)
+    # aggregation_due's rule on the counters the vote just updated: no read after the commit.
+    due = bool(every and since and (since >= every or not work_left))
+    transaction.on_commit(lambda: _trigger_aggregation(project_id, due), robust=True)
+    if gold_below_threshold:
+        # The function scored the worker's gold answers as evaluate_worker does; it blocks.
+        evaluate_worker(worker, Project.objects.get(pk=project_id))
+    return VoteResult(
+        vote_id=vote_id,
+        assignment_id=assignment_id,
+        kind=kind,
+        label=label if label_id else None,
+        created=True,
+        feedback=GoldFeedback(correct=bool(gold_correct), expert_label=expert_label or "")
+        if was_gold else None,
+        progress=progress_from_counts(project_id, project_created, votes_today, voted_open),
+    )  # fmt: skip
+
+
+def _refusal(outcome: str, detail: str | None, project_id: int | None, label: str | None) -> CrowdError:
+    """The exception _record_vote raises for the same refusal, from the function's outcome."""
+    if outcome == "no_lease":
+        return LeaseNotFound("No such assignment.")
+    if outcome == "no_project":
+        return _NotAMember("No such project.")
+    if outcome == "forbidden":
+        return NotCrowdMember(NOT_CROWD)
+    if outcome == "blocked":
+        return WorkerBlocked(blocked_message(detail))
+    if outcome == "answered":
+        return _AlreadyAnswered("This assignment was already answered.")
+    if outcome == "unknown_class":
+        return _unknown_class(project_id, label)
+    if outcome == "late_full":
+        return LeaseConflict(LATE_AND_FULL)
+    if outcome == "conflict":
+        # A concurrent retry of the same request got there first, or the item was answered.
+        return LeaseConflict("You already answered this item.")
+    raise ValueError(f"quorum_record_vote gave an unknown outcome {outcome!r}")
+
+
+def _check_crowd_role(worker, project_id: int) -> None:
+    """The API's IsProjectCrowd on the lease's project: 404 for strangers, 403 for the rest."""
+    actual = role_of(worker, Project(pk=project_id))
+    if actual is None:
+        raise _NotAMember("No such project.")
+    if not role_allows(worker, actual, Membership.Role.CROWD):
+        raise NotCrowdMember(NOT_CROWD)
+
+
 def _record_vote(
-    worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str
+    worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str,
+    check_role: bool = False,
 ) -> tuple[Vote, GoldFeedback | None]:
     answer = (
         Subquery(
@@ -178,6 +281,8 @@ def _record_vote(
     )
     if lease is None:
         raise LeaseNotFound("No such assignment.")
+    if check_role:
+        _check_crowd_role(worker, lease.project_id)
     if lease.blocked:
         check_not_blocked(worker, lease.project_id)
     if lease.status == Assignment.Status.SUBMITTED:
@@ -230,7 +335,11 @@ def _record_vote(
     return vote, feedback
 
 
-def _trigger_aggregation(project_id: int) -> None:
+def _trigger_aggregation(project_id: int, due: bool | None = None) -> None:
+    """Ask the aggregation service for a run; ``due=False`` (the vote's own counters said no)
+    skips its reads."""
+    if due is False:
+        return
     try:
         from labeling.services.aggregation import maybe_trigger_aggregation
     except ImportError:

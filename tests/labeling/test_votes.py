@@ -184,7 +184,9 @@ def test_aggregation_hook_runs_after_every_committed_vote(project, crowd_user, m
     project.save()
     ItemFactory.create_batch(2, project=project)
     called: list[int] = []
-    monkeypatch.setattr(votes_module, "_trigger_aggregation", called.append)
+    monkeypatch.setattr(
+        votes_module, "_trigger_aggregation", lambda project_id, due=None: called.append(project_id)
+    )
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         lease = next_item(crowd_user, project)
         submit_vote(crowd_user, lease.pk, label="normal", idempotency_key="1")

@@ -23,12 +23,14 @@ from labeling.api.serializers.crowd import (
 )
 from labeling.api.serializers.projects import MembershipSerializer
 from labeling.models import Assignment, LabelClass, Membership, Project, Vote
+from labeling.selectors import CrowdContext, crowd_context
 from labeling.services import assignment as assignments
 from labeling.services import votes
 
 # One HTTP status per refusal the services can give.
 STATUS_OF = {
     assignments.WorkerBlocked: status.HTTP_403_FORBIDDEN,
+    assignments.NotCrowdMember: status.HTTP_403_FORBIDDEN,
     assignments.LeaseNotFound: status.HTTP_404_NOT_FOUND,
     assignments.InvalidAnswer: status.HTTP_400_BAD_REQUEST,
     assignments.LeaseConflict: status.HTTP_409_CONFLICT,
@@ -48,11 +50,21 @@ def _absolute(request: Request, name: str, pk: int) -> str:
     return request.build_absolute_uri(reverse(name, args=[pk]))
 
 
-def assignment_body(request: Request, lease: Assignment, project: Project) -> dict:
+def assignment_body(
+    request: Request,
+    lease: Assignment,
+    project: Project,
+    progress: assignments.Progress | None = None,
+    classes: list[tuple[str, int]] | None = None,
+) -> dict:
     """What AssignmentSerializer gives, built as a plain dict: this runs on every request of the
-    labelling loop, and the nested serializers cost more than the queries (tests compare both)."""
+    labelling loop, and the nested serializers cost more than the queries (tests compare both).
+    ``progress`` and ``classes`` (name, index) are read here unless the caller has them."""
     item = lease.item
-    classes = LabelClass.objects.filter(project=project).order_by("index").values_list("name", "index")
+    if classes is None:
+        classes = LabelClass.objects.filter(project=project).order_by("index").values_list("name", "index")
+    if progress is None:
+        progress = assignments.progress(request.user, project)
     return {
         "id": lease.pk,
         "expires_at": _EXPIRES_AT.to_representation(lease.expires_at),
@@ -65,7 +77,7 @@ def assignment_body(request: Request, lease: Assignment, project: Project) -> di
             "thumbnail_url": _absolute(request, "item-thumbnail", item.pk),
         },
         "classes": [{"name": name, "key": str(index + 1)} for name, index in classes],
-        "progress": vars(assignments.progress(request.user, project)),
+        "progress": vars(progress),
     }
 
 
@@ -75,13 +87,21 @@ def assignment_response(request: Request, lease: Assignment, project: Project, c
 
 class NextAssignmentView(APIView):
     permission_classes = [IsAuthenticated, IsProjectCrowd]
-    _project: Project | None = None
+    _context: CrowdContext | None = None
+
+    def get_context(self) -> CrowdContext:
+        # One read per request: the permission check and the handler both ask for it.
+        if self._context is None:
+            self._context = crowd_context(self.request.user, self.kwargs["project_id"])
+            if self._context is None:
+                raise Http404("No such project.")
+        return self._context
 
     def get_project(self) -> Project:
-        # Read once per request: the permission check and the handler both ask for it.
-        if self._project is None:
-            self._project = get_object_or_404(Project, pk=self.kwargs["project_id"])
-        return self._project
+        return self.get_context().project
+
+    def get_role(self) -> str | None:
+        return self.get_context().role
 
     @extend_schema(
         parameters=[
@@ -102,14 +122,19 @@ class NextAssignmentView(APIView):
     def get(self, request: Request, project_id: int) -> Response:
         """Your next item to label (the same one again while its lease runs)."""
         exclude = [int(v) for v in request.query_params.getlist("exclude") if v.isdigit()]
-        project = self.get_project()
+        context = self.get_context()
         try:
-            lease = assignments.next_item(request.user, project, exclude=exclude)
+            if context.blocked_reason is not None:
+                raise assignments.WorkerBlocked(assignments.blocked_message(context.blocked_reason))
+            lease, progress = assignments.serve_next(
+                request.user, context.project, exclude=exclude, block_checked=True
+            )
         except assignments.CrowdError as exc:
             return refusal(exc)
         if lease is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return assignment_response(request, lease, project)
+        body = assignment_body(request, lease, context.project, progress, context.classes)
+        return Response(body)
 
 
 class _OwnAssignmentView(APIView):
@@ -130,6 +155,10 @@ class _OwnAssignmentView(APIView):
 
 
 class VoteView(_OwnAssignmentView):
+    # IsProjectCrowd is checked by submit_vote(check_role=True) under the lease's lock, in the
+    # same round trip as the vote; a refusal gives the same 404/403 as the permission would.
+    permission_classes = [IsAuthenticated]
+
     @extend_schema(
         request=VoteRequestSerializer,
         responses={
@@ -148,7 +177,13 @@ class VoteView(_OwnAssignmentView):
     def post(self, request: Request, assignment_id: int) -> Response:
         """Answer an assignment with a class name, or kind unsure / skip."""
         data = VoteRequestSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        if not data.is_valid():
+            # Strangers learn nothing about the request, as from every other view: the
+            # permission is checked first here (on the valid path submit_vote checks it).
+            permission = IsProjectCrowd()
+            if not permission.has_permission(request, self):
+                self.permission_denied(request, message=permission.message)
+            raise serializers.ValidationError(data.errors)
         try:
             result = votes.submit_vote(
                 request.user,
@@ -157,6 +192,7 @@ class VoteView(_OwnAssignmentView):
                 kind=data.validated_data["kind"],
                 idempotency_key=data.validated_data["idempotency_key"],
                 source=Vote.Source.API if request.auth else Vote.Source.WEB,
+                check_role=True,
             )
         except assignments.CrowdError as exc:
             return refusal(exc)
@@ -172,7 +208,7 @@ class VoteView(_OwnAssignmentView):
                 "correct": feedback.correct,
                 "expert_label": feedback.expert_label,
             },
-            "progress": vars(assignments.progress(request.user, self.get_project())),
+            "progress": vars(result.progress or assignments.progress(request.user, self.get_project())),
         }
         code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         return Response(body, status=code)
