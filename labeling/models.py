@@ -263,7 +263,10 @@ class Assignment(models.Model):
         RELEASED = "released", "Released"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    # Indexed by lease_live_idx, which starts with item (one index less to keep up per lease).
+    item = models.ForeignKey(
+        Item, on_delete=models.CASCADE, related_name="assignments", db_index=False
+    )
     worker = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
     )
@@ -300,10 +303,14 @@ class Vote(models.Model):
         API = "api", "API"
         SIMULATED = "simulated", "Simulated crowd"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="votes")
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="votes")
+    # project, item and worker are indexed by the composite indexes and unique constraints
+    # below, which start with them; separate indexes would only slow every vote's insert.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="votes", db_index=False
+    )
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="votes", db_index=False)
     worker = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="votes"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="votes", db_index=False
     )
     assignment = models.OneToOneField(
         Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="vote"
