@@ -15,7 +15,8 @@ What it does, in order:
    ``aggregate_every`` is set high so that ``maybe_trigger_aggregation`` (called after every
    vote) takes its "not due" path, the steady state between Celery runs; no worker runs here.
 2. Starts ``gunicorn quorum.wsgi:application`` (gthread, ``--gunicorn-workers`` x
-   ``--gunicorn-threads``, DEBUG=false, no access log, no max-requests recycling) on loopback.
+   ``--gunicorn-threads``, preloaded as in platform/gunicorn.conf.py, DEBUG=false, no access
+   log, no max-requests recycling) on loopback.
 3. For each N in ``--levels``: N simulated annotators, each an asyncio task with its own
    keep-alive connection and token, loop GET next -> POST vote (answer "normal"; gold answers
    are "normal" too, so nobody is blocked) for ``--duration`` seconds after ``--warmup``
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import resource
 import shutil
 import signal
@@ -196,6 +198,7 @@ def start_gunicorn(args: argparse.Namespace, env: dict[str, str], port: int, log
         "--threads", str(args.gunicorn_threads),
         "--worker-class", "gthread",
         "--max-requests", "0",
+        "--preload",
         "--timeout", "60",
         "--log-level", "warning",
     ]
@@ -275,13 +278,15 @@ def _assignment_id(body: bytes) -> int:
 
 
 async def annotator(index: int, port: int, project_id: int, token: str, stats: Stats,
-                    record_from: float, stop_at: float, max_cycles: int) -> None:
+                    record_from: float, stop_at: float, max_cycles: int, think_ms: float) -> None:
     next_req = (f"GET /api/projects/{project_id}/next/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"Authorization: Token {token}\r\n\r\n").encode()
     vote_head = (f"Host: 127.0.0.1\r\nAuthorization: Token {token}\r\n"
                  "Content-Type: application/json\r\nContent-Length: ")
     key_prefix = f'{{"label":"normal","idempotency_key":"{index}-{time.time_ns()}-'
     perf = time.perf_counter
+    # Looking at the image between a vote and the next request: exponential, mean think_ms.
+    think = random.Random(index).expovariate if think_ms > 0 else None
     conn = None
     cycles = 0
     while cycles < max_cycles and perf() < stop_at:
@@ -320,6 +325,8 @@ async def annotator(index: int, port: int, project_id: int, token: str, stats: S
                 stats.next_ms.append((t1 - t0) * 1000)
                 stats.vote_ms.append((t3 - t2) * 1000)
                 stats.cycle_ms.append((t3 - t0) * 1000)
+            if think is not None:
+                await asyncio.sleep(think(1000 / think_ms) if perf() < stop_at else 0)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             stats.error(type(exc).__name__)
             if conn is not None:
@@ -338,7 +345,7 @@ async def run_level(n: int, args: argparse.Namespace, port: int, project_id: int
     stop_at = record_from + args.duration
     tasks = [
         asyncio.create_task(annotator(i, port, project_id, tokens[i], stats, record_from,
-                                      stop_at, args.max_cycles))
+                                      stop_at, args.max_cycles, args.think_ms))
         for i in range(n)
     ]
     await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
@@ -372,6 +379,7 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"gunicorn gthread {args.gunicorn_workers} workers x {args.gunicorn_threads} threads; "
           f"{args.items} items + {args.gold} gold, k={args.k}, gold rate {args.gold_rate}; "
           f"{args.duration:g} s per level after {args.warmup:g} s warm-up; "
+          f"think time {'none (closed loop)' if args.think_ms <= 0 else f'{args.think_ms:g} ms mean'}; "
           f"load average before: {args.load_before}")
     header = (f"{'N':>4} {'cycles/s':>9} {'next p50':>9} {'next p99':>9} {'vote p50':>9} "
               f"{'vote p99':>9} {'cycle p50':>10} {'cycle p99':>10} {'errors':>7}  "
@@ -402,6 +410,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="Measured seconds per level.")
     parser.add_argument("--warmup", type=float, default=2.0, help="Unmeasured seconds per level.")
     parser.add_argument("--max-cycles", type=int, default=100_000, help="Cycles per annotator at most.")
+    parser.add_argument("--think-ms", type=float, default=0.0,
+                        help="Mean pause (exponential) after each vote; 0 = closed loop, no pause.")
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--gold", type=int, default=200, help="Gold items besides --items.")
     parser.add_argument("--gold-rate", type=float, default=0.1)

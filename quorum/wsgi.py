@@ -1,6 +1,10 @@
 import os
 
 from django.core.wsgi import get_wsgi_application
+from django.urls import get_resolver
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "quorum.settings")
 application = get_wsgi_application()
+# Import every view now (NumPy, pandas, numba, scikit-learn: seconds), not on a worker's first
+# request; with gunicorn's preload_app the workers fork with them already imported.
+get_resolver().url_patterns  # noqa: B018 - the access imports the views
