@@ -196,9 +196,12 @@ def start_gunicorn(args: argparse.Namespace, env: dict[str, str], port: int, log
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(args.gunicorn_workers),
         "--threads", str(args.gunicorn_threads),
-        "--worker-class", "gthread",
+        "--worker-class", args.gunicorn_class,
         "--max-requests", "0",
         "--preload",
+        # Annotators pause between cycles (--think-ms); gunicorn's 2 s default would close their
+        # idle connections, which nginx in front of it keeps for 75 s by default.
+        "--keep-alive", "75",
         "--timeout", "60",
         "--log-level", "warning",
     ]
@@ -376,7 +379,7 @@ def pct(values: list[float], q: float) -> float:
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print()
-    print(f"gunicorn gthread {args.gunicorn_workers} workers x {args.gunicorn_threads} threads; "
+    print(f"gunicorn {args.gunicorn_class} {args.gunicorn_workers} workers x {args.gunicorn_threads} threads; "
           f"{args.items} items + {args.gold} gold, k={args.k}, gold rate {args.gold_rate}; "
           f"{args.duration:g} s per level after {args.warmup:g} s warm-up; "
           f"think time {'none (closed loop)' if args.think_ms <= 0 else f'{args.think_ms:g} ms mean'}; "
@@ -418,6 +421,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=3, help="Votes wanted per item.")
     parser.add_argument("--gunicorn-workers", type=int, default=3)
     parser.add_argument("--gunicorn-threads", type=int, default=4)
+    parser.add_argument("--gunicorn-class", default="gthread", help="gunicorn worker class.")
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/quorum_bench")
     parser.add_argument("--reuse-db", action="store_true", help="Use the database if it exists.")
     parser.add_argument("--keep-db", action="store_true", help="Do not drop the database at the end.")
