@@ -105,7 +105,9 @@ BEGIN
             LIMIT 1 FOR UPDATE OF i SKIP LOCKED;
             IF NOT FOUND THEN
                 -- Every candidate is held by a concurrent request: wait for one rather than
-                -- answer "nothing left" while slots may still free up.
+                -- answer "nothing left" while slots may still free up. (The same statement
+                -- with a waiting lock: a lock clause cannot be a parameter, and EXECUTE of a
+                -- built string would plan it again on every call.)
                 SELECT i.id, i.width, i.height, i.channels, i.is_gold INTO cand
                 FROM labeling_item i
                 WHERE i.project_id = p_project AND NOT i.is_gold AND i.vote_count < i.votes_wanted
