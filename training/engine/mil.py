@@ -55,7 +55,16 @@ from training.engine.data import (
     match_channels,
 )
 from training.engine.patches import PatchGrid
-from training.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, EpochRecord, seed_everything
+from training.engine.trainer import (
+    CHECKPOINT_NAME,
+    MODEL_NAME,
+    EpochRecord,
+    build_crowd_layer,
+    build_optimization,
+    restore_state,
+    seed_everything,
+    stop_check,
+)
 
 __all__ = [
     "MIL_LABEL_SOURCES",
@@ -365,50 +374,20 @@ def train_mil(
     vote_workers = vote_labels = None
     if config.label_source == "crowd_layer":
         assert votes is not None
-        if init_confusions is None and init_posteriors is not None:
-            from training.engine.aggnet import confusions_from_posteriors
-
-            init_confusions = confusions_from_posteriors(
-                np.asarray(init_posteriors, dtype=np.float64), votes
-            )
-        crowd_layer = CrowdLayer(votes.n_workers, config.num_classes, init_confusions).to(device)
-        padded_workers, padded_labels = votes.padded(n_bags)
-        vote_workers = torch.from_numpy(padded_workers)
-        vote_labels = torch.from_numpy(padded_labels)
-
-    parameter_groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
-    if crowd_layer is not None:
-        parameter_groups.append(
-            {
-                "params": list(crowd_layer.parameters()),
-                "lr": config.lr * config.crowd_layer_lr_scale,
-                "weight_decay": 0.0,  # decay would pull confusions toward uniform
-            }
+        crowd_layer, vote_workers, vote_labels = build_crowd_layer(
+            votes, n_bags, config.num_classes, device, init_confusions, init_posteriors
         )
-    optimizer = torch.optim.AdamW(parameter_groups, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(n_bags / config.bags_per_batch)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
-        if config.schedule == "cosine"
-        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
+    optimizer, scheduler, scaler = build_optimization(
+        config, model, crowd_layer, math.ceil(n_bags / config.bags_per_batch), use_amp
+    )
     history: list[EpochRecord] = []
     start_epoch = 0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        if crowd_layer is not None:
-            crowd_layer.load_state_dict(resumed["crowd_layer"])
-        history = [EpochRecord(**record) for record in resumed["history"]]
-        start_epoch = int(resumed["epoch"])
-
-    def stop_requested() -> bool:
-        check = getattr(callbacks, "should_stop", None)
-        return bool(check()) if check is not None else False
+        history, start_epoch = restore_state(
+            resumed, model, optimizer, scheduler, scaler, crowd_layer
+        )
+    stop_requested = stop_check(callbacks)
 
     def result(status: Literal["completed", "cancelled"], model_path: Path | None) -> MILResult:
         probabilities, attention = (

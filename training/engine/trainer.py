@@ -230,52 +230,25 @@ def train(
         )
     elif config.label_source == "crowd_layer":
         assert votes is not None
-        if init_confusions is None and init_posteriors is not None:
-            init_confusions = confusions_from_posteriors(
-                np.asarray(init_posteriors, dtype=np.float64), votes, config.aggnet_smoothing
-            )
-        crowd_layer = CrowdLayer(votes.n_workers, config.num_classes, init_confusions).to(device)
-        padded_workers, padded_labels = votes.padded(n_items)
-        vote_workers = torch.from_numpy(padded_workers)
-        vote_labels = torch.from_numpy(padded_labels)
+        crowd_layer, vote_workers, vote_labels = build_crowd_layer(
+            votes, n_items, config.num_classes, device, init_confusions, init_posteriors,
+            smoothing=config.aggnet_smoothing,
+        )  # fmt: skip
 
-    parameter_groups = [{"params": list(model.parameters())}]
-    if crowd_layer is not None:
-        parameter_groups.append(
-            {
-                "params": list(crowd_layer.parameters()),
-                "lr": config.lr * config.crowd_layer_lr_scale,
-                "weight_decay": 0.0,  # decay would pull confusions toward uniform
-            }
-        )
-    optimizer = torch.optim.AdamW(parameter_groups, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(n_items / config.batch_size)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
-        if config.schedule == "cosine"
-        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    optimizer, scheduler, scaler = build_optimization(
+        config, model, crowd_layer, math.ceil(n_items / config.batch_size), use_amp
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
     history: list[EpochRecord] = []
     start_epoch = 0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        if crowd_layer is not None:
-            crowd_layer.load_state_dict(resumed["crowd_layer"])
+        history, start_epoch = restore_state(
+            resumed, model, optimizer, scheduler, scaler, crowd_layer
+        )
         if aggnet is not None:
             aggnet.load_state_dict(resumed["aggnet"])
             train_dataset.set_targets(aggnet.posteriors_)
-        history = [EpochRecord(**record) for record in resumed["history"]]
-        start_epoch = int(resumed["epoch"])
         _restore_rng(resumed["rng"])
-
-    def stop_requested() -> bool:
-        check = getattr(callbacks, "should_stop", None)
-        return bool(check()) if check is not None else False
+    stop_requested = stop_check(callbacks)
 
     def result(
         status: Literal["completed", "cancelled"], model_path: Path | None
@@ -427,6 +400,75 @@ def train(
         },
     )
     return result("completed", model_path)
+
+
+# -- pieces the image trainer and MIL (training/engine/mil.py) share ------------------------------
+
+
+def build_crowd_layer(
+    votes: CrowdVotes,
+    n_items: int,
+    num_classes: int,
+    device: torch.device,
+    init_confusions: np.ndarray | None,
+    init_posteriors: np.ndarray | None,
+    smoothing: float | None = None,
+) -> tuple[CrowdLayer, torch.Tensor, torch.Tensor]:
+    """The crowd layer (started from ``init_confusions``, or from the M-step of
+    ``init_posteriors`` with ``smoothing``, its default when None) and the padded vote tensors
+    its loss reads by item index."""
+    if init_confusions is None and init_posteriors is not None:
+        extra = {} if smoothing is None else {"smoothing": smoothing}
+        init_confusions = confusions_from_posteriors(
+            np.asarray(init_posteriors, dtype=np.float64), votes, **extra
+        )
+    crowd_layer = CrowdLayer(votes.n_workers, num_classes, init_confusions).to(device)
+    padded_workers, padded_labels = votes.padded(n_items)
+    return crowd_layer, torch.from_numpy(padded_workers), torch.from_numpy(padded_labels)
+
+
+def build_optimization(
+    config: Any, model: torch.nn.Module, crowd_layer: CrowdLayer | None, steps_per_epoch: int,
+    use_amp: bool,
+) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
+    """AdamW (the crowd layer at ``lr * crowd_layer_lr_scale``, undecayed), the schedule over
+    ``config.epochs`` and the AMP grad scaler; ``config`` is a TrainConfig or a MILConfig."""
+    parameter_groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if crowd_layer is not None:
+        parameter_groups.append(
+            {
+                "params": list(crowd_layer.parameters()),
+                "lr": config.lr * config.crowd_layer_lr_scale,
+                "weight_decay": 0.0,  # decay would pull confusions toward uniform
+            }
+        )
+    optimizer = torch.optim.AdamW(parameter_groups, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+        if config.schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    )
+    return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp)
+
+
+def restore_state(
+    resumed: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: Any, scaler: torch.amp.GradScaler, crowd_layer: CrowdLayer | None,
+) -> tuple[list[EpochRecord], int]:
+    """Load a checkpoint's shared state; returns its history and the epoch to continue from."""
+    model.load_state_dict(resumed["model"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    scheduler.load_state_dict(resumed["scheduler"])
+    scaler.load_state_dict(resumed["scaler"])
+    if crowd_layer is not None:
+        crowd_layer.load_state_dict(resumed["crowd_layer"])
+    return [EpochRecord(**record) for record in resumed["history"]], int(resumed["epoch"])
+
+
+def stop_check(callbacks: Any) -> Any:
+    """``() -> bool``: whether the callbacks ask the run to stop (never, without should_stop)."""
+    check = getattr(callbacks, "should_stop", None)
+    return (lambda: bool(check())) if check is not None else (lambda: False)
 
 
 def _initial_targets(
