@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection
@@ -69,10 +70,11 @@ class CrowdContext:
 
     project: Project
     role: str | None  # as role_of gives it
-    blocked_reason: str | None  # None unless the worker is blocked here
+    blocked_reason: str | None  # None unless the worker is blocked here ("" for no reason given)
     classes: list[tuple[str, int]]  # (name, index) in index order
 
 
+@cache
 def _crowd_context_sql() -> tuple[str, list[str]]:
     qn = connection.ops.quote_name
     fields = [f.attname for f in Project._meta.concrete_fields]
@@ -109,6 +111,6 @@ def crowd_context(user: AbstractBaseUser, project_id: int) -> CrowdContext | Non
     return CrowdContext(
         project=project,
         role=role,
-        blocked_reason=(reason or "an admin blocked you") if is_blocked else None,
+        blocked_reason=reason if is_blocked else None,
         classes=[(name, index) for *_, name, index in rows if name is not None],
     )

@@ -194,23 +194,27 @@ def candidates(worker, project: Project, *, now: datetime, ordering: str = DEFAU
     return ORDERINGS[ordering](items)
 
 
-def _blocked_reason(worker, project: Project) -> str | None:
-    row = (
+def _blocked_reason(worker, project: Project | int) -> str | None:
+    """The reason of the worker's block here ("" when none was given); None when not blocked."""
+    return (
         Membership.objects.filter(project=project, user=worker, is_blocked=True)
         .values_list("blocked_reason", flat=True)
         .first()
     )
-    return None if row is None else row or "an admin blocked you"
 
 
 def blocked_message(reason: str | None) -> str:
     return f"You are blocked from this project: {reason or 'an admin blocked you'}."
 
 
-def check_not_blocked(worker, project: Project | int) -> None:
-    reason = _blocked_reason(worker, project)
+def raise_if_blocked(reason: str | None) -> None:
+    """WorkerBlocked when ``reason`` is not None (a block's reason, "" when none was given)."""
     if reason is not None:
         raise WorkerBlocked(blocked_message(reason))
+
+
+def check_not_blocked(worker, project: Project | int) -> None:
+    raise_if_blocked(_blocked_reason(worker, project))
 
 
 # What the crowd API shows of an item; next_item loads only these (plus is_gold, never shown,

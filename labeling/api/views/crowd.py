@@ -124,8 +124,7 @@ class NextAssignmentView(APIView):
         exclude = [int(v) for v in request.query_params.getlist("exclude") if v.isdigit()]
         context = self.get_context()
         try:
-            if context.blocked_reason is not None:
-                raise assignments.WorkerBlocked(assignments.blocked_message(context.blocked_reason))
+            assignments.raise_if_blocked(context.blocked_reason)
             lease, progress = assignments.serve_next(
                 request.user, context.project, exclude=exclude, block_checked=True
             )
