@@ -52,6 +52,8 @@ def test_numba_kernel_equals_plain_numpy_em():
     np.testing.assert_allclose(fast.posteriors_, slow.posteriors_, atol=1e-10)
     np.testing.assert_allclose(fast.confusions_, slow.confusions_, atol=1e-10)
     np.testing.assert_allclose(fast.loglik_history_, slow.loglik_history_, rtol=1e-10)
+    # the kernel's entropy (log total - sum T s) against crowd-kit's formula in NumPy
+    np.testing.assert_allclose(fast.loss_history_, slow.loss_history_, rtol=1e-10)
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba missing")
@@ -93,6 +95,7 @@ def test_chunked_kernel_equals_plain_numpy_em(three_chunks, init):
     np.testing.assert_allclose(fits[0].posteriors_, fits[1].posteriors_, atol=1e-10)
     np.testing.assert_allclose(fits[0].confusions_, fits[1].confusions_, atol=1e-10)
     np.testing.assert_allclose(fits[0].loglik_history_, fits[1].loglik_history_, rtol=1e-10)
+    np.testing.assert_allclose(fits[0].loss_history_, fits[1].loss_history_, rtol=1e-10)
 
 
 def _fit_in_child(queue) -> None:
@@ -182,7 +185,14 @@ def test_random_init_is_seeded():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(n_iter=-1), dict(smoothing=-0.1), dict(init="spectral"), dict(backend="gpu")]
+    "kwargs",
+    [
+        dict(n_iter=-1),
+        dict(smoothing=-0.1),
+        dict(init="spectral"),
+        dict(backend="gpu"),
+        dict(stop="elbo"),
+    ],
 )
 def test_bad_hyperparameters(kwargs):
     with pytest.raises(ValueError):
@@ -216,6 +226,66 @@ def test_matches_crowdkit_on_face_sentiment():
         index=ours.probas_.index, columns=ours.probas_.columns
     )
     np.testing.assert_allclose(ours.probas_.to_numpy(), theirs.to_numpy(), atol=1e-4)
+
+
+def test_stop_rules():
+    votes = hard_crowd().votes
+    full = DawidSkene(n_iter=40, tol=-np.inf).fit(votes)
+    assert full.n_iter_ == len(full.loss_history_) == len(full.loglik_history_) == 40
+    # each rule stops at the first iteration whose own criterion gains less than tol
+    for stop, history in (("crowdkit", full.loss_history_), ("loglik", full.loglik_history_)):
+        gains = np.diff(history)
+        expected = int(np.argmax(gains < 1e-4)) + 2 if (gains < 1e-4).any() else 40
+        model = DawidSkene(n_iter=40, tol=1e-4, stop=stop).fit(votes)
+        assert model.n_iter_ == expected
+        np.testing.assert_allclose(
+            model.posteriors_,
+            DawidSkene(n_iter=expected, tol=-np.inf).fit(votes).posteriors_,
+            atol=1e-12,
+        )
+
+
+@pytest.mark.parametrize(
+    "seed, mix",
+    [
+        (0, "accurate:4,noisy:3,class_biased:2,spammer:3,adversarial:2"),  # its criterion falls
+        (3, "accurate:4,noisy:3,class_biased:2,spammer:3,adversarial:2"),
+        (1, "accurate:2,noisy:3,spammer:3"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_stops_where_crowdkit_stops(seed, mix, backend):
+    """crowd-kit's stopping criterion, computed from soft counts and the kernel's entropy,
+    equals its ``loss_history_`` value by value, so both stop after the same iteration."""
+    crowdkit = pytest.importorskip("crowdkit.aggregation")
+    if backend == "numba" and not numba_available():
+        pytest.skip("numba missing")
+    from labeling.aggregation.simulation import simulate_crowd
+
+    frame = simulate_crowd(200, 3, mix, votes_per_item=4, seed=seed).votes.to_frame().astype(str)
+    theirs = crowdkit.DawidSkene().fit(frame)
+    ours = DawidSkene(backend=backend).fit(frame)
+    assert ours.n_iter_ == len(theirs.loss_history_)
+    np.testing.assert_allclose(ours.loss_history_, theirs.loss_history_, rtol=0, atol=1e-9)
+    theirs_probas = theirs.probas_.reindex(index=ours.probas_.index, columns=ours.probas_.columns)
+    np.testing.assert_allclose(ours.probas_.to_numpy(), theirs_probas.to_numpy(), atol=1e-4)
+
+
+def test_stops_where_crowdkit_stops_with_known_labels():
+    """Clamped tasks enter crowd-kit's criterion as one-hot rows (entropy of the floored row)."""
+    crowdkit = pytest.importorskip("crowdkit.aggregation")
+    from labeling.aggregation.simulation import simulate_crowd
+
+    crowd = simulate_crowd(200, 3, "accurate:2,noisy:3,spammer:3", votes_per_item=4, seed=2)
+    frame = crowd.votes.to_frame().astype(str)
+    gold = pd.Series(
+        crowd.votes.classes[crowd.true_labels[:40]].astype(str),
+        index=crowd.votes.tasks[:40].astype(str),
+    )
+    theirs = crowdkit.DawidSkene().fit(frame, true_labels=gold)
+    ours = DawidSkene(init="majority_vote").fit(frame, known_labels=gold)
+    assert ours.n_iter_ == len(theirs.loss_history_)
+    np.testing.assert_allclose(ours.loss_history_, theirs.loss_history_, rtol=0, atol=1e-9)
 
 
 def test_array_entry_point_equals_frame_entry_point():
