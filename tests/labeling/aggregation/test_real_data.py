@@ -1,4 +1,5 @@
-"""Smoke test on real crowd votes (shared data folder; skipped when it is missing)."""
+"""Accuracy on real crowd votes against crowd-kit 1.4.2's (shared data folder; skipped when
+it is missing)."""
 
 import os
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labeling.aggregation import DawidSkene
+from labeling.aggregation import DawidSkene, OneCoinDawidSkene
 
 DATA_DIR = Path(
     os.environ.get(
@@ -14,12 +15,27 @@ DATA_DIR = Path(
     )
 )
 
-# crowd-kit 1.4.2 Dawid-Skene accuracy from the data README
-CROWDKIT_DS = {"face_sentiment": 0.640, "product_matching": 0.940}
+# crowd-kit 1.4.2's accuracy with its defaults, measured by benchmarks/aggregation.py
+CROWDKIT = {
+    "DS": {
+        "face_sentiment": 0.640,
+        "product_matching": 0.940,
+        "web_relevance": 0.829,
+        "adult2": 0.766,  # crowd-kit stops after 2 iterations there (its criterion falls)
+        "trec2011": 0.820,
+    },
+    "OneCoin": {
+        "face_sentiment": 0.611,
+        "product_matching": 0.908,
+        "web_relevance": 0.749,
+        "adult2": 0.715,
+        "trec2011": 0.825,
+    },
+}
+OURS = {"DS": DawidSkene, "OneCoin": OneCoinDawidSkene}
 
 
-@pytest.mark.parametrize("name", sorted(CROWDKIT_DS))
-def test_dawid_skene_at_least_as_accurate_as_crowdkit(name):
+def load(name: str) -> tuple[pd.DataFrame, pd.Series]:
     folder = DATA_DIR / "crowd" / name
     if not (folder / "answer.csv").exists():
         pytest.skip(f"{folder} missing")
@@ -28,5 +44,14 @@ def test_dawid_skene_at_least_as_accurate_as_crowdkit(name):
     truth = pd.read_csv(folder / "truth.csv", keep_default_na=False, dtype=str).set_index("task")[
         "truth"
     ]
-    labels = DawidSkene().fit_predict(votes).reindex(truth.index)
-    assert (labels == truth).mean() >= CROWDKIT_DS[name] - 0.002
+    return votes, truth
+
+
+@pytest.mark.parametrize(
+    "method, name", [(m, n) for m, table in CROWDKIT.items() for n in sorted(table)]
+)
+def test_at_least_as_accurate_as_crowdkit(method, name):
+    votes, truth = load(name)
+    labels = OURS[method]().fit_predict(votes).reindex(truth.index)
+    # the target: >= crowd-kit's, within 0.1 point where the algorithm is the same
+    assert (labels == truth).mean() >= CROWDKIT[method][name] - 0.001
