@@ -138,9 +138,55 @@ def seed(args: argparse.Namespace, n_workers: int) -> tuple[int, list[str]]:
     )
     tokens = Token.objects.bulk_create(Token(user=u, key=Token.generate_key()) for u in users)
     with connections["default"].cursor() as cursor:
+        if args.history:
+            seed_history(cursor, args, project.pk, normal.pk, [u.pk for u in users])
         cursor.execute("ANALYZE")
     connections.close_all()
     return project.pk, [t.key for t in tokens]
+
+
+def seed_history(cursor, args: argparse.Namespace, project_id: int, label_id: int,
+                 worker_ids: list[int]) -> None:
+    """Earlier days' work: ``--history`` finished items with k votes each (k workers in turn)
+    and their submitted leases. A running project's tables are not empty, and ANALYZE on empty
+    vote and lease tables gives plans (kept for the life of each connection) that scan them
+    whole; with a history the planner sees a running project, and every per-worker read
+    (progress, gold draw) meets a worker with a past."""
+    n, k, first = args.history, args.k, args.items + args.gold
+    cursor.execute(
+        """
+        INSERT INTO labeling_item (project_id, content_hash, source_name, frame_index, image,
+            thumbnail, "array", original, width, height, channels, modality, metadata,
+            is_holdout, is_gold, vote_count, votes_wanted, needs_review, created_at)
+        SELECT %s, lpad(to_hex(g), 64, '0'), 'history-' || g, 0, 'items/bench/h.png',
+               'items/bench/h.thumb.png', '', '', 28, 28, 1, '', '{}', false, false, %s, %s,
+               false, now() - interval '2 days'
+        FROM generate_series(%s, %s) g
+        """,
+        [project_id, k, k, first, first + n - 1],
+    )
+    cursor.execute(
+        """
+        WITH slots AS (
+            SELECT i.id AS item_id, w.ids[1 + (i.r * %s + t) %% cardinality(w.ids)] AS worker_id
+            FROM (SELECT id, row_number() OVER (ORDER BY id) AS r FROM labeling_item
+                  WHERE project_id = %s AND source_name LIKE 'history-%%') i,
+                 generate_series(0, %s - 1) t, (SELECT %s::int[] AS ids) w
+        ), leases AS (
+            INSERT INTO labeling_assignment (project_id, item_id, worker_id, status, created_at,
+                                             expires_at)
+            SELECT %s, item_id, worker_id, 'submitted', now() - interval '1 day',
+                   now() - interval '1 day' + interval '10 minutes'
+            FROM slots RETURNING id, item_id, worker_id
+        )
+        INSERT INTO labeling_vote (project_id, item_id, worker_id, assignment_id, kind, label_id,
+            idempotency_key, source, was_gold, is_excluded, created_at)
+        SELECT %s, item_id, worker_id, id, 'label', %s, 'history-' || id, 'api', false, false,
+               now() - interval '1 day'
+        FROM leases
+        """,
+        [k, project_id, k, worker_ids, project_id, project_id, label_id],
+    )
 
 
 # -- processes and CPU accounting ---------------------------------------------------------------
@@ -419,6 +465,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gold", type=int, default=200, help="Gold items besides --items.")
     parser.add_argument("--gold-rate", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=3, help="Votes wanted per item.")
+    parser.add_argument("--history", type=int, default=20_000,
+                        help="Finished items from earlier days, k votes each (0: a new project).")
     parser.add_argument("--gunicorn-workers", type=int, default=3)
     parser.add_argument("--gunicorn-threads", type=int, default=4)
     parser.add_argument("--gunicorn-class", default="gthread", help="gunicorn worker class.")

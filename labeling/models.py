@@ -327,6 +327,13 @@ class Vote(models.Model):
         default=False, help_text="The worker is blocked: kept, flagged, not aggregated."
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    item_open = models.BooleanField(
+        default=True,
+        editable=False,
+        help_text="The item still wants votes (not gold, vote_count < votes_wanted). Database "
+        "triggers keep it (migration 0006), so a worker's progress line reads an index, not "
+        "their whole history.",
+    )
 
     class Meta:
         constraints = [
@@ -340,7 +347,14 @@ class Vote(models.Model):
                 name="vote_label_iff_kind_label",
             ),
         ]
-        indexes = [models.Index(fields=["project", "worker"], name="vote_project_worker_idx")]
+        indexes = [
+            # A worker's votes today (and all their votes: the prefix) ...
+            models.Index(fields=["project", "worker", "created_at"], name="vote_worker_day_idx"),
+            # ... and those on items still open: the two counts of the progress line.
+            models.Index(
+                fields=["project", "worker"], condition=Q(item_open=True), name="vote_worker_open_idx"
+            ),
+        ]
 
     @property
     def counts(self) -> bool:

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -495,18 +495,14 @@ def _open_item_count(project_id: int, created_at: datetime | None) -> int:
 def progress(worker, project: Project) -> Progress:
     """The worker's own progress line: nothing about other workers or single items.
 
-    Items left = open items minus the open items the worker voted on. The second part and
-    the votes today are one read over the worker's own votes; see ITEMS_LEFT_EXACT_UP_TO for
-    the first.
+    Items left = open items minus the open items the worker voted on (``Vote.item_open``,
+    which triggers keep); see ITEMS_LEFT_EXACT_UP_TO for the first. Each count is one index
+    range over the worker's votes (today's; those on open items), not their whole history.
     """
-    row = Vote.objects.filter(project=project, worker=worker).aggregate(
-        today=Count("id", filter=Q(created_at__gte=start_of_today())),
-        voted_open=Count(
-            "id",
-            filter=Q(item__is_gold=False, item__vote_count__lt=F("item__votes_wanted")),
-        ),
-    )
-    return progress_from_counts(project.pk, project.created_at, row["today"], row["voted_open"])
+    mine = Vote.objects.filter(project=project, worker=worker)
+    votes_today = mine.filter(created_at__gte=start_of_today()).count()
+    voted_open = mine.filter(item_open=True).count()
+    return progress_from_counts(project.pk, project.created_at, votes_today, voted_open)
 
 
 def start_of_today() -> datetime:

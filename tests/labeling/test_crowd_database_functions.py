@@ -163,4 +163,10 @@ def test_functions_are_installed_by_the_migration():
             "SELECT proname FROM pg_proc WHERE proname LIKE 'quorum\\_%%' ORDER BY proname"
         )
         names = [row[0] for row in cursor.fetchall()]
-    assert names == ["quorum_next_lease", "quorum_record_vote", "quorum_worker_progress"]
+    assert names == [
+        "quorum_item_open_changed",
+        "quorum_next_lease",
+        "quorum_record_vote",
+        "quorum_vote_item_open",
+        "quorum_worker_progress",
+    ]
