@@ -326,7 +326,9 @@ class Vote(models.Model):
     is_excluded = models.BooleanField(
         default=False, help_text="The worker is blocked: kept, flagged, not aggregated."
     )
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Read per worker (vote_worker_day_idx); an index of its own drew the planner into
+    # scanning everyone's votes of the day, since statistics lag behind a rising timestamp.
+    created_at = models.DateTimeField(auto_now_add=True)
     item_open = models.BooleanField(
         default=True,
         editable=False,

@@ -88,5 +88,10 @@ class Migration(migrations.Migration):
                 name="vote_worker_open_idx",
             ),
         ),
+        migrations.AlterField(
+            model_name="vote",
+            name="created_at",
+            field=models.DateTimeField(auto_now_add=True),
+        ),
         migrations.RunPython(create_triggers, drop_triggers),
     ]
