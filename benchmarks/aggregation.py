@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         "MACE with workers renamed so its two worker orders agree (benchmarks/README.md).",
         "DS n_iter=20 runs both with tol=-1 (exactly 20 iterations); DS tol=1e-5 runs each to its stopping rule, "
         "the same for both (crowd-kit's 'ELBO' per vote, which ours computes from its soft counts). "
-        "OneCoin: ours stops on the log-likelihood (tol 1e-6), crowd-kit on its criterion.",
+        "OneCoin: ours stops on the log-likelihood (tol 1e-6), crowd-kit on its criterion. "
+        "GLAD: both stop on crowd-kit's criterion with its CG M-step (tol 1e-2).",
     ]
     render(rows, footer)
 
