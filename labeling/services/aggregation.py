@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet, Value
+from django.db.models import Case, F, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -42,6 +42,7 @@ from labeling.models import (
     Item,
     Project,
     Vote,
+    VoteTally,
     WorkerReliability,
 )
 
@@ -113,7 +114,7 @@ class ProjectVotes:
     class_ids: np.ndarray  # LabelClass id per class code
     known: np.ndarray  # [n_tasks] class code clamped into the fit, -1 where none
     holdout: np.ndarray  # [n_tasks] hold-out expert answer code, -1 where none
-    counts_since: int  # Project.votes_since_aggregation when the votes were read
+    counts_since: dict[int, int]  # the vote tally's stripes when the votes were read
 
 
 def counted_votes(project_id: int) -> QuerySet:
@@ -124,7 +125,7 @@ def load_votes(project: Project) -> ProjectVotes:
     """Read the counted votes as int codes (values_list, no model instances) and code them."""
     classes = list(project.label_classes.order_by("index").values_list("id", "name"))
     class_ids = np.array([c[0] for c in classes], dtype=np.int64)
-    counts_since = Project.objects.values_list("votes_since_aggregation", flat=True).get(pk=project.pk)
+    counts_since = dict(VoteTally.objects.filter(project=project).values_list("stripe", "votes"))
     rows = counted_votes(project.pk).order_by().values_list("item_id", "worker_id", "label_id")
     flat = np.fromiter(chain.from_iterable(rows.iterator(chunk_size=VOTE_CHUNK)), dtype=np.int64)
     codes = flat.reshape(-1, 3)
@@ -331,10 +332,16 @@ def _steer_crowd(project: Project, data: ProjectVotes, posteriors: np.ndarray, e
                 Item(pk=item_id, needs_review=review, votes_wanted=new_wanted, uncertainty=uncertainty)
             )
     Item.objects.bulk_update(changed, ["needs_review", "votes_wanted", "uncertainty"], batch_size=BATCH_SIZE)
-    # Votes that arrived while this run worked still count toward the next one.
-    Project.objects.filter(pk=project.pk).update(
-        votes_since_aggregation=Greatest(F("votes_since_aggregation") - data.counts_since, Value(0))
-    )
+    # Votes that arrived while this run worked still count toward the next one: each stripe
+    # loses what was read from it.
+    read = {stripe: n for stripe, n in data.counts_since.items() if n}
+    if read:
+        VoteTally.objects.filter(project=project, stripe__in=read).update(
+            votes=Greatest(
+                F("votes") - Case(*(When(stripe=s, then=Value(n)) for s, n in read.items())),
+                Value(0),
+            )
+        )
 
 
 def _item_state(project_id: int) -> dict[int, tuple]:
@@ -405,7 +412,8 @@ def aggregation_due(project_id: int) -> bool:
     """``aggregate_every`` new votes came in, or some did and the crowd's work ran out."""
     row = (
         Project.objects.filter(pk=project_id)
-        .values_list("aggregate_every", "votes_since_aggregation")
+        .annotate(since=Sum("vote_tallies__votes"))
+        .values_list("aggregate_every", "since")
         .first()
     )
     if row is None or not row[0] or not row[1]:

@@ -1,7 +1,7 @@
 """Crowd votes: submitting, undoing, and judging workers by their answers on gold items.
 
 Lock order, the same in every service here so that transactions cannot deadlock:
-lease row, then item row(s) in id order, then the project row.
+lease row, then item row(s) in id order, then the worker's stripe of the project's vote tally.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from django.db.models import Case, Exists, F, IntegerField, OuterRef, Q, Subquer
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from labeling.models import Assignment, Item, LabelClass, Membership, Project, Vote
+from labeling.models import (
+    TALLY_STRIPES,
+    Assignment,
+    Item,
+    LabelClass,
+    Membership,
+    Project,
+    Vote,
+    VoteTally,
+)
 from labeling.selectors import is_site_admin, role_allows, role_of
 from labeling.services.assignment import (
     CrowdError,
@@ -325,14 +334,24 @@ def _record_vote(
     )
     if vote.counts:
         Item.objects.filter(pk=item.pk).update(vote_count=F("vote_count") + 1)
-    Project.objects.filter(pk=lease.project_id).update(
-        votes_since_aggregation=F("votes_since_aggregation") + 1
-    )
+    _tally_vote(lease.project_id, worker.pk)
     feedback = None
     if is_gold:
         expert_label = LabelClass.objects.filter(pk=item.expert_answer_id).values_list("name", flat=True).first()
         feedback = GoldFeedback(correct=bool(vote.gold_correct), expert_label=expert_label or "")
     return vote, feedback
+
+
+def _tally_vote(project_id: int, worker_id: int) -> None:
+    """One more vote since the last aggregation, on the worker's stripe (quorum_record_vote's
+    upsert: the first vote of a stripe creates it, concurrent ones wait on its row)."""
+    table = connection.ops.quote_name(VoteTally._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (project_id, stripe, votes) VALUES (%s, %s, 1) "
+            f"ON CONFLICT (project_id, stripe) DO UPDATE SET votes = {table}.votes + 1",
+            [project_id, worker_id % TALLY_STRIPES],
+        )
 
 
 def _trigger_aggregation(project_id: int, due: bool | None = None) -> None:
@@ -375,8 +394,8 @@ def undo_vote(worker, assignment_id: int) -> Assignment:
         vote.delete()
         if counted:
             Item.objects.filter(pk=lease.item_id).update(vote_count=F("vote_count") - 1)
-        Project.objects.filter(pk=lease.project_id).update(
-            votes_since_aggregation=Greatest(F("votes_since_aggregation") - 1, Value(0))
+        VoteTally.objects.filter(project_id=lease.project_id, stripe=worker.pk % TALLY_STRIPES).update(
+            votes=Greatest(F("votes") - 1, Value(0))
         )
         lease.status = Assignment.Status.OPEN
         lease.save(update_fields=["status"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.models import F
 
 from labeling.aggregation import METHODS, simulate_crowd
 from labeling.models import (
@@ -15,6 +16,7 @@ from labeling.models import (
     Membership,
     Project,
     Vote,
+    VoteTally,
     WorkerReliability,
 )
 from labeling.services.aggregation import (
@@ -51,6 +53,12 @@ def add_votes(project: Project, votes: list[tuple[Item, object, str]], **extra) 
     if not extra.get("is_excluded"):
         for item, _worker, _name in votes:
             Item.objects.filter(pk=item.pk).update(vote_count=item.votes.filter(is_excluded=False).count())
+
+
+def set_votes_since_aggregation(project: Project, n: int, stripe: int = 0) -> None:
+    """As if ``n`` votes had come in since the last aggregation, all on one tally stripe."""
+    VoteTally.objects.filter(project=project).delete()
+    VoteTally.objects.create(project=project, stripe=stripe, votes=n)
 
 
 def crowd_workers(project: Project, n: int, prefix: str = "w") -> list:
@@ -223,13 +231,37 @@ def test_unknown_method_or_parameter_is_refused_before_a_run_exists():
     assert not AggregationRun.objects.exists()
 
 
+def test_a_run_subtracts_from_each_stripe_what_it_read(monkeypatch):
+    """Votes tallied while a run works count toward the next run, on whichever stripe."""
+    from labeling.services import aggregation
+
+    project = ProjectFactory(classes=["a", "b"], default_method="majority_vote")
+    item = ItemFactory(project=project)
+    add_votes(project, [(item, w, "a") for w in crowd_workers(project, 2)])
+    VoteTally.objects.bulk_create([
+        VoteTally(project=project, stripe=1, votes=4), VoteTally(project=project, stripe=3, votes=2),
+    ])  # fmt: skip
+    read = aggregation.load_votes
+
+    def read_then_more_votes(p):
+        data = read(p)
+        VoteTally.objects.filter(project=project, stripe=1).update(votes=F("votes") + 2)
+        VoteTally.objects.create(project=project, stripe=7, votes=1)
+        return data
+
+    monkeypatch.setattr(aggregation, "load_votes", read_then_more_votes)
+    aggregate_project(project.pk, "majority_vote")
+    stripes = dict(VoteTally.objects.filter(project=project).values_list("stripe", "votes"))
+    assert stripes == {1: 2, 3: 0, 7: 1}
+    assert project.votes_since_aggregation() == 3
+
+
 def test_default_method_sets_uncertainty_review_flags_and_votes_wanted():
     project = ProjectFactory(
         classes=["a", "b"], overlap=3, max_overlap=5, confidence_threshold=0.9,
         default_method="majority_vote",
     )
-    project.votes_since_aggregation = 12
-    project.save(update_fields=["votes_since_aggregation"])
+    set_votes_since_aggregation(project, 12)
     agreed3, split3, agreed2, single, untouched, reviewed, gold = (ItemFactory(project=project) for _ in range(7))
     w = crowd_workers(project, 3)
     add_votes(project, [
@@ -247,7 +279,7 @@ def test_default_method_sets_uncertainty_review_flags_and_votes_wanted():
     # A method other than the default leaves the crowd's plan alone.
     aggregate_project(project.pk, "dawid_skene")
     assert not Item.objects.filter(project=project, uncertainty__isnull=False).exists()
-    assert Project.objects.get(pk=project.pk).votes_since_aggregation == 12
+    assert Project.objects.get(pk=project.pk).votes_since_aggregation() == 12
 
     aggregate_project(project.pk, "majority_vote")
     state = {
@@ -261,7 +293,7 @@ def test_default_method_sets_uncertainty_review_flags_and_votes_wanted():
     assert state[untouched.pk] == (False, 3, None)
     assert state[reviewed.pk] == (False, 2, 0.0)  # the expert's answer is final
     assert state[gold.pk] == (False, 3, 0.0)  # gold is served apart from the overlap plan
-    assert Project.objects.get(pk=project.pk).votes_since_aggregation == 0
+    assert Project.objects.get(pk=project.pk).votes_since_aggregation() == 0
 
 
 def test_holdout_items_are_never_sent_to_review():

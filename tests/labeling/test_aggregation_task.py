@@ -19,7 +19,12 @@ from labeling.services.votes import submit_vote
 from labeling.tasks import aggregate_project_task
 from tests.conftest import _api_client
 from tests.factories import ItemFactory, ProjectFactory
-from tests.labeling.test_aggregation_service import add_votes, crowd_workers, simulated_project
+from tests.labeling.test_aggregation_service import (
+    add_votes,
+    crowd_workers,
+    set_votes_since_aggregation,
+    simulated_project,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -67,10 +72,10 @@ def test_task_records_the_failure_on_the_run():
 def test_trigger_fires_once_enough_votes_came_in_and_not_twice(django_capture_on_commit_callbacks):
     project, items, _truth = simulated_project(n_items=5, aggregate_every=10)
     Item.objects.filter(pk=items[0].pk).update(votes_wanted=4)  # the crowd still has work
-    Project.objects.filter(pk=project.pk).update(votes_since_aggregation=9)
+    set_votes_since_aggregation(project, 9)
     assert maybe_trigger_aggregation(project.pk) is None
 
-    Project.objects.filter(pk=project.pk).update(votes_since_aggregation=10)
+    set_votes_since_aggregation(project, 10)
     with django_capture_on_commit_callbacks() as callbacks:
         run = maybe_trigger_aggregation(project.pk)
         again = maybe_trigger_aggregation(project.pk)
@@ -82,14 +87,14 @@ def test_trigger_fires_once_enough_votes_came_in_and_not_twice(django_capture_on
         callback()
     run.refresh_from_db()
     assert run.status == Status.SUCCEEDED
-    assert Project.objects.get(pk=project.pk).votes_since_aggregation == 0
+    assert Project.objects.get(pk=project.pk).votes_since_aggregation() == 0
     assert maybe_trigger_aggregation(project.pk) is None
 
 
 def test_a_drained_queue_triggers_before_the_count_is_reached(django_capture_on_commit_callbacks):
     project, _items, _truth = simulated_project(n_items=5, aggregate_every=50)
     assert maybe_trigger_aggregation(project.pk) is None  # nothing new since the last run
-    Project.objects.filter(pk=project.pk).update(votes_since_aggregation=3)
+    set_votes_since_aggregation(project, 3)
     with django_capture_on_commit_callbacks():
         run = maybe_trigger_aggregation(project.pk)
     assert run is not None and run.trigger == "auto"
@@ -97,7 +102,7 @@ def test_a_drained_queue_triggers_before_the_count_is_reached(django_capture_on_
 
 def test_a_lost_run_does_not_block_triggering_forever(django_capture_on_commit_callbacks):
     project, _items, _truth = simulated_project(n_items=5, aggregate_every=1)
-    Project.objects.filter(pk=project.pk).update(votes_since_aggregation=1)
+    set_votes_since_aggregation(project, 1)
     lost = AggregationRun.objects.create(project=project, method="dawid_skene", status=Status.RUNNING)
     AggregationRun.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(hours=2))
     with django_capture_on_commit_callbacks():
@@ -106,7 +111,7 @@ def test_a_lost_run_does_not_block_triggering_forever(django_capture_on_commit_c
 
 def test_never_triggers_when_automatic_aggregation_is_off():
     project, _items, _truth = simulated_project(n_items=3, aggregate_every=0)
-    Project.objects.filter(pk=project.pk).update(votes_since_aggregation=500)
+    set_votes_since_aggregation(project, 500)
     assert maybe_trigger_aggregation(project.pk) is None
 
 

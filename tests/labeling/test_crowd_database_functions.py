@@ -130,7 +130,7 @@ def _script(tag: str) -> list:
     )  # fmt: skip
     log.append(("votes", counts))
     log.append(("vote counts", sorted((position[i.pk], i.vote_count) for i in project.items.all())))
-    log.append(("since aggregation", type(project).objects.get(pk=project.pk).votes_since_aggregation))
+    log.append(("since aggregation", project.votes_since_aggregation()))
     return log
 
 

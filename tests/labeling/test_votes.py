@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from labeling.models import Assignment, Item, Membership, Project, Vote
+from labeling.models import TALLY_STRIPES, Assignment, Item, Membership, Project, Vote, VoteTally
 from labeling.services.assignment import (
     InvalidAnswer,
     LeaseConflict,
@@ -49,7 +49,7 @@ def test_vote_is_recorded_once_per_key(project, crowd_user):
     assert counts(item) == 1
     lease.refresh_from_db()
     assert lease.status == Assignment.Status.SUBMITTED
-    assert Project.objects.get(pk=project.pk).votes_since_aggregation == 1
+    assert Project.objects.get(pk=project.pk).votes_since_aggregation() == 1
 
 
 def test_a_second_key_on_an_answered_lease_conflicts(project, crowd_user):
@@ -149,10 +149,26 @@ def test_undo_reopens_the_lease_and_uncounts(project, crowd_user):
     reopened = undo_vote(crowd_user, lease.pk)
     assert reopened.pk == lease.pk and reopened.status == Assignment.Status.OPEN
     assert counts(item) == 0 and not Vote.objects.exists()
-    assert Project.objects.get(pk=project.pk).votes_since_aggregation == 0
+    assert Project.objects.get(pk=project.pk).votes_since_aggregation() == 0
     assert next_item(crowd_user, project).pk == lease.pk
     # The same key is free again: the first answer is gone.
     assert submit_vote(crowd_user, lease.pk, label="pneumonia", idempotency_key="k").created
+
+
+def test_votes_are_tallied_on_their_workers_stripes(project, crowd_user, crowd_user2):
+    ItemFactory(project=project)
+    ItemFactory(project=project)
+    for n, worker in enumerate([crowd_user, crowd_user2]):
+        lease = next_item(worker, project)
+        submit_vote(worker, lease.pk, label="normal", idempotency_key=f"s{n}")
+    stripes = dict(VoteTally.objects.filter(project=project).values_list("stripe", "votes"))
+    expected: dict[int, int] = {}
+    for worker in (crowd_user, crowd_user2):
+        expected[worker.pk % TALLY_STRIPES] = expected.get(worker.pk % TALLY_STRIPES, 0) + 1
+    assert stripes == expected
+    assert project.votes_since_aggregation() == 2
+    undo_vote(crowd_user2, Vote.objects.get(worker=crowd_user2).assignment_id)
+    assert project.votes_since_aggregation() == 1
 
 
 def test_undo_refused_after_expiry_or_for_older_votes(project, crowd_user):
