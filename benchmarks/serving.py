@@ -1,32 +1,36 @@
-"""Serving benchmark (issue 4): the crowd loop over HTTP on gunicorn + PostgreSQL.
+"""Serving benchmark (issue 4): the crowd loop over HTTP, granian (production) beside gunicorn.
 
 Usage::
 
-    .venv/bin/python benchmarks/serving.py                       # N = 10, 50, 100; 20 s each
-    .venv/bin/python benchmarks/serving.py --levels 100 --duration 30 --gunicorn-workers 3
+    .venv/bin/python benchmarks/serving.py                       # N = 10, 50, 100; 20 s each, both servers
+    .venv/bin/python benchmarks/serving.py --levels 100 --duration 30 --servers granian --workers 2
+    QUORUM_CROWD_LANE=false .venv/bin/python benchmarks/serving.py   # every request through DRF
     .venv/bin/python benchmarks/serving.py --database-url postgres://postgres@127.0.0.1:5432/quorum_bench
 
-What it does, in order:
+What it does, for each server in ``--servers`` (granian, the production server, then gunicorn,
+the peer it replaced), in turn:
 
 1. Creates a dedicated PostgreSQL database (``--database-url``, default ``quorum_bench`` on
    127.0.0.1; refused if it exists unless ``--reuse-db``), migrates it and seeds one project:
    ``--items`` tiny regular items (k = ``--k``), ``--gold`` gold items (gold rate
-   ``--gold-rate``), two classes, and max(levels) crowd workers with API tokens.
-   ``aggregate_every`` is set high so that ``maybe_trigger_aggregation`` (called after every
-   vote) takes its "not due" path, the steady state between Celery runs; no worker runs here.
-2. Starts ``gunicorn quorum.wsgi:application`` (gthread, ``--gunicorn-workers`` x
-   ``--gunicorn-threads``, preloaded as in platform/gunicorn.conf.py, DEBUG=false, no access
-   log, no max-requests recycling) on loopback.
+   ``--gold-rate``), two classes, ``--history`` finished items with earlier days' votes, and
+   max(levels) crowd workers with API tokens. ``aggregate_every`` is set high so that the
+   per-vote aggregation check takes its "not due" path, the steady state between Celery runs;
+   no worker runs here.
+2. Starts the server on ``quorum.wsgi:application`` on loopback (``--workers`` processes x
+   ``--threads`` threads; gunicorn gthread preloaded, as it was deployed; DEBUG=false, no access
+   log, no worker recycling).
 3. For each N in ``--levels``: N simulated annotators, each an asyncio task with its own
    keep-alive connection and token, loop GET next -> POST vote (answer "normal"; gold answers
    are "normal" too, so nobody is blocked) for ``--duration`` seconds after ``--warmup``
    seconds, or ``--max-cycles`` cycles each. The load generator is this one process (one
    core's worth at most, request bytes pre-built, responses parsed by hand, no HTTP library).
-4. Prints one table: N, cycles/s (a cycle = 200 next + 201 vote), p50/p99 latency of next,
-   vote and the whole cycle, errors (non-2xx or a broken connection), and CPU seconds per
-   wall second spent by the load generator, gunicorn and PostgreSQL (from /proc), so the split
-   of the 2 cores is visible.
-5. Stops gunicorn and drops the database, also on Ctrl-C or an error (``--keep-db`` keeps it).
+4. Stops the server and drops the database, also on Ctrl-C or an error (``--keep-db`` keeps it).
+
+Then it prints one table: server, N, cycles/s (a cycle = 200 next + 201 vote), p50/p99 latency
+of next, vote and the whole cycle, errors (non-2xx or a broken connection), and CPU seconds
+per wall second spent by the load generator, the server and PostgreSQL (from /proc), so the
+split of the 2 cores is visible.
 
 Loopback only; every loop is bounded by time and count.
 """
@@ -216,7 +220,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _postgres_pids(url: str) -> list[int]:
-    """The server processes serving the benchmark database (gunicorn's persistent connections);
+    """The server processes serving the benchmark database (the site's persistent connections);
     other databases' backends on a shared server are left out."""
     with _admin_conn(url) as conn:
         rows = conn.execute(
@@ -225,23 +229,31 @@ def _postgres_pids(url: str) -> list[int]:
     return [pid for (pid,) in rows]
 
 
-def cpu_snapshot(gunicorn_pid: int, pg_pids: list[int]) -> dict[str, float]:
-    """CPU seconds so far of the load generator, gunicorn (master + workers) and the
+def cpu_snapshot(server_pid: int, pg_pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the load generator, the server (master + workers) and the
     benchmark database's PostgreSQL backends (read from /proc)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "load": usage.ru_utime + usage.ru_stime,
-        "gunicorn": sum(_cpu_of(p) for p in [gunicorn_pid, *_children(gunicorn_pid)]),
+        "server": sum(_cpu_of(p) for p in [server_pid, *_children(server_pid)]),
         "postgres": sum(_cpu_of(p) for p in pg_pids),
     }
 
 
-def start_gunicorn(args: argparse.Namespace, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    cmd = [
-        str(Path(sys.executable).parent / "gunicorn"), "quorum.wsgi:application",
+def server_command(args: argparse.Namespace, port: int) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    if args.server == "granian":
+        return [
+            str(bin_dir / "granian"), "quorum.wsgi:application", "--interface", "wsgi",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(args.workers), "--blocking-threads", str(args.threads),
+            "--backlog", "2048", "--log-level", "warning", "--no-access-log",
+        ]
+    return [
+        str(bin_dir / "gunicorn"), "quorum.wsgi:application",
         "--bind", f"127.0.0.1:{port}",
-        "--workers", str(args.gunicorn_workers),
-        "--threads", str(args.gunicorn_threads),
+        "--workers", str(args.workers),
+        "--threads", str(args.threads),
         "--worker-class", args.gunicorn_class,
         "--max-requests", "0",
         "--preload",
@@ -251,9 +263,12 @@ def start_gunicorn(args: argparse.Namespace, env: dict[str, str], port: int, log
         "--timeout", "60",
         "--log-level", "warning",
     ]
+
+
+def start_server(args: argparse.Namespace, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(server_command(args, port), cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     return proc
 
 
@@ -280,7 +295,7 @@ async def wait_ready(port: int, project_id: int, token: str, timeout: float = 60
             if line.startswith(b"HTTP/1.1 "):
                 return
         await asyncio.sleep(0.3)
-    raise SystemExit("gunicorn did not answer in time; see its log")
+    raise SystemExit("the server did not answer in time; see its log")
 
 
 # -- load generator -----------------------------------------------------------------------------
@@ -387,7 +402,7 @@ async def annotator(index: int, port: int, project_id: int, token: str, stats: S
 
 
 async def run_level(n: int, args: argparse.Namespace, port: int, project_id: int,
-                    tokens: list[str], gunicorn_pid: int) -> dict:
+                    tokens: list[str], server_pid: int) -> dict:
     stats = Stats()
     start = time.perf_counter()
     record_from = start + args.warmup
@@ -400,9 +415,9 @@ async def run_level(n: int, args: argparse.Namespace, port: int, project_id: int
     await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
     # Backends are persistent (CONN_MAX_AGE) and all open after the warm-up.
     pg_pids = _postgres_pids(args.database_url)
-    cpu0, t0 = cpu_snapshot(gunicorn_pid, pg_pids), time.perf_counter()
+    cpu0, t0 = cpu_snapshot(server_pid, pg_pids), time.perf_counter()
     await asyncio.gather(*tasks)
-    cpu1, t1 = cpu_snapshot(gunicorn_pid, pg_pids), time.perf_counter()
+    cpu1, t1 = cpu_snapshot(server_pid, pg_pids), time.perf_counter()
     wall = t1 - t0
     return {
         "n": n,
@@ -425,29 +440,32 @@ def pct(values: list[float], q: float) -> float:
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print()
-    print(f"gunicorn {args.gunicorn_class} {args.gunicorn_workers} workers x {args.gunicorn_threads} threads; "
-          f"{args.items} items + {args.gold} gold, k={args.k}, gold rate {args.gold_rate}; "
-          f"{args.duration:g} s per level after {args.warmup:g} s warm-up; "
+    lane = os.environ.get("QUORUM_CROWD_LANE", "true")
+    print(f"{args.workers} workers x {args.threads} threads (gunicorn {args.gunicorn_class}); "
+          f"crowd lane {'off' if lane.lower() in ('0', 'false', 'no') else 'on'}; "
+          f"{args.items} items + {args.gold} gold, k={args.k}, gold rate {args.gold_rate}, "
+          f"history {args.history}; {args.duration:g} s per level after {args.warmup:g} s warm-up; "
           f"think time {'none (closed loop)' if args.think_ms <= 0 else f'{args.think_ms:g} ms mean'}; "
           f"load average before: {args.load_before}")
-    header = (f"{'N':>4} {'cycles/s':>9} {'next p50':>9} {'next p99':>9} {'vote p50':>9} "
+    header = (f"{'server':<9}{'N':>4} {'cycles/s':>9} {'next p50':>9} {'next p99':>9} {'vote p50':>9} "
               f"{'vote p99':>9} {'cycle p50':>10} {'cycle p99':>10} {'errors':>7}  "
-              f"cpu/s load gunicorn postgres")
+              f"cpu/s load   server postgres")
     print(header)
     print("-" * len(header))
     for r in rows:
         s: Stats = r["stats"]
         errors = sum(s.errors.values())
         cpu = r["cpu"]
-        print(f"{r['n']:>4} {r['cycles'] / r['wall']:>9.1f} {pct(s.next_ms, .5):>8.1f}m "
+        print(f"{r['server']:<9}{r['n']:>4} {r['cycles'] / r['wall']:>9.1f} {pct(s.next_ms, .5):>8.1f}m "
               f"{pct(s.next_ms, .99):>8.1f}m {pct(s.vote_ms, .5):>8.1f}m {pct(s.vote_ms, .99):>8.1f}m "
               f"{pct(s.cycle_ms, .5):>9.1f}m {pct(s.cycle_ms, .99):>9.1f}m {errors:>7}  "
-              f"      {cpu['load']:>4.2f} {cpu['gunicorn']:>8.2f} {cpu['postgres']:>8.2f}")
+              f"      {cpu['load']:>4.2f} {cpu['server']:>8.2f} {cpu['postgres']:>8.2f}")
     print("latencies in ms (m); cpu/s = CPU seconds per wall second (2 cores = 2.00 in all)")
     for r in rows:
         s = r["stats"]
         if s.errors or s.exhausted:
-            print(f"  N={r['n']}: errors {s.errors or 'none'}; annotators out of work: {s.exhausted}")
+            print(f"  {r['server']} N={r['n']}: errors {s.errors or 'none'}; "
+                  f"annotators out of work: {s.exhausted}")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -467,8 +485,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=3, help="Votes wanted per item.")
     parser.add_argument("--history", type=int, default=20_000,
                         help="Finished items from earlier days, k votes each (0: a new project).")
-    parser.add_argument("--gunicorn-workers", type=int, default=3)
-    parser.add_argument("--gunicorn-threads", type=int, default=4)
+    parser.add_argument("--servers", default="granian,gunicorn",
+                        help="WSGI servers to measure in turn, each on a fresh database: granian "
+                        "(production) and gunicorn (the peer), comma-separated.")
+    parser.add_argument("--workers", type=int, default=3, help="Server worker processes.")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="Threads per worker (granian's blocking threads, gunicorn's threads).")
     parser.add_argument("--gunicorn-class", default="gthread", help="gunicorn worker class.")
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/quorum_bench")
     parser.add_argument("--reuse-db", action="store_true", help="Use the database if it exists.")
@@ -480,9 +502,47 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def measure(server_name: str, args: argparse.Namespace, levels: list[int], env: dict[str, str],
+            var_dir: Path) -> list[dict]:
+    """One server from a fresh database: create and seed it, run every level, drop it."""
+    args.server = server_name
+    created = False
+    server = None
+    log = var_dir / f"{server_name}.log"
+    try:
+        created = create_database(args.database_url, reuse=args.reuse_db)
+        t = time.perf_counter()
+        project_id, tokens = seed(args, max(levels))
+        print(f"{server_name}: seeded project {project_id} in {time.perf_counter() - t:.1f} s", flush=True)
+        port = free_port()
+        server = start_server(args, env, port, log)
+        asyncio.run(wait_ready(port, project_id, tokens[0]))
+        rows = []
+        for n in levels:
+            row = asyncio.run(run_level(n, args, port, project_id, tokens, server.pid))
+            row["server"] = server_name
+            rows.append(row)
+            print(f"{server_name} N={n}: {row['cycles'] / row['wall']:.1f} cycles/s", flush=True)
+            if server.poll() is not None:
+                raise SystemExit(f"{server_name} exited; see its log")
+        return rows
+    finally:
+        stop(server)
+        if log.exists() and log.stat().st_size:
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            print(f"{server_name} log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+        if created and not args.keep_db:
+            with suppress(Exception):
+                from django.db import connections
+
+                connections.close_all()
+            drop_database(args.database_url)
+
+
 def main() -> None:
     args = parse_args()
     levels = [int(n) for n in args.levels.split(",")]
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     var_dir = Path(tempfile.mkdtemp(prefix="quorum-serving-"))
     (var_dir / "static").mkdir()  # WhiteNoise warns in every worker without it
@@ -497,40 +557,16 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
     }
     os.environ.update(env)
-    created = False
-    gunicorn = None
-    log = var_dir / "gunicorn.log"
-    # SIGTERM ends the run like Ctrl-C, so the finally block below always cleans up.
+    # SIGTERM ends the run like Ctrl-C, so the finally blocks always clean up.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        created = create_database(args.database_url, reuse=args.reuse_db)
-        t = time.perf_counter()
-        project_id, tokens = seed(args, max(levels))
-        print(f"seeded project {project_id} in {time.perf_counter() - t:.1f} s", flush=True)
-        port = free_port()
-        gunicorn = start_gunicorn(args, env, port, log)
-        asyncio.run(wait_ready(port, project_id, tokens[0]))
         rows = []
-        for n in levels:
-            row = asyncio.run(run_level(n, args, port, project_id, tokens, gunicorn.pid))
-            rows.append(row)
-            print(f"N={n}: {row['cycles'] / row['wall']:.1f} cycles/s", flush=True)
-            if gunicorn.poll() is not None:
-                raise SystemExit("gunicorn exited; see its log")
+        for name in servers:
+            rows += measure(name, args, levels, env, var_dir)
         print_table(rows, args)
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:
-        stop(gunicorn)
-        if log.exists() and log.stat().st_size:
-            tail = log.read_text(errors="replace").splitlines()[-20:]
-            print("gunicorn log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
-        if created and not args.keep_db:
-            with suppress(Exception):
-                from django.db import connections
-
-                connections.close_all()
-            drop_database(args.database_url)
         shutil.rmtree(var_dir, ignore_errors=True)
 
 

@@ -41,6 +41,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Token-authenticated crowd loop requests, answered before the rest (labeling/api/crowd_lane.py).
+    "labeling.api.crowd_lane.CrowdLaneMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -138,12 +140,15 @@ QUORUM_MAX_IMAGE_PIXELS = env.int("QUORUM_MAX_IMAGE_PIXELS", default=100_000_000
 
 # Real data shipped beside the repository (see README); in the wild, the loaders download it.
 QUORUM_DATA_DIR = Path(env("QUORUM_DATA_DIR", default=str(BASE_DIR.parent / "shared" / "data")))
-# A running training run whose worker has not reported for this long is marked failed.
 # On PostgreSQL the crowd loop's next/vote run as database functions (migration 0004), one
 # round trip each; off, the same Python services serve them with a statement per step.
 QUORUM_CROWD_DB_FUNCTIONS = env.bool("QUORUM_CROWD_DB_FUNCTIONS", default=True)
 # Seconds a process remembers which user an API token belongs to (quorum/authentication.py).
 QUORUM_TOKEN_CACHE_SECONDS = env.float("QUORUM_TOKEN_CACHE_SECONDS", default=5.0)
+# Token-authenticated next/vote requests skip the rest of the middleware and DRF's request
+# cycle (labeling/api/crowd_lane.py); off, they take the same path as every other request.
+QUORUM_CROWD_LANE = env.bool("QUORUM_CROWD_LANE", default=True)
+# A running training run whose worker has not reported for this long is marked failed.
 QUORUM_TRAINING_STALE_MINUTES = env.int("QUORUM_TRAINING_STALE_MINUTES", default=15)
 QUORUM_CACHE_DIR = Path(env("QUORUM_CACHE_DIR", default=str(VAR_DIR / "cache")))
 

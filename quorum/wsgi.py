@@ -6,5 +6,5 @@ from django.urls import get_resolver
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "quorum.settings")
 application = get_wsgi_application()
 # Import every view now (NumPy, pandas, numba, scikit-learn: seconds), not on a worker's first
-# request; with gunicorn's preload_app the workers fork with them already imported.
+# request: granian imports this module in each worker as it starts.
 get_resolver().url_patterns  # noqa: B018 - the access imports the views

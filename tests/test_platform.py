@@ -27,7 +27,7 @@ def test_compose_has_the_production_services():
 
 def test_entrypoint_roles_consume_the_right_queues():
     entrypoint = (ROOT / "platform/docker/entrypoint.sh").read_text()
-    assert "gunicorn quorum.wsgi:application" in entrypoint
+    assert "granian --interface wsgi quorum.wsgi:application" in entrypoint
     assert "worker -Q default " in entrypoint
     assert "worker -Q gpu " in entrypoint
     dockerfile = ROOT / _compose()["x-quorum"]["build"]["dockerfile"]

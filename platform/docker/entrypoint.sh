@@ -1,12 +1,13 @@
 #!/usr/bin/env sh
-# Roles: web (gunicorn), worker (queue default), worker-gpu (queue gpu), or any command.
+# Roles: web (granian), worker (queue default), worker-gpu (queue gpu), or any command.
 set -eu
 role="${1:-web}"
 case "$role" in
   web)
     python manage.py migrate --noinput
     python manage.py collectstatic --noinput -v 0
-    exec gunicorn quorum.wsgi:application -c /etc/quorum/gunicorn.conf.py
+    # Workers, threads, host and port come from GRANIAN_* (platform/env.example).
+    exec granian --interface wsgi quorum.wsgi:application
     ;;
   worker)
     exec celery -A quorum worker -Q default --loglevel INFO --concurrency "${WORKER_CONCURRENCY:-2}"

@@ -12,6 +12,12 @@ from tests.factories import ItemFactory, give_expert_answer
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True, params=["lane", "full-stack"])
+def _request_path(request, settings):
+    """Every test once through the crowd lane and once through middleware + DRF."""
+    settings.QUORUM_CROWD_LANE = request.param == "lane"
+
 NEXT_KEYS = {"id", "expires_at", "item", "classes", "progress"}
 ITEM_KEYS = {"id", "width", "height", "channels", "image_url", "thumbnail_url"}
 VOTE_KEYS = {"id", "assignment", "kind", "label", "feedback", "progress"}

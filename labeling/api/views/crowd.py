@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from django.contrib.auth import get_user_model
-from django.http import Http404
+from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -23,7 +25,7 @@ from labeling.api.serializers.crowd import (
 )
 from labeling.api.serializers.projects import MembershipSerializer
 from labeling.models import Assignment, LabelClass, Membership, Project, Vote
-from labeling.selectors import CrowdContext, crowd_context
+from labeling.selectors import crowd_context
 from labeling.services import assignment as assignments
 from labeling.services import votes
 
@@ -37,21 +39,36 @@ STATUS_OF = {
 }
 
 
-def refusal(exc: assignments.CrowdError) -> Response:
+def refusal_status(exc: assignments.CrowdError) -> int:
     # Services may raise a private subclass of one of these (e.g. an already answered lease).
-    code = next(STATUS_OF[cls] for cls in type(exc).__mro__ if cls in STATUS_OF)
-    return Response({"detail": exc.message}, status=code)
+    return next(STATUS_OF[cls] for cls in type(exc).__mro__ if cls in STATUS_OF)
+
+
+def refusal(exc: assignments.CrowdError) -> Response:
+    return Response({"detail": exc.message}, status=refusal_status(exc))
 
 
 _EXPIRES_AT = serializers.DateTimeField()
+NO_PROJECT = "No such project."
 
 
-def _absolute(request: Request, name: str, pk: int) -> str:
-    return request.build_absolute_uri(reverse(name, args=[pk]))
+@cache
+def route_parts(name: str, script_prefix: str) -> tuple[str, str]:
+    """The path of the route ``name`` (one integer argument) split around that argument:
+    ``reverse`` costs more than the rest of a crowd request. The script prefix is part of the
+    key since it can differ per request."""
+    marker = 987654321
+    head, _, tail = reverse(name, args=[marker]).partition(str(marker))
+    return head, tail
+
+
+def _media_url(origin: str, name: str, pk: int) -> str:
+    head, tail = route_parts(name, get_script_prefix())
+    return f"{origin}{head}{pk}{tail}"
 
 
 def assignment_body(
-    request: Request,
+    request: HttpRequest,
     lease: Assignment,
     project: Project,
     progress: assignments.Progress | None = None,
@@ -65,6 +82,8 @@ def assignment_body(
         classes = LabelClass.objects.filter(project=project).order_by("index").values_list("name", "index")
     if progress is None:
         progress = assignments.progress(request.user, project)
+    # The same origin build_absolute_uri uses (get_host checks ALLOWED_HOSTS).
+    origin = f"{request.scheme}://{request.get_host()}"
     return {
         "id": lease.pk,
         "expires_at": _EXPIRES_AT.to_representation(lease.expires_at),
@@ -73,8 +92,8 @@ def assignment_body(
             "width": item.width,
             "height": item.height,
             "channels": item.channels,
-            "image_url": _absolute(request, "item-image", item.pk),
-            "thumbnail_url": _absolute(request, "item-thumbnail", item.pk),
+            "image_url": _media_url(origin, "item-image", item.pk),
+            "thumbnail_url": _media_url(origin, "item-thumbnail", item.pk),
         },
         "classes": [{"name": name, "key": str(index + 1)} for name, index in classes],
         "progress": vars(progress),
@@ -85,23 +104,67 @@ def assignment_response(request: Request, lease: Assignment, project: Project, c
     return Response(assignment_body(request, lease, project), status=code)
 
 
+def next_answer(request: HttpRequest, user, project_id: int) -> tuple[int, dict | None]:
+    """GET next for an authenticated ``user``: (HTTP status, body), the role check included
+    (IsProjectCrowd's answers). Shared by the DRF view and the crowd lane (api/crowd_lane.py)."""
+    context = crowd_context(user, project_id)
+    if context is None or context.role is None:
+        return status.HTTP_404_NOT_FOUND, {"detail": NO_PROJECT}
+    if not IsProjectCrowd().allows(user, context.role):
+        return status.HTTP_403_FORBIDDEN, {"detail": IsProjectCrowd.message}
+    exclude = [int(v) for v in request.GET.getlist("exclude") if v.isdigit()]
+    try:
+        assignments.raise_if_blocked(context.blocked_reason)
+        lease, progress = assignments.serve_next(user, context.project, exclude=exclude, block_checked=True)
+    except assignments.CrowdError as exc:
+        return refusal_status(exc), {"detail": exc.message}
+    if lease is None:
+        return status.HTTP_204_NO_CONTENT, None
+    return status.HTTP_200_OK, assignment_body(request, lease, context.project, progress, context.classes)
+
+
+def vote_answer(user, assignment_id: int, answer: dict, *, source: str) -> tuple[int, dict]:
+    """POST vote with a validated ``answer`` (VoteRequestSerializer's validated_data): (HTTP
+    status, body). IsProjectCrowd is checked by submit_vote(check_role=True) under the lease's
+    lock, in the same round trip as the vote; a refusal gives the same 404/403 as the
+    permission would. Shared by the DRF view and the crowd lane."""
+    try:
+        result = votes.submit_vote(
+            user,
+            assignment_id,
+            label=answer.get("label"),
+            kind=answer["kind"],
+            idempotency_key=answer["idempotency_key"],
+            source=source,
+            check_role=True,
+        )
+    except assignments.CrowdError as exc:
+        return refusal_status(exc), {"detail": exc.message}
+    # VoteResponseSerializer's shape, as a plain dict (see assignment_body).
+    feedback = result.feedback
+    progress = result.progress
+    if progress is None:
+        # The Python path and replays: read the lease's project (one query off the hot path).
+        project = Assignment.objects.select_related("project").get(pk=assignment_id).project
+        progress = assignments.progress(user, project)
+    body = {
+        "id": result.vote_id,
+        "assignment": result.assignment_id,
+        "kind": result.kind,
+        "label": result.label,
+        "feedback": None if feedback is None else {
+            "gold": feedback.gold,
+            "correct": feedback.correct,
+            "expert_label": feedback.expert_label,
+        },
+        "progress": vars(progress),
+    }
+    return (status.HTTP_201_CREATED if result.created else status.HTTP_200_OK), body
+
+
 class NextAssignmentView(APIView):
-    permission_classes = [IsAuthenticated, IsProjectCrowd]
-    _context: CrowdContext | None = None
-
-    def get_context(self) -> CrowdContext:
-        # One read per request: the permission check and the handler both ask for it.
-        if self._context is None:
-            self._context = crowd_context(self.request.user, self.kwargs["project_id"])
-            if self._context is None:
-                raise Http404("No such project.")
-        return self._context
-
-    def get_project(self) -> Project:
-        return self.get_context().project
-
-    def get_role(self) -> str | None:
-        return self.get_context().role
+    # IsProjectCrowd's checks run in next_answer, on the same read as the handler's context.
+    permission_classes = [IsAuthenticated]
 
     @extend_schema(
         parameters=[
@@ -116,24 +179,14 @@ class NextAssignmentView(APIView):
             200: AssignmentSerializer,
             204: OpenApiResponse(description="Nothing is left for you in this project."),
             403: ErrorSerializer,
+            404: ErrorSerializer,
             409: ErrorSerializer,
         },
     )
     def get(self, request: Request, project_id: int) -> Response:
         """Your next item to label (the same one again while its lease runs)."""
-        exclude = [int(v) for v in request.query_params.getlist("exclude") if v.isdigit()]
-        context = self.get_context()
-        try:
-            assignments.raise_if_blocked(context.blocked_reason)
-            lease, progress = assignments.serve_next(
-                request.user, context.project, exclude=exclude, block_checked=True
-            )
-        except assignments.CrowdError as exc:
-            return refusal(exc)
-        if lease is None:
-            return Response(status=status.HTTP_204_NO_CONTENT)
-        body = assignment_body(request, lease, context.project, progress, context.classes)
-        return Response(body)
+        code, body = next_answer(request, request.user, project_id)
+        return Response(body, status=code)
 
 
 class _OwnAssignmentView(APIView):
@@ -154,8 +207,7 @@ class _OwnAssignmentView(APIView):
 
 
 class VoteView(_OwnAssignmentView):
-    # IsProjectCrowd is checked by submit_vote(check_role=True) under the lease's lock, in the
-    # same round trip as the vote; a refusal gives the same 404/403 as the permission would.
+    # IsProjectCrowd is checked by vote_answer (see there).
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
@@ -183,33 +235,8 @@ class VoteView(_OwnAssignmentView):
             if not permission.has_permission(request, self):
                 self.permission_denied(request, message=permission.message)
             raise serializers.ValidationError(data.errors)
-        try:
-            result = votes.submit_vote(
-                request.user,
-                assignment_id,
-                label=data.validated_data.get("label"),
-                kind=data.validated_data["kind"],
-                idempotency_key=data.validated_data["idempotency_key"],
-                source=Vote.Source.API if request.auth else Vote.Source.WEB,
-                check_role=True,
-            )
-        except assignments.CrowdError as exc:
-            return refusal(exc)
-        # VoteResponseSerializer's shape, as a plain dict (see assignment_body).
-        feedback = result.feedback
-        body = {
-            "id": result.vote_id,
-            "assignment": result.assignment_id,
-            "kind": result.kind,
-            "label": result.label,
-            "feedback": None if feedback is None else {
-                "gold": feedback.gold,
-                "correct": feedback.correct,
-                "expert_label": feedback.expert_label,
-            },
-            "progress": vars(result.progress or assignments.progress(request.user, self.get_project())),
-        }
-        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        source = Vote.Source.API if request.auth else Vote.Source.WEB
+        code, body = vote_answer(request.user, assignment_id, data.validated_data, source=source)
         return Response(body, status=code)
 
 
