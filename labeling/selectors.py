@@ -74,11 +74,16 @@ class CrowdContext:
     classes: list[tuple[str, int]]  # (name, index) in index order
 
 
+# The project fields serving a worker reads (the gold draw, the lease length, the progress line);
+# the rest stay deferred: loading every column cost more than the statement itself.
+CROWD_PROJECT_FIELDS = ("id", "gold_rate", "lease_minutes", "created_at")
+
+
 @cache
 def _crowd_context_sql() -> tuple[str, list[str]]:
     qn = connection.ops.quote_name
-    fields = [f.attname for f in Project._meta.concrete_fields]
-    columns = ", ".join(f"p.{qn(f.column)}" for f in Project._meta.concrete_fields)
+    fields = list(CROWD_PROJECT_FIELDS)
+    columns = ", ".join(f"p.{qn(Project._meta.get_field(f).column)}" for f in fields)
     m, c = Membership._meta, LabelClass._meta
     sql = (
         f"SELECT {columns}, m.{qn('role')}, m.{qn('is_blocked')}, m.{qn('blocked_reason')}, "
@@ -92,7 +97,8 @@ def _crowd_context_sql() -> tuple[str, list[str]]:
 
 
 def crowd_context(user: AbstractBaseUser, project_id: int) -> CrowdContext | None:
-    """The project, the user's role and block on it, and its classes; None for no project.
+    """The project (only CROWD_PROJECT_FIELDS loaded), the user's role and block on it, and
+    its classes; None for no project.
 
     One statement (a row per class), since the crowd loop asks on every request; the ORM
     would build three queries.
