@@ -23,6 +23,7 @@ from django.urls import get_script_prefix
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.renderers import JSONRenderer
 
+from labeling.api.serializers.crowd import VoteRequestSerializer
 from labeling.api.views.crowd import (
     NextAssignmentView,
     VoteView,
@@ -35,8 +36,14 @@ from quorum.authentication import FastTokenAuthentication
 
 _AUTH = FastTokenAuthentication()
 _RENDER = JSONRenderer().render
-# What DRF's finalize_response adds; the skipped middleware's headers are set in _respond
-# (SecurityMiddleware runs before this one and adds its own).
+# The vote serializer's length limits, read from it so the two cannot drift apart.
+_MAX_LENGTH = {
+    name: field.max_length
+    for name, field in VoteRequestSerializer().fields.items()
+    if getattr(field, "max_length", None)
+}
+
+
 def _allow(view_class: type) -> str:
     view = view_class()
     if hasattr(view, "get") and not hasattr(view, "head"):
@@ -44,11 +51,12 @@ def _allow(view_class: type) -> str:
     return ", ".join(view.allowed_methods)
 
 
+# What DRF's finalize_response adds; the skipped middleware's headers are set in _respond
+# (SecurityMiddleware runs before this one and adds its own).
 _HEADERS = {
     "crowd-next": {"Vary": "Accept", "Allow": _allow(NextAssignmentView)},
     "crowd-vote": {"Vary": "Accept", "Allow": _allow(VoteView)},
 }
-_MAX_TEXT = 100  # VoteRequestSerializer's max_length for label and idempotency_key
 
 
 def _route_id(path: str, name: str) -> int | None:
@@ -68,12 +76,12 @@ def _wants_json(request: HttpRequest) -> bool:
     )
 
 
-def _text(value: object) -> str | None:
-    """A string field as DRF's CharField keeps it (trimmed, not blank, no NUL, max 100)."""
+def _text(value: object, field: str) -> str | None:
+    """A string field as DRF's CharField keeps it (trimmed, not blank, no NUL, max length)."""
     if not isinstance(value, str):
         return None
     value = value.strip()
-    if not value or len(value) > _MAX_TEXT or "\x00" in value:
+    if not value or len(value) > _MAX_LENGTH[field] or "\x00" in value:
         return None
     return value
 
@@ -96,11 +104,11 @@ def plain_answer(request: HttpRequest) -> dict | None:
         return None
     if not isinstance(data, dict):
         return None
-    key = _text(data.get("idempotency_key"))
+    key = _text(data.get("idempotency_key"), "idempotency_key")
     kind = data.get("kind", Vote.Kind.LABEL)
     label = data.get("label")
     if label is not None:
-        label = _text(label)
+        label = _text(label, "label")
         if label is None:
             return None
     if key is None or kind not in Vote.Kind.values or (kind == Vote.Kind.LABEL and not label):
