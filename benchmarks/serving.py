@@ -441,7 +441,8 @@ def pct(values: list[float], q: float) -> float:
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print()
     lane = os.environ.get("QUORUM_CROWD_LANE", "true")
-    print(f"{args.workers} workers x {args.threads} threads (gunicorn {args.gunicorn_class}); "
+    print(f"{args.workers} workers x {args.threads} threads (granian: blocking threads; gunicorn: "
+          f"{args.gunicorn_class}); "
           f"crowd lane {'off' if lane.lower() in ('0', 'false', 'no') else 'on'}; "
           f"{args.items} items + {args.gold} gold, k={args.k}, gold rate {args.gold_rate}, "
           f"history {args.history}; {args.duration:g} s per level after {args.warmup:g} s warm-up; "

@@ -127,6 +127,29 @@ class VoteTally(models.Model):
         ]
 
 
+class DailyVoteCount(models.Model):
+    """A worker's votes in a project since ``day_start`` (their progress line's "votes today").
+
+    PostgreSQL only: triggers on the vote table keep ``votes`` for every writer, and a reader
+    asking for another midnight counts once and moves the row there (migration 0009, where the
+    locking is explained). Nothing in Python writes it; elsewhere the progress line counts.
+    """
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="daily_vote_counts", db_index=False
+    )
+    worker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    day_start = models.DateTimeField()
+    votes = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "worker"], name="dailyvotecount_unique_worker"),
+        ]
+
+
 class LabelClass(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="label_classes")
     name = models.CharField(max_length=100)

@@ -73,18 +73,26 @@ class FastTokenAuthentication(TokenAuthentication):
     """``Authorization: Token <key>``, as DRF's, read with one fixed statement."""
 
     def authenticate_credentials(self, key: str):
+        user, token = self._remembered(key)
+        return _copies(user, token) if settings.QUORUM_TOKEN_CACHE_SECONDS > 0 else (user, token)
+
+    def remembered_user(self, key: str):
+        """The token's user, the process's remembered object itself rather than a copy: for a
+        caller that only reads it (the crowd lane). The same checks and errors."""
+        return self._remembered(key)[0]
+
+    def _remembered(self, key: str):
         ttl = settings.QUORUM_TOKEN_CACHE_SECONDS
         now = time.monotonic()
         hit = _remembered.get(key) if ttl > 0 else None
         if hit is not None and now - hit[0] < ttl:
-            return _copies(hit[1], hit[2])
+            return hit[1], hit[2]
         user, token = self._read(key)
         if ttl > 0:
             with _lock:
                 if len(_remembered) >= _MAX_REMEMBERED:
                     _remembered.clear()
                 _remembered[key] = (now, user, token)
-            return _copies(user, token)
         return user, token
 
     def _read(self, key: str):

@@ -2,14 +2,17 @@
 
 An external crowd front end sends ``GET /api/projects/<id>/next/`` and ``POST
 /api/assignments/<id>/vote/`` all day long with a token. Through every middleware, URL
-resolution and DRF's request cycle (content negotiation, parsers, serializer validation,
-renderers) such a request cost several times the Python of the work it asks for. This
-middleware sits right after SecurityMiddleware and answers the common case itself with the same
-code the DRF views run (``next_answer``, ``vote_answer`` in api/views/crowd.py), DRF's own token
-check and JSON renderer, and the headers the full stack would add. Everything else goes on to
-the full stack untouched and gets DRF's answers and error formats: a session (the browser page,
-which needs CSRF), a missing or bad token, another method or media type, a body that is not a
-plain valid answer. ``QUORUM_CROWD_LANE = False`` sends every request the long way.
+resolution, DRF's request cycle (content negotiation, parsers, serializer validation,
+renderers) and the services' model instances, such a request cost many times the database
+call it comes down to. This middleware sits right after SecurityMiddleware and, on PostgreSQL,
+answers the common case with one database function call each (``quorum_serve_next``,
+``quorum_record_vote``: the same checks and writes the services make), DRF's token check and
+JSON renderer, and the headers the full stack would add. Everything else goes on to the full
+stack untouched and gets DRF's answers and error formats: a session (the browser page, which
+needs CSRF), a missing or bad token, another method or media type, a body that is not a plain
+valid answer, and every refusal (the functions write nothing when they refuse, so the full
+stack asks again and answers with its own messages, replays included). Other databases, and
+``QUORUM_CROWD_LANE = False``, send every request the long way.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.urls import get_script_prefix
+from rest_framework.authentication import get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.renderers import JSONRenderer
 
@@ -27,11 +31,15 @@ from labeling.api.serializers.crowd import VoteRequestSerializer
 from labeling.api.views.crowd import (
     NextAssignmentView,
     VoteView,
-    next_answer,
+    assignment_payload,
+    exclude_ids,
     route_parts,
-    vote_answer,
+    vote_payload,
 )
 from labeling.models import Vote
+from labeling.selectors import is_site_admin
+from labeling.services import assignment as assignments
+from labeling.services import votes
 from quorum.authentication import FastTokenAuthentication
 
 _AUTH = FastTokenAuthentication()
@@ -63,7 +71,8 @@ def _route_id(path: str, name: str) -> int | None:
     head, tail = route_parts(name, get_script_prefix())
     if path.startswith(head) and path.endswith(tail):
         middle = path[len(head) : len(path) - len(tail)]
-        if middle.isdigit() and middle.isascii():
+        # Up to 18 digits: always a bigint (the full stack answers larger ids its own way).
+        if middle.isdigit() and middle.isascii() and len(middle) <= 18:
             return int(middle)
     return None
 
@@ -111,8 +120,8 @@ def plain_answer(request: HttpRequest) -> dict | None:
         label = _text(label, "label")
         if label is None:
             return None
-    if key is None or kind not in Vote.Kind.values or (kind == Vote.Kind.LABEL and not label):
-        return None
+    if key is None or kind not in Vote.Kind.values or (kind == Vote.Kind.LABEL) != bool(label):
+        return None  # an unsure/skip with a label is refused by the services (their message)
     return {"label": label, "kind": kind, "idempotency_key": key}
 
 
@@ -124,18 +133,21 @@ class CrowdLaneMiddleware:
         return self.answer(request) or self.get_response(request)
 
     def answer(self, request: HttpRequest) -> HttpResponse | None:
-        if not settings.QUORUM_CROWD_LANE or "HTTP_AUTHORIZATION" not in request.META:
+        if (
+            not settings.QUORUM_CROWD_LANE
+            or "HTTP_AUTHORIZATION" not in request.META
+            or not assignments.database_functions_enabled()
+        ):
             return None
         method, path = request.method, request.path
         if method == "GET":
             project_id = _route_id(path, "crowd-next")
             if project_id is None or not _wants_json(request):
                 return None
-            user = self._token_user(request)
-            if user is None:
+            worker = _token_user(request)
+            if worker is None:
                 return None
-            code, body = next_answer(request, user, project_id)
-            return self._respond("crowd-next", code, body)
+            return self._next(request, worker, project_id)
         if method == "POST":
             assignment_id = _route_id(path, "crowd-vote")
             if assignment_id is None or not _wants_json(request):
@@ -143,23 +155,48 @@ class CrowdLaneMiddleware:
             answer = plain_answer(request)
             if answer is None:
                 return None
-            user = self._token_user(request)
-            if user is None:
+            worker = _token_user(request)
+            if worker is None:
                 return None
-            code, body = vote_answer(user, assignment_id, answer, source=Vote.Source.API)
-            return self._respond("crowd-vote", code, body)
+            return self._vote(worker, assignment_id, answer)
         return None
 
-    @staticmethod
-    def _token_user(request: HttpRequest):
-        try:
-            found = _AUTH.authenticate(request)
-        except AuthenticationFailed:
-            return None  # the full stack answers 401 with DRF's message and header
-        if found is None:
-            return None
-        request.user = found[0]
-        return found[0]
+    def _next(self, request: HttpRequest, worker, project_id: int) -> HttpResponse | None:
+        exclude = exclude_ids(request)
+        row = assignments.serve_next_row(
+            worker.pk, project_id, site_admin=is_site_admin(worker), exclude=exclude
+        )
+        if row.outcome == "none":
+            return self._respond("crowd-next", 204, None)
+        if row.outcome not in ("held", "new"):
+            return None  # a refusal: nothing was written, the full stack answers it
+        progress = assignments.progress_from_counts(
+            project_id, row.project_created, row.votes_today, row.voted_open
+        )
+        body = assignment_payload(
+            request, row.lease_id, row.expires_at, row.item_id, row.width, row.height,
+            row.channels, zip(row.class_names, row.class_indexes, strict=True), progress,
+        )  # fmt: skip
+        return self._respond("crowd-next", 200, body)
+
+    def _vote(self, worker, assignment_id: int, answer: dict) -> HttpResponse | None:
+        label, kind = answer["label"], answer["kind"]
+        row = votes.record_vote_row(
+            worker.pk, assignment_id, label=label, kind=kind,
+            idempotency_key=answer["idempotency_key"], source=Vote.Source.API, check_role=True,
+            site_admin=is_site_admin(worker),
+        )  # fmt: skip
+        if row.outcome != "recorded":
+            return None  # a refusal or a retried key: the full stack answers (and replays) it
+        votes.after_recorded_vote(worker, row)
+        feedback = None
+        if row.was_gold:
+            feedback = votes.GoldFeedback(correct=bool(row.gold_correct), expert_label=row.expert_label or "")
+        body = vote_payload(
+            row.vote_id, assignment_id, kind, label if row.label_id else None, feedback,
+            votes.recorded_progress(row),
+        )  # fmt: skip
+        return self._respond("crowd-vote", 201, body)
 
     @staticmethod
     def _respond(route: str, code: int, body: dict | None) -> HttpResponse:
@@ -173,3 +210,16 @@ class CrowdLaneMiddleware:
         response.headers["Content-Length"] = str(len(content))
         response.headers["X-Frame-Options"] = getattr(settings, "X_FRAME_OPTIONS", "DENY").upper()
         return response
+
+
+def _token_user(request: HttpRequest):
+    """The token's user as DRF's TokenAuthentication finds it, or None for the full stack to
+    answer (no token header, a bad or inactive token). The user is the process's remembered
+    one, not a copy: the lane only reads it."""
+    parts = get_authorization_header(request).split()  # bytes, split as DRF splits them
+    if len(parts) != 2 or parts[0].lower() != b"token" or not parts[1].isascii():
+        return None
+    try:
+        return _AUTH.remembered_user(parts[1].decode())
+    except AuthenticationFailed:
+        return None  # the full stack answers 401 with DRF's message and header

@@ -2,6 +2,8 @@
 
 Lock order, the same in every service here so that transactions cannot deadlock:
 lease row, then item row(s) in id order, then the worker's stripe of the project's vote tally.
+On PostgreSQL a vote's insert or delete also locks the worker's own DailyVoteCount row (its
+trigger); only that worker's requests take it, and never while waiting for another's item.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Exists, F, IntegerField, OuterRef, Q, Subquery, Value, When
@@ -37,6 +40,7 @@ from labeling.services.assignment import (
     blocked_message,
     check_not_blocked,
     database_functions_enabled,
+    fetch_function_row,
     open_slots,
     progress_from_counts,
     start_of_today,
@@ -193,40 +197,87 @@ def _submit_in_python(
     )
 
 
+class RecordedVote(NamedTuple):
+    """``quorum_record_vote``'s row (migration 0008): outcome ``recorded`` or a refusal with
+    nothing written (see :func:`_refusal`), the vote, its gold feedback, the aggregation
+    counters and the worker's two progress counts."""
+
+    outcome: str
+    detail: str | None
+    vote_id: int | None
+    project_id: int | None
+    label_id: int | None
+    was_gold: bool | None
+    gold_correct: bool | None
+    expert_label: str | None
+    aggregate_every: int | None
+    votes_since: int | None
+    work_left: bool | None
+    project_created: datetime | None
+    votes_today: int | None
+    voted_open: int | None
+    gold_below_threshold: bool | None
+
+
+# Every parameter cast (see assignment._SERVE_NEXT_SQL).
+_RECORD_VOTE_SQL = (
+    "SELECT * FROM quorum_record_vote(%s::integer, %s::bigint, %s::text, %s::text, %s::text, "
+    "%s::text, %s::timestamptz, %s::boolean, %s::boolean, %s::timestamptz)"
+)
+
+
+def record_vote_row(
+    worker_id: int, assignment_id: int, *, label: str | None, kind: str, idempotency_key: str,
+    source: str, check_role: bool, site_admin: bool,
+) -> RecordedVote:
+    """_record_vote's checks and writes in one call (PostgreSQL), for a caller with only the
+    worker's id (the crowd lane); :func:`after_recorded_vote` runs what follows a recorded one."""
+    row = fetch_function_row(
+        _RECORD_VOTE_SQL,
+        [worker_id, assignment_id, kind, label if kind == Vote.Kind.LABEL else None,
+         idempotency_key, source, timezone.now(), check_role, site_admin, start_of_today()],
+    )  # fmt: skip
+    return RecordedVote._make(row)
+
+
+def after_recorded_vote(worker, row: RecordedVote) -> None:
+    """What follows a recorded vote: the aggregation check after the commit, from the counters
+    the vote just updated (no read), and the block when the gold score fell under the bar."""
+    every, since, project_id = row.aggregate_every, row.votes_since, row.project_id
+    due = bool(every and since and (since >= every or not row.work_left))
+    transaction.on_commit(lambda: _trigger_aggregation(project_id, due), robust=True)
+    if row.gold_below_threshold:
+        # The function scored the worker's gold answers as evaluate_worker does; it blocks.
+        evaluate_worker(worker, Project.objects.get(pk=project_id))
+
+
+def recorded_progress(row: RecordedVote) -> Progress:
+    return progress_from_counts(row.project_id, row.project_created, row.votes_today, row.voted_open)
+
+
 def _submit_in_database(
     worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str,
     check_role: bool,
 ) -> VoteResult:
-    """submit_vote as ``quorum_record_vote`` (migration 0004): _record_vote's checks and writes
-    in one round trip, with the aggregation counters and the worker's progress."""
+    """submit_vote as ``quorum_record_vote``: _record_vote's checks and writes in one round
+    trip, with the aggregation counters and the worker's progress."""
     _check_answer(kind, label)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT * FROM quorum_record_vote(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [worker.pk, assignment_id, kind, label if kind == Vote.Kind.LABEL else None,
-             idempotency_key, source, timezone.now(), check_role, is_site_admin(worker),
-             start_of_today()],
-        )  # fmt: skip
-        (outcome, detail, vote_id, project_id, label_id, was_gold, gold_correct, expert_label,
-         every, since, work_left, project_created, votes_today, voted_open,
-         gold_below_threshold) = cursor.fetchone()  # fmt: skip
-    if outcome != "recorded":
-        raise _refusal(outcome, detail, project_id, label)
-    # aggregation_due's rule on the counters the vote just updated: no read after the commit.
-    due = bool(every and since and (since >= every or not work_left))
-    transaction.on_commit(lambda: _trigger_aggregation(project_id, due), robust=True)
-    if gold_below_threshold:
-        # The function scored the worker's gold answers as evaluate_worker does; it blocks.
-        evaluate_worker(worker, Project.objects.get(pk=project_id))
+    row = record_vote_row(
+        worker.pk, assignment_id, label=label, kind=kind, idempotency_key=idempotency_key,
+        source=source, check_role=check_role, site_admin=is_site_admin(worker),
+    )  # fmt: skip
+    if row.outcome != "recorded":
+        raise _refusal(row.outcome, row.detail, row.project_id, label)
+    after_recorded_vote(worker, row)
     return VoteResult(
-        vote_id=vote_id,
+        vote_id=row.vote_id,
         assignment_id=assignment_id,
         kind=kind,
-        label=label if label_id else None,
+        label=label if row.label_id else None,
         created=True,
-        feedback=GoldFeedback(correct=bool(gold_correct), expert_label=expert_label or "")
-        if was_gold else None,
-        progress=progress_from_counts(project_id, project_created, votes_today, voted_open),
+        feedback=GoldFeedback(correct=bool(row.gold_correct), expert_label=row.expert_label or "")
+        if row.was_gold else None,
+        progress=recorded_progress(row),
     )  # fmt: skip
 
 

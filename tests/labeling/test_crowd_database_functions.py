@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from labeling.models import Assignment, Membership, Vote
+from labeling.models import Assignment, DailyVoteCount, Membership, Vote
 from labeling.services import assignment as assignments
+from labeling.services import votes
 from labeling.services.assignment import serve_next
 from labeling.services.votes import submit_vote
 from tests.factories import (
@@ -164,9 +165,75 @@ def test_functions_are_installed_by_the_migration():
         )
         names = [row[0] for row in cursor.fetchall()]
     assert names == [
+        "quorum_daily_vote_count",
         "quorum_item_open_changed",
         "quorum_next_lease",
         "quorum_record_vote",
+        "quorum_serve_next",
         "quorum_vote_item_open",
         "quorum_worker_progress",
     ]
+
+
+def _function_progress(worker, project, midnight) -> tuple[int, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM quorum_worker_progress(%s, %s, %s)", [worker.pk, project.pk, midnight])
+        return cursor.fetchone()
+
+
+def _counted_today(worker, project, midnight) -> int:
+    return Vote.objects.filter(project=project, worker=worker, created_at__gte=midnight).count()
+
+
+def test_votes_today_is_a_counter_every_writer_keeps():
+    """DailyVoteCount (migration 0009) against counting the votes, through votes, an undo,
+    an imported vote of an earlier day, a deleted vote and a new day."""
+    project = ProjectFactory(name="daily", classes=["normal", "pneumonia"], gold_rate=0.0)
+    worker = UserFactory(username="daily-crowd")
+    MembershipFactory(project=project, user=worker, role=Membership.Role.CROWD)
+    ItemFactory.create_batch(5, project=project, votes_wanted=3)
+    midnight = assignments.start_of_today()
+    assert _function_progress(worker, project, midnight)[0] == 0  # no row yet: counted, then kept
+    for n in range(3):
+        lease, progress = serve_next(worker, project)
+        assert progress.votes_today == n
+        result = submit_vote(worker, lease.pk, label="normal", idempotency_key=f"d{n}")
+        assert result.progress.votes_today == n + 1
+    last = Vote.objects.get(idempotency_key="d2")
+    votes.undo_vote(worker, last.assignment_id)
+    assert _function_progress(worker, project, midnight)[0] == _counted_today(worker, project, midnight) == 2
+    # An imported vote from yesterday counts in neither; deleting one of today's counts down.
+    item = ItemFactory(project=project)
+    old = Vote.objects.create(project=project, item=item, worker=worker, kind=Vote.Kind.SKIP,
+                              idempotency_key="imported")  # fmt: skip
+    Vote.objects.filter(pk=old.pk).update(created_at=midnight - timedelta(hours=3))
+    Vote.objects.filter(idempotency_key="d0").delete()
+    assert _function_progress(worker, project, midnight)[0] == _counted_today(worker, project, midnight) == 1
+    # Another midnight: counted once and the row moves there (both ways, e.g. two processes'
+    # clocks either side of midnight).
+    for day in (midnight + timedelta(days=1), midnight - timedelta(days=1), midnight):
+        assert _function_progress(worker, project, day)[0] == _counted_today(worker, project, day)
+        assert DailyVoteCount.objects.get(project=project, worker=worker).day_start == day
+    assert _function_progress(worker, project, midnight)[0] == 1
+
+
+def test_a_lease_commits_without_waiting_for_the_disk_only_alone(transactional_db):
+    """quorum_serve_next turns synchronous_commit off for its own transaction only: in a
+    caller's transaction, other writes keep their durable commit."""
+    project = ProjectFactory(name="async-lease", classes=["normal"], gold_rate=0.0)
+    worker = UserFactory(username="async-crowd")
+    MembershipFactory(project=project, user=worker, role=Membership.Role.CROWD)
+    ItemFactory.create_batch(3, project=project)
+
+    def setting():
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    with transaction.atomic():
+        setting()
+        row = assignments.serve_next_row(worker.pk, project.pk, site_admin=False, exclude=[])
+        assert row.outcome == "new" and setting() == "on"
+    row = assignments.serve_next_row(worker.pk, project.pk, site_admin=False, exclude=[row.lease_id])
+    assert row.outcome == "new" and setting() == "on"  # the call's own transaction has ended
+    assert Assignment.objects.filter(worker=worker, status=Assignment.Status.OPEN).count() == 2

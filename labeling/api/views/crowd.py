@@ -82,20 +82,48 @@ def assignment_body(
         classes = LabelClass.objects.filter(project=project).order_by("index").values_list("name", "index")
     if progress is None:
         progress = assignments.progress(request.user, project)
+    return assignment_payload(
+        request, lease.pk, lease.expires_at, item.pk, item.width, item.height, item.channels,
+        classes, progress,
+    )  # fmt: skip
+
+
+def assignment_payload(
+    request: HttpRequest, lease_id: int, expires_at, item_id: int, width: int, height: int,
+    channels: int, classes, progress: assignments.Progress,
+) -> dict:
+    """assignment_body from plain values (the crowd lane has no model instances)."""
     # The same origin build_absolute_uri uses (get_host checks ALLOWED_HOSTS).
     origin = f"{request.scheme}://{request.get_host()}"
     return {
-        "id": lease.pk,
-        "expires_at": _EXPIRES_AT.to_representation(lease.expires_at),
+        "id": lease_id,
+        "expires_at": _EXPIRES_AT.to_representation(expires_at),
         "item": {
-            "id": item.pk,
-            "width": item.width,
-            "height": item.height,
-            "channels": item.channels,
-            "image_url": _media_url(origin, "item-image", item.pk),
-            "thumbnail_url": _media_url(origin, "item-thumbnail", item.pk),
+            "id": item_id,
+            "width": width,
+            "height": height,
+            "channels": channels,
+            "image_url": _media_url(origin, "item-image", item_id),
+            "thumbnail_url": _media_url(origin, "item-thumbnail", item_id),
         },
         "classes": [{"name": name, "key": str(index + 1)} for name, index in classes],
+        "progress": vars(progress),
+    }
+
+
+def vote_payload(vote_id: int, assignment_id: int, kind: str, label: str | None,
+                 feedback: votes.GoldFeedback | None, progress: assignments.Progress) -> dict:
+    """VoteResponseSerializer's shape, as a plain dict (see assignment_body)."""
+    return {
+        "id": vote_id,
+        "assignment": assignment_id,
+        "kind": kind,
+        "label": label,
+        "feedback": None if feedback is None else {
+            "gold": feedback.gold,
+            "correct": feedback.correct,
+            "expert_label": feedback.expert_label,
+        },
         "progress": vars(progress),
     }
 
@@ -104,15 +132,22 @@ def assignment_response(request: Request, lease: Assignment, project: Project, c
     return Response(assignment_body(request, lease, project), status=code)
 
 
+def exclude_ids(request: HttpRequest) -> list[int]:
+    """``?exclude=`` as the next endpoints read it: ids of assignments, anything else ignored
+    (a value of more than 18 digits cannot be one)."""
+    return [int(v) for v in request.GET.getlist("exclude") if v.isdigit() and v.isascii() and len(v) <= 18]
+
+
 def next_answer(request: HttpRequest, user, project_id: int) -> tuple[int, dict | None]:
     """GET next for an authenticated ``user``: (HTTP status, body), the role check included
-    (IsProjectCrowd's answers). Shared by the DRF view and the crowd lane (api/crowd_lane.py)."""
+    (IsProjectCrowd's answers). The crowd lane (api/crowd_lane.py) answers the same request
+    with ``quorum_serve_next`` on PostgreSQL; tests compare both answers."""
     context = crowd_context(user, project_id)
     if context is None or context.role is None:
         return status.HTTP_404_NOT_FOUND, {"detail": NO_PROJECT}
     if not IsProjectCrowd().allows(user, context.role):
         return status.HTTP_403_FORBIDDEN, {"detail": IsProjectCrowd.message}
-    exclude = [int(v) for v in request.GET.getlist("exclude") if v.isdigit()]
+    exclude = exclude_ids(request)
     try:
         assignments.raise_if_blocked(context.blocked_reason)
         lease, progress = assignments.serve_next(user, context.project, exclude=exclude, block_checked=True)
@@ -127,7 +162,7 @@ def vote_answer(user, assignment_id: int, answer: dict, *, source: str) -> tuple
     """POST vote with a validated ``answer`` (VoteRequestSerializer's validated_data): (HTTP
     status, body). IsProjectCrowd is checked by submit_vote(check_role=True) under the lease's
     lock, in the same round trip as the vote; a refusal gives the same 404/403 as the
-    permission would. Shared by the DRF view and the crowd lane."""
+    permission would. The crowd lane answers a recorded vote from the same database call."""
     try:
         result = votes.submit_vote(
             user,
@@ -140,25 +175,13 @@ def vote_answer(user, assignment_id: int, answer: dict, *, source: str) -> tuple
         )
     except assignments.CrowdError as exc:
         return refusal_status(exc), {"detail": exc.message}
-    # VoteResponseSerializer's shape, as a plain dict (see assignment_body).
-    feedback = result.feedback
     progress = result.progress
     if progress is None:
         # The Python path and replays: read the lease's project (one query off the hot path).
         project = Assignment.objects.select_related("project").get(pk=assignment_id).project
         progress = assignments.progress(user, project)
-    body = {
-        "id": result.vote_id,
-        "assignment": result.assignment_id,
-        "kind": result.kind,
-        "label": result.label,
-        "feedback": None if feedback is None else {
-            "gold": feedback.gold,
-            "correct": feedback.correct,
-            "expert_label": feedback.expert_label,
-        },
-        "progress": vars(progress),
-    }
+    body = vote_payload(result.vote_id, result.assignment_id, result.kind, result.label,
+                        result.feedback, progress)
     return (status.HTTP_201_CREATED if result.created else status.HTTP_200_OK), body
 
 
