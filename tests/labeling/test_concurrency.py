@@ -116,3 +116,59 @@ def test_the_same_vote_posted_twice_at_once_is_recorded_once():
     assert sum(r.created for r in results) == 1
     item.refresh_from_db()
     assert item.vote_count == 1 and Vote.objects.count() == 1
+
+
+def test_the_crowd_lane_under_workers_with_two_tabs_each():
+    """Token clients through the crowd lane (one function call a request), two threads per
+    worker: the same rules hold, and each worker's votes-today counter (DailyVoteCount, which
+    a worker's concurrent votes update) equals their votes."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from labeling.models import DailyVoteCount
+    from labeling.services.assignment import start_of_today
+
+    project = ProjectFactory(overlap=K, max_overlap=K, gold_rate=0.0, aggregate_every=0)
+    ItemFactory.create_batch(ITEMS, project=project)
+    User = get_user_model()
+    workers = [User.objects.create(username=f"tabs{i}") for i in range(WORKERS // 2)]
+    Membership.objects.bulk_create(
+        Membership(project=project, user=w, role=Membership.Role.CROWD) for w in workers
+    )
+    tokens = {w.pk: Token.objects.create(user=w).key for w in workers}
+    accepted: list[tuple[int, int]] = []  # (worker, vote id)
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        worker = workers[i // 2]
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {tokens[worker.pk]}")
+        for n in range(2 * ITEMS):
+            served = client.get(f"/api/projects/{project.pk}/next/")
+            if served.status_code == 204:
+                return
+            assert served.status_code == 200, served.content
+            lease = served.json()["id"]
+            voted = client.post(f"/api/assignments/{lease}/vote/",
+                                {"label": "normal", "idempotency_key": f"{i}-{n}"}, format="json")  # fmt: skip
+            # The other tab may have answered the same held lease first.
+            assert voted.status_code in (201, 409), voted.content
+            if voted.status_code == 201:
+                with lock:
+                    accepted.append((worker.pk, voted.json()["id"]))
+        raise AssertionError("a worker was served more items than exist")
+
+    errors = _run_threads(work, 2 * len(workers))
+    assert not errors, errors
+    counted = Counter(Vote.objects.filter(project=project).values_list("item_id", flat=True))
+    assert max(counted.values()) <= K and sum(counted.values()) == ITEMS * K
+    for item in Item.objects.filter(project=project):
+        assert item.vote_count == counted[item.pk], item.pk
+    pairs = Vote.objects.filter(project=project).values_list("worker_id", "item_id")
+    assert len(set(pairs)) == len(pairs)
+    assert {v for _, v in accepted} == set(Vote.objects.filter(project=project).values_list("pk", flat=True))
+    midnight = start_of_today()
+    for worker in workers:
+        mine = Vote.objects.filter(project=project, worker=worker, created_at__gte=midnight).count()
+        row = DailyVoteCount.objects.get(project=project, worker=worker)
+        assert (row.day_start, row.votes) == (midnight, mine), worker.username
