@@ -189,14 +189,8 @@ class CrowdLaneMiddleware:
         if row.outcome != "recorded":
             return None  # a refusal or a retried key: the full stack answers (and replays) it
         votes.after_recorded_vote(worker, row)
-        feedback = None
-        if row.was_gold:
-            feedback = votes.GoldFeedback(correct=bool(row.gold_correct), expert_label=row.expert_label or "")
-        body = vote_payload(
-            row.vote_id, assignment_id, kind, label if row.label_id else None, feedback,
-            votes.recorded_progress(row),
-        )  # fmt: skip
-        return self._respond("crowd-vote", 201, body)
+        result = votes.recorded_result(row, assignment_id, kind, label)
+        return self._respond("crowd-vote", 201, vote_payload(result, result.progress))
 
     @staticmethod
     def _respond(route: str, code: int, body: dict | None) -> HttpResponse:

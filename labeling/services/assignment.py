@@ -305,6 +305,18 @@ def _in_database(ordering: str) -> bool:
 _LEASE_FIELDS = ["id", "project_id", "item_id", "worker_id", "status", "expires_at"]
 
 
+# Every parameter cast: with server-side binding a Python int travels as int2, int4, int8 or
+# numeric by its size, and the function is found by its argument types.
+_NEXT_LEASE_SQL = (
+    "SELECT * FROM quorum_next_lease(%s::integer, %s::bigint, %s::timestamptz, %s::timestamptz, "
+    "%s::bigint[], %s::boolean, %s::integer, %s::integer, %s::timestamptz)"
+)
+_SERVE_NEXT_SQL = (
+    "SELECT * FROM quorum_serve_next(%s::integer, %s::bigint, %s::boolean, %s::timestamptz, "
+    "%s::bigint[], %s::double precision, %s::integer, %s::integer, %s::timestamptz)"
+)
+
+
 def _serve_in_database(
     worker, project: Project, exclude: Iterable[int], rng: random.Random | None, *,
     block_checked: bool = False,
@@ -315,14 +327,12 @@ def _serve_in_database(
     now = timezone.now()
     # Drawn before the function knows whether a held lease comes back: the rate is the same.
     draw_gold = project.gold_rate > 0 and (rng or random).random() < project.gold_rate
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT * FROM quorum_next_lease(%s, %s, %s, %s, %s::bigint[], %s, %s, %s, %s)",
-            [worker.pk, project.pk, now, _expiry(project, now), sorted({int(pk) for pk in exclude}),
-             draw_gold, MAX_LIVE_LEASES, MAX_TAKE_ATTEMPTS, start_of_today()],
-        )  # fmt: skip
-        (outcome, detail, lease_id, expires_at, item_id, width, height, channels, is_gold,
-         votes_today, voted_open) = cursor.fetchone()  # fmt: skip
+    (outcome, detail, lease_id, expires_at, item_id, width, height, channels, is_gold,
+     votes_today, voted_open) = fetch_function_row(
+        _NEXT_LEASE_SQL,
+        [worker.pk, project.pk, now, _expiry(project, now), sorted({int(pk) for pk in exclude}),
+         draw_gold, MAX_LIVE_LEASES, MAX_TAKE_ATTEMPTS, start_of_today()],
+    )  # fmt: skip
     if outcome == "too_many":
         raise LeaseConflict(
             f"You already hold {detail} open assignments; answer them before taking more."
@@ -359,14 +369,6 @@ class ServedNext(NamedTuple):
     project_created: datetime | None
     class_names: list[str] | None
     class_indexes: list[int] | None
-
-
-# Every parameter cast: with server-side binding a Python int travels as int2, int4, int8 or
-# numeric by its size, and the function is found by its argument types.
-_SERVE_NEXT_SQL = (
-    "SELECT * FROM quorum_serve_next(%s::integer, %s::bigint, %s::boolean, %s::timestamptz, "
-    "%s::bigint[], %s::double precision, %s::integer, %s::integer, %s::timestamptz)"
-)
 
 
 def serve_next_row(

@@ -251,8 +251,19 @@ def after_recorded_vote(worker, row: RecordedVote) -> None:
         evaluate_worker(worker, Project.objects.get(pk=project_id))
 
 
-def recorded_progress(row: RecordedVote) -> Progress:
-    return progress_from_counts(row.project_id, row.project_created, row.votes_today, row.voted_open)
+def recorded_result(row: RecordedVote, assignment_id: int, kind: str, label: str | None) -> VoteResult:
+    """The VoteResult of a recorded vote, from its row: the gold feedback and the progress
+    line came with it."""
+    return VoteResult(
+        vote_id=row.vote_id,
+        assignment_id=assignment_id,
+        kind=kind,
+        label=label if row.label_id else None,
+        created=True,
+        feedback=GoldFeedback(correct=bool(row.gold_correct), expert_label=row.expert_label or "")
+        if row.was_gold else None,
+        progress=progress_from_counts(row.project_id, row.project_created, row.votes_today, row.voted_open),
+    )  # fmt: skip
 
 
 def _submit_in_database(
@@ -269,16 +280,7 @@ def _submit_in_database(
     if row.outcome != "recorded":
         raise _refusal(row.outcome, row.detail, row.project_id, label)
     after_recorded_vote(worker, row)
-    return VoteResult(
-        vote_id=row.vote_id,
-        assignment_id=assignment_id,
-        kind=kind,
-        label=label if row.label_id else None,
-        created=True,
-        feedback=GoldFeedback(correct=bool(row.gold_correct), expert_label=row.expert_label or "")
-        if row.was_gold else None,
-        progress=recorded_progress(row),
-    )  # fmt: skip
+    return recorded_result(row, assignment_id, kind, label)
 
 
 def _refusal(outcome: str, detail: str | None, project_id: int | None, label: str | None) -> CrowdError:

@@ -111,14 +111,14 @@ def assignment_payload(
     }
 
 
-def vote_payload(vote_id: int, assignment_id: int, kind: str, label: str | None,
-                 feedback: votes.GoldFeedback | None, progress: assignments.Progress) -> dict:
+def vote_payload(result: votes.VoteResult, progress: assignments.Progress) -> dict:
     """VoteResponseSerializer's shape, as a plain dict (see assignment_body)."""
+    feedback = result.feedback
     return {
-        "id": vote_id,
-        "assignment": assignment_id,
-        "kind": kind,
-        "label": label,
+        "id": result.vote_id,
+        "assignment": result.assignment_id,
+        "kind": result.kind,
+        "label": result.label,
         "feedback": None if feedback is None else {
             "gold": feedback.gold,
             "correct": feedback.correct,
@@ -180,8 +180,7 @@ def vote_answer(user, assignment_id: int, answer: dict, *, source: str) -> tuple
         # The Python path and replays: read the lease's project (one query off the hot path).
         project = Assignment.objects.select_related("project").get(pk=assignment_id).project
         progress = assignments.progress(user, project)
-    body = vote_payload(result.vote_id, result.assignment_id, result.kind, result.label,
-                        result.feedback, progress)
+    body = vote_payload(result, progress)
     return (status.HTTP_201_CREATED if result.created else status.HTTP_200_OK), body
 
 
