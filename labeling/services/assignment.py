@@ -30,7 +30,14 @@ from typing import NamedTuple
 
 import psycopg
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -387,23 +394,28 @@ def serve_next_row(
 
 
 def fetch_function_row(sql: str, params: list) -> tuple:
-    """The one row of a crowd-loop function call, through one psycopg cursor kept per
-    connection, with server-side binding and a prepared statement: Django's cursor wrapper, a
-    new cursor per call and parsing the statement each time cost about as much client CPU as
-    the call's own round trip (402 against 212 us here), and PostgreSQL plans it once. Django
-    still sees database errors (it drops a broken connection), and where it logs queries
-    (DEBUG, tests that count them) the call goes through its cursor."""
-    if connection.queries_logged:
-        with connection.cursor() as cursor:
+    """The one row of a crowd-loop function call, through a psycopg cursor kept per connection
+    and statement, with server-side binding and a prepared statement: Django's cursor wrapper,
+    a new cursor per call and parsing the statement each time cost about as much client CPU as
+    the call's own round trip (402 against 212 us here), and PostgreSQL plans it once. One
+    cursor per statement, because psycopg keeps a cursor's result loaders only while it runs
+    the same statement again. Django still sees database errors (it drops a broken
+    connection), and where it logs queries (DEBUG, tests that count them) the call goes
+    through its cursor."""
+    wrapper = connections[DEFAULT_DB_ALIAS]  # once: each use of the proxy looks it up again
+    if wrapper.queries_logged:
+        with wrapper.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
-    connection.ensure_connection()
-    raw = connection.connection
-    kept = getattr(connection, "_crowd_cursor", None)
-    if kept is None or kept[0] is not raw or kept[1].closed:
-        kept = connection._crowd_cursor = (raw, psycopg.Cursor(raw))
-    cursor = kept[1]
-    with connection.wrap_database_errors:
+    wrapper.ensure_connection()
+    raw = wrapper.connection
+    kept = getattr(wrapper, "_crowd_cursors", None)
+    if kept is None or kept[0] is not raw:
+        kept = wrapper._crowd_cursors = (raw, {})
+    cursor = kept[1].get(sql)
+    if cursor is None or cursor.closed:
+        cursor = kept[1][sql] = psycopg.Cursor(raw)
+    with wrapper.wrap_database_errors:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchone()
 
