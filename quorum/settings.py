@@ -39,10 +39,10 @@ INSTALLED_APPS = [
     "frontend",
 ]
 
+# Token-authenticated crowd next/vote requests are answered in front of all of these (the crowd
+# lane, quorum/wsgi.py): a middleware that must see those requests belongs there as well.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Token-authenticated crowd loop requests, answered before the rest (labeling/api/crowd_lane.py).
-    "labeling.api.crowd_lane.CrowdLaneMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -145,9 +145,9 @@ QUORUM_DATA_DIR = Path(env("QUORUM_DATA_DIR", default=str(BASE_DIR.parent / "sha
 QUORUM_CROWD_DB_FUNCTIONS = env.bool("QUORUM_CROWD_DB_FUNCTIONS", default=True)
 # Seconds a process remembers which user an API token belongs to (quorum/authentication.py).
 QUORUM_TOKEN_CACHE_SECONDS = env.float("QUORUM_TOKEN_CACHE_SECONDS", default=5.0)
-# Token-authenticated next/vote requests skip the rest of the middleware and DRF's request
-# cycle, one database function call each (labeling/api/crowd_lane.py; PostgreSQL with the
-# functions on); off, they take the same path as every other request. Its calls are prepared
+# Token-authenticated next/vote requests are answered in front of Django's handler (the WSGI
+# application, quorum/wsgi.py), one database function call each (labeling/api/crowd_lane.py;
+# PostgreSQL with the functions on); off, they take the same path as every other request. Its calls are prepared
 # statements: behind a pooler in transaction mode, use one that keeps them (PgBouncer >= 1.21).
 QUORUM_CROWD_LANE = env.bool("QUORUM_CROWD_LANE", default=True)
 # A running training run whose worker has not reported for this long is marked failed.

@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from labeling.models import Membership
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
+from tests.lane_client import ServerAPIClient
 
 ARTIFACTS = Path(os.environ.get("QUORUM_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
@@ -82,7 +83,7 @@ def staff_user(db):
 
 
 def _api_client(user) -> APIClient:
-    client = APIClient()
+    client = ServerAPIClient()
     if user is not None:
         token, _ = Token.objects.get_or_create(user=user)
         client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")

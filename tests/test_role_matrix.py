@@ -194,10 +194,11 @@ def concrete_url(name: str, route: str, world) -> str:
 def _client(role: str, world, client_factory):
     from django.test import Client
     from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
+
+    from tests.lane_client import ServerAPIClient
 
     if client_factory == "api":
-        client = APIClient()
+        client = ServerAPIClient()
         if role != "anonymous":
             token, _ = Token.objects.get_or_create(user=world["users"][role])
             client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")

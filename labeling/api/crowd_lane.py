@@ -1,29 +1,41 @@
-"""The crowd lane: the labelling loop's two API requests, answered ahead of the full stack.
+"""The crowd lane: the labelling loop's two API requests, answered ahead of Django's handler.
 
 An external crowd front end sends ``GET /api/projects/<id>/next/`` and ``POST
-/api/assignments/<id>/vote/`` all day long with a token. Through every middleware, URL
-resolution, DRF's request cycle (content negotiation, parsers, serializer validation,
-renderers) and the services' model instances, such a request cost many times the database
-call it comes down to. This middleware sits right after SecurityMiddleware and, on PostgreSQL,
-answers the common case with one database function call each (``quorum_serve_next``,
-``quorum_record_vote``: the same checks and writes the services make), DRF's token check and
-JSON renderer, and the headers the full stack would add. Everything else goes on to the full
-stack untouched and gets DRF's answers and error formats: a session (the browser page, which
-needs CSRF), a missing or bad token, another method or media type, a body that is not a plain
-valid answer, and every refusal (the functions write nothing when they refuse, so the full
-stack asks again and answers with its own messages, replays included). Other databases, and
-``QUORUM_CROWD_LANE = False``, send every request the long way.
+/api/assignments/<id>/vote/`` all day long with a token. Through Django's handler (its request
+signals, every middleware, URL resolution), DRF's request cycle (content negotiation, parsers,
+serializer validation, renderers) and the services' model instances, such a request cost many
+times the database call it comes down to. ``CrowdLane`` wraps the WSGI application
+(quorum/wsgi.py) and, on PostgreSQL, answers the common case with one database function call
+each (``quorum_serve_next``, ``quorum_record_vote``: the same checks and writes the services
+make), DRF's token check and JSON renderer, and the headers the full stack would add
+(SecurityMiddleware's included, from its own code). Everything else goes on to the full stack
+untouched and gets DRF's answers and error formats: a session (the browser page, which needs
+CSRF), a missing or bad token, another method or media type, a body that is not a plain valid
+answer, an HTTPS redirect, and every refusal (the functions write nothing when they refuse, so
+the full stack asks again and answers with its own messages, replays included). So does a
+request the lane fails on: both calls can be asked again (a lease is held, a vote's key
+replays). Other databases, and ``QUORUM_CROWD_LANE = False``, send every request the long way.
+
+Django's request signals are not sent for the lane's answers. Their receivers are Django's:
+the lane recycles its one database connection as ``close_old_connections`` would, and has no
+queries log, cache or urlconf of its own to reset.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 
 from django.conf import settings
+from django.core.handlers.wsgi import WSGIRequest, get_script_name
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpRequest, HttpResponse
-from django.urls import get_script_prefix
-from rest_framework.authentication import get_authorization_header
+from django.middleware.security import SecurityMiddleware
+from django.urls import get_script_prefix, set_script_prefix
+from rest_framework import HTTP_HEADER_ENCODING
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.renderers import JSONRenderer
 
@@ -42,8 +54,13 @@ from labeling.services import assignment as assignments
 from labeling.services import votes
 from quorum.authentication import FastTokenAuthentication
 
+logger = logging.getLogger(__name__)
+
+Answer = tuple[str, int, bytes]  # route name, HTTP status, body
+
 _AUTH = FastTokenAuthentication()
 _RENDER = JSONRenderer().render
+_KINDS = frozenset(Vote.Kind.values)
 # The vote serializer's length limits, read from it so the two cannot drift apart.
 _MAX_LENGTH = {
     name: field.max_length
@@ -59,8 +76,7 @@ def _allow(view_class: type) -> str:
     return ", ".join(view.allowed_methods)
 
 
-# What DRF's finalize_response adds; the skipped middleware's headers are set in _respond
-# (SecurityMiddleware runs before this one and adds its own).
+# What DRF's finalize_response adds; the middleware's headers are set in CrowdLane._headers.
 _HEADERS = {
     "crowd-next": {"Vary": "Accept", "Allow": _allow(NextAssignmentView)},
     "crowd-vote": {"Vary": "Accept", "Allow": _allow(VoteView)},
@@ -99,16 +115,17 @@ def _reject_constant(name: str) -> None:
     raise ValueError(name)  # NaN and Infinity are not JSON; DRF's parser refuses them too
 
 
-def plain_answer(request: HttpRequest) -> dict | None:
-    """The vote body as VoteRequestSerializer would validate it, when it is a JSON object that
-    the serializer accepts; None for anything else, which the full stack then answers."""
-    if request.content_type != "application/json":
-        return None
+def is_utf8_json(request: HttpRequest) -> bool:
     charset = request.content_params.get("charset", "utf-8").lower()
-    if charset not in ("utf-8", "utf8"):
-        return None
+    return request.content_type == "application/json" and charset in ("utf-8", "utf8")
+
+
+def plain_answer(body: bytes) -> dict | None:
+    """The vote body (UTF-8 JSON) as VoteRequestSerializer would validate it, when it is a JSON
+    object that the serializer accepts; None for anything else, which the full stack then
+    answers."""
     try:
-        data = json.loads(request.body.decode("utf-8"), parse_constant=_reject_constant)
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     if not isinstance(data, dict):
@@ -120,25 +137,77 @@ def plain_answer(request: HttpRequest) -> dict | None:
         label = _text(label, "label")
         if label is None:
             return None
-    if key is None or kind not in Vote.Kind.values or (kind == Vote.Kind.LABEL) != bool(label):
+    if key is None or kind not in _KINDS or (kind == Vote.Kind.LABEL) != bool(label):
         return None  # an unsure/skip with a label is refused by the services (their message)
     return {"label": label, "kind": kind, "idempotency_key": key}
 
 
-class CrowdLaneMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+class CrowdLane:
+    """WSGI middleware: the two crowd routes answered here, every other request passed on to
+    ``application`` (Django's WSGI handler)."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.answer(request) or self.get_response(request)
+    def __init__(self, application: Callable | None) -> None:
+        self.application = application
+        # Its settings, its HTTPS redirect and its headers (it never calls get_response).
+        self.security = SecurityMiddleware(lambda request: None)
+        self._fixed_headers: dict[tuple[str, bool, bool], list[tuple[str, str]]] = {}
 
-    def answer(self, request: HttpRequest) -> HttpResponse | None:
-        if (
-            not settings.QUORUM_CROWD_LANE
-            or "HTTP_AUTHORIZATION" not in request.META
-            or not assignments.database_functions_enabled()
-        ):
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        answered = self.answer(environ)
+        if answered is None:
+            return self.application(environ, start_response)
+        status, headers, content = answered
+        start_response(status, headers)
+        return [content]
+
+    def answer(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        """(status line, headers, body) of the lane's answer, or None for the full stack."""
+        if "HTTP_AUTHORIZATION" not in environ or environ.get("REQUEST_METHOD") not in ("GET", "POST"):
             return None
+        if not settings.QUORUM_CROWD_LANE or not assignments.database_functions_enabled():
+            return None
+        set_script_prefix(get_script_name(environ))
+        request = WSGIRequest(environ)
+        if self.security.process_request(request) is not None:
+            return None  # an HTTPS redirect: the full stack sends it
+        _close_old_connection()
+        read: list[bytes] = []  # the body, once _route has read it
+        try:
+            response = self._route(request, read)
+        except Exception:
+            # Both calls can be asked again: the full stack answers, or fails its own way.
+            logger.exception("crowd lane: %s %s failed; the full stack answers it", request.method, request.path)
+            response = None
+        finally:
+            _close_old_connection()
+        if response is None:
+            if read:  # the full stack reads the body again, from the stream
+                environ["wsgi.input"] = io.BytesIO(read[0])
+            return None
+        route, code, content = response
+        return f"{code} {HTTPStatus(code).phrase}", self._headers(request, route, content), content
+
+    def _headers(self, request: HttpRequest, route: str, content: bytes) -> list[tuple[str, str]]:
+        """The answer's headers: all but Content-Length are the same for every answer of a
+        route with or without a body, on HTTP or HTTPS. They are made once each, as an
+        HttpResponse to which SecurityMiddleware adds its own, and kept."""
+        key = (route, bool(content), request.is_secure())
+        fixed = self._fixed_headers.get(key)
+        if fixed is None:
+            response = HttpResponse(content, content_type="application/json")
+            if not content:
+                del response.headers["Content-Type"]  # as DRF does for an empty body
+            for name, value in _HEADERS[route].items():
+                response.headers[name] = value
+            # XFrameOptionsMiddleware's, which the lane's answers do not pass.
+            response.headers["X-Frame-Options"] = getattr(settings, "X_FRAME_OPTIONS", "DENY").upper()
+            self.security.process_response(request, response)
+            fixed = [(name, value) for name, value in response.items() if name != "Content-Length"]
+            self._fixed_headers[key] = fixed
+        # CommonMiddleware's.
+        return [*fixed, ("Content-Length", str(len(content)))]
+
+    def _route(self, request: HttpRequest, read: list[bytes]) -> Answer | None:
         method, path = request.method, request.path
         if method == "GET":
             project_id = _route_id(path, "crowd-next")
@@ -148,20 +217,19 @@ class CrowdLaneMiddleware:
             if worker is None:
                 return None
             return self._next(request, worker, project_id)
-        if method == "POST":
-            assignment_id = _route_id(path, "crowd-vote")
-            if assignment_id is None or not _wants_json(request):
-                return None
-            answer = plain_answer(request)
-            if answer is None:
-                return None
-            worker = _token_user(request)
-            if worker is None:
-                return None
-            return self._vote(worker, assignment_id, answer)
-        return None
+        assignment_id = _route_id(path, "crowd-vote")
+        if assignment_id is None or not _wants_json(request) or not is_utf8_json(request):
+            return None
+        read.append(request.body)
+        answer = plain_answer(read[0])
+        if answer is None:
+            return None
+        worker = _token_user(request)
+        if worker is None:
+            return None
+        return self._vote(worker, assignment_id, answer)
 
-    def _next(self, request: HttpRequest, worker, project_id: int) -> HttpResponse | None:
+    def _next(self, request: HttpRequest, worker, project_id: int) -> Answer | None:
         exclude = exclude_ids(request)
         row = assignments.serve_next_row(
             worker.pk, project_id, site_admin=is_site_admin(worker), exclude=exclude
@@ -179,7 +247,7 @@ class CrowdLaneMiddleware:
         )  # fmt: skip
         return self._respond("crowd-next", 200, body)
 
-    def _vote(self, worker, assignment_id: int, answer: dict) -> HttpResponse | None:
+    def _vote(self, worker, assignment_id: int, answer: dict) -> Answer | None:
         label, kind = answer["label"], answer["kind"]
         row = votes.record_vote_row(
             worker.pk, assignment_id, label=label, kind=kind,
@@ -193,24 +261,29 @@ class CrowdLaneMiddleware:
         return self._respond("crowd-vote", 201, vote_payload(result, result.progress))
 
     @staticmethod
-    def _respond(route: str, code: int, body: dict | None) -> HttpResponse:
-        content = _RENDER(body) if body is not None else b""
-        response = HttpResponse(content, status=code, content_type="application/json")
-        if not content:
-            del response.headers["Content-Type"]  # as DRF does for an empty body
-        for name, value in _HEADERS[route].items():
-            response.headers[name] = value
-        # CommonMiddleware's and XFrameOptionsMiddleware's.
-        response.headers["Content-Length"] = str(len(content))
-        response.headers["X-Frame-Options"] = getattr(settings, "X_FRAME_OPTIONS", "DENY").upper()
-        return response
+    def _respond(route: str, code: int, body: dict | None) -> Answer:
+        return route, code, _RENDER(body) if body is not None else b""
+
+
+def _close_old_connection() -> None:
+    """Django's close_old_connections for the lane's one connection: closed when it has
+    outlived CONN_MAX_AGE or failed and is no longer usable. Never inside an atomic block (a
+    test's transaction): that connection is not a request's to close, and Django's test
+    client disconnects the same receiver."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if not wrapper.in_atomic_block:
+        wrapper.close_if_unusable_or_obsolete()
 
 
 def _token_user(request: HttpRequest):
     """The token's user as DRF's TokenAuthentication finds it, or None for the full stack to
     answer (no token header, a bad or inactive token). The user is the process's remembered
     one, not a copy: the lane only reads it."""
-    parts = get_authorization_header(request).split()  # bytes, split as DRF splits them
+    # get_authorization_header's value, read from META: its request.headers parses every header.
+    header = request.META.get("HTTP_AUTHORIZATION", b"")
+    if isinstance(header, str):
+        header = header.encode(HTTP_HEADER_ENCODING)
+    parts = header.split()  # bytes, split as DRF splits them
     if len(parts) != 2 or parts[0].lower() != b"token" or not parts[1].isascii():
         return None
     try:

@@ -123,10 +123,10 @@ def test_the_crowd_lane_under_workers_with_two_tabs_each():
     worker: the same rules hold, and each worker's votes-today counter (DailyVoteCount, which
     a worker's concurrent votes update) equals their votes."""
     from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
 
     from labeling.models import DailyVoteCount
     from labeling.services.assignment import start_of_today
+    from tests.lane_client import ServerAPIClient
 
     project = ProjectFactory(overlap=K, max_overlap=K, gold_rate=0.0, aggregate_every=0)
     ItemFactory.create_batch(ITEMS, project=project)
@@ -141,7 +141,7 @@ def test_the_crowd_lane_under_workers_with_two_tabs_each():
 
     def work(i: int) -> None:
         worker = workers[i // 2]
-        client = APIClient()
+        client = ServerAPIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Token {tokens[worker.pk]}")
         for n in range(2 * ITEMS):
             served = client.get(f"/api/projects/{project.pk}/next/")

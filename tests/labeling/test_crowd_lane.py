@@ -1,5 +1,7 @@
 """The crowd lane (labeling/api/crowd_lane.py) against the full middleware + DRF path.
 
+Their clients (tests/lane_client.py) meet the lane first, as requests to quorum.wsgi do.
+
 The lane answers on PostgreSQL only (its database functions). Every test in test_crowd_api.py
 runs both ways already; here each request of a script is sent through the lane and, at the
 same database state (a savepoint rolled back in between), through the full stack, and both
@@ -13,12 +15,12 @@ import json
 
 import pytest
 from django.db import connection, transaction
-from rest_framework.test import APIClient
 
 from labeling.api import crowd_lane
 from labeling.models import Membership, Vote
 from labeling.services.votes import block_worker
 from tests.factories import ItemFactory, give_expert_answer
+from tests.lane_client import ServerAPIClient
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -37,13 +39,13 @@ HEADERS = ("Content-Type", "Content-Length", "Vary", "Allow", "X-Frame-Options",
 def lane_answers(monkeypatch) -> list[str]:
     """The routes the lane answered itself, in order."""
     answered: list[str] = []
-    original = crowd_lane.CrowdLaneMiddleware._respond
+    original = crowd_lane.CrowdLane._respond
 
     def spy(route, code, body):
         answered.append(route)
         return original(route, code, body)
 
-    monkeypatch.setattr(crowd_lane.CrowdLaneMiddleware, "_respond", staticmethod(spy))
+    monkeypatch.setattr(crowd_lane.CrowdLane, "_respond", staticmethod(spy))
     return answered
 
 
@@ -114,7 +116,7 @@ def test_the_lane_answers_as_the_full_stack(settings, lane_answers, crowd_client
     both_ways(settings, _vote(crowd_client, lease, label="normal", idempotency_key="k1"))  # retry, 200
     both_ways(settings, _vote(crowd_client, lease, kind="unsure", idempotency_key="k2"))  # 409
 
-    stranger = APIClient()
+    stranger = ServerAPIClient()
     from rest_framework.authtoken.models import Token
 
     stranger.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=crowd_user2).key}")
@@ -186,7 +188,7 @@ def test_session_and_bad_tokens_take_the_full_stack(settings, lane_answers, crow
     refused = crowd_page.post(f"/api/assignments/{lease}/vote/",
                               {"label": "normal", "idempotency_key": "k"}, content_type="application/json")
     assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
-    bad = APIClient()
+    bad = ServerAPIClient()
     bad.credentials(HTTP_AUTHORIZATION="Token not-a-token")
     for send in (_next(bad, project), _vote(bad, lease, label="normal", idempotency_key="k")):
         response = send()
@@ -201,3 +203,64 @@ def test_the_switch_turns_the_lane_off(settings, lane_answers, crowd_client, pro
     settings.QUORUM_CROWD_LANE = False
     assert crowd_client.get(f"/api/projects/{project.id}/next/").status_code == 200
     assert lane_answers == []
+
+
+@pytest.mark.django_db(transaction=True)  # Django's handler closes a connection in a transaction
+def test_the_wsgi_application_puts_the_lane_in_front(lane_answers, crowd_user, project):
+    from django.test import RequestFactory
+    from rest_framework.authtoken.models import Token
+
+    from quorum.wsgi import application
+
+    ItemFactory(project=project)
+    token = f"Token {Token.objects.create(user=crowd_user).key}"
+    started: list[tuple[str, dict]] = []
+
+    def call(request) -> bytes:
+        body = application(request.environ, lambda status, headers: started.append((status, dict(headers))))
+        try:
+            return b"".join(body)
+        finally:
+            getattr(body, "close", lambda: None)()  # as a server does: Django's request_finished
+
+    served = json.loads(call(RequestFactory().get(f"/api/projects/{project.id}/next/", HTTP_AUTHORIZATION=token)))
+    status, headers = started[-1]
+    assert status == "200 OK" and lane_answers == ["crowd-next"]
+    assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
+    voted = call(RequestFactory().post(f"/api/assignments/{served['id']}/vote/", content_type="application/json",
+                                       data={"label": "normal", "idempotency_key": "w"}, HTTP_AUTHORIZATION=token))
+    assert started[-1][0] == "201 Created" and json.loads(voted)["label"] == "normal"
+    # Anything else is Django's handler's: here ?format=, which DRF honours.
+    call(RequestFactory().get(f"/api/projects/{project.id}/next/?format=json", HTTP_AUTHORIZATION=token))
+    assert started[-1][0] == "204 No Content" and lane_answers == ["crowd-next", "crowd-vote"]
+    assert Vote.objects.get().idempotency_key == "w"
+
+
+def test_a_request_the_lane_fails_on_goes_to_the_full_stack(settings, lane_answers, monkeypatch, caplog,
+                                                          crowd_client, project):
+    from labeling.services import assignment
+
+    ItemFactory(project=project)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("lost the database")
+
+    monkeypatch.setattr(assignment, "serve_next_row", broken)
+    served = crowd_client.get(f"/api/projects/{project.id}/next/")
+    assert served.status_code == 200 and served.json()["item"]["id"]  # DRF's answer, and logged
+    assert lane_answers == [] and "lost the database" in caplog.text
+
+
+def test_an_https_redirect_is_the_full_stacks(settings, lane_answers, crowd_user, project):
+    from rest_framework.authtoken.models import Token
+
+    settings.SECURE_SSL_REDIRECT = True  # read when a lane is made, as middleware reads it
+    settings.SECURE_HSTS_SECONDS = 3600
+    client = ServerAPIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=crowd_user).key}")
+    ItemFactory(project=project)
+    redirected = client.get(f"/api/projects/{project.id}/next/")
+    assert redirected.status_code == 301 and redirected["Location"].startswith("https://")
+    served = client.get(f"/api/projects/{project.id}/next/", secure=True)
+    assert served.status_code == 200 and lane_answers == ["crowd-next"]
+    assert served["Strict-Transport-Security"] == "max-age=3600"  # SecurityMiddleware's, on HTTPS
