@@ -399,9 +399,10 @@ def fetch_function_row(sql: str, params: list) -> tuple:
     a new cursor per call and parsing the statement each time cost about as much client CPU as
     the call's own round trip (402 against 212 us here), and PostgreSQL plans it once. One
     cursor per statement, because psycopg keeps a cursor's result loaders only while it runs
-    the same statement again. Django still sees database errors (it drops a broken
-    connection), and where it logs queries (DEBUG, tests that count them) the call goes
-    through its cursor."""
+    the same statement again; binary results, which psycopg loads with less work than text
+    (a next + vote pair of calls: 192 -> 173 us). Django still sees database errors (it drops
+    a broken connection), and where it logs queries (DEBUG, tests that count them) the call
+    goes through its cursor."""
     wrapper = connections[DEFAULT_DB_ALIAS]  # once: each use of the proxy looks it up again
     if wrapper.queries_logged:
         with wrapper.cursor() as cursor:
@@ -416,7 +417,7 @@ def fetch_function_row(sql: str, params: list) -> tuple:
     if cursor is None or cursor.closed:
         cursor = kept[1][sql] = psycopg.Cursor(raw)
     with wrapper.wrap_database_errors:
-        cursor.execute(sql, params, prepare=True)
+        cursor.execute(sql, params, prepare=True, binary=True)
         return cursor.fetchone()
 
 
