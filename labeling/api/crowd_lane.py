@@ -56,7 +56,7 @@ from quorum.authentication import FastTokenAuthentication
 
 logger = logging.getLogger(__name__)
 
-Answer = tuple[str, int, bytes]  # route name, HTTP status, body
+RouteAnswer = tuple[str, int, bytes]  # route name, HTTP status, body
 
 _AUTH = FastTokenAuthentication()
 _RENDER = JSONRenderer().render
@@ -207,7 +207,7 @@ class CrowdLane:
         # CommonMiddleware's.
         return [*fixed, ("Content-Length", str(len(content)))]
 
-    def _route(self, request: HttpRequest, read: list[bytes]) -> Answer | None:
+    def _route(self, request: HttpRequest, read: list[bytes]) -> RouteAnswer | None:
         method, path = request.method, request.path
         if method == "GET":
             project_id = _route_id(path, "crowd-next")
@@ -229,7 +229,7 @@ class CrowdLane:
             return None
         return self._vote(worker, assignment_id, answer)
 
-    def _next(self, request: HttpRequest, worker, project_id: int) -> Answer | None:
+    def _next(self, request: HttpRequest, worker, project_id: int) -> RouteAnswer | None:
         exclude = exclude_ids(request)
         row = assignments.serve_next_row(
             worker.pk, project_id, site_admin=is_site_admin(worker), exclude=exclude
@@ -247,7 +247,7 @@ class CrowdLane:
         )  # fmt: skip
         return self._respond("crowd-next", 200, body)
 
-    def _vote(self, worker, assignment_id: int, answer: dict) -> Answer | None:
+    def _vote(self, worker, assignment_id: int, answer: dict) -> RouteAnswer | None:
         label, kind = answer["label"], answer["kind"]
         row = votes.record_vote_row(
             worker.pk, assignment_id, label=label, kind=kind,
@@ -261,7 +261,7 @@ class CrowdLane:
         return self._respond("crowd-vote", 201, vote_payload(result, result.progress))
 
     @staticmethod
-    def _respond(route: str, code: int, body: dict | None) -> Answer:
+    def _respond(route: str, code: int, body: dict | None) -> RouteAnswer:
         return route, code, _RENDER(body) if body is not None else b""
 
 
