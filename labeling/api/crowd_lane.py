@@ -220,6 +220,8 @@ class CrowdLane:
         assignment_id = _route_id(path, "crowd-vote")
         if assignment_id is None or not _wants_json(request) or not is_utf8_json(request):
             return None
+        if _over_upload_limit(request):
+            return None  # the full stack refuses it (400), unread
         read.append(request.body)
         answer = plain_answer(read[0])
         if answer is None:
@@ -263,6 +265,15 @@ class CrowdLane:
     @staticmethod
     def _respond(route: str, code: int, body: dict | None) -> RouteAnswer:
         return route, code, _RENDER(body) if body is not None else b""
+
+
+def _over_upload_limit(request: HttpRequest) -> bool:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return True  # Django's own check of it fails: its answer, not the lane's
+    return limit is not None and length > limit
 
 
 def _close_old_connection() -> None:

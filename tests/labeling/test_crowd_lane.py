@@ -264,3 +264,13 @@ def test_an_https_redirect_is_the_full_stacks(settings, lane_answers, crowd_user
     served = client.get(f"/api/projects/{project.id}/next/", secure=True)
     assert served.status_code == 200 and lane_answers == ["crowd-next"]
     assert served["Strict-Transport-Security"] == "max-age=3600"  # SecurityMiddleware's, on HTTPS
+
+
+def test_a_vote_over_the_upload_limit_is_refused_unread(settings, lane_answers, caplog, crowd_client, project):
+    ItemFactory(project=project)
+    lease = crowd_client.get(f"/api/projects/{project.id}/next/").json()["id"]
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    refused = crowd_client.post(f"/api/assignments/{lease}/vote/",
+                                {"label": "normal", "idempotency_key": "k" * 90}, format="json")  # fmt: skip
+    assert refused.status_code == 400 and lane_answers == ["crowd-next"]
+    assert "crowd lane" not in caplog.text  # refused by Django, not a failure of the lane
