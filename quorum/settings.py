@@ -147,8 +147,9 @@ QUORUM_CROWD_DB_FUNCTIONS = env.bool("QUORUM_CROWD_DB_FUNCTIONS", default=True)
 QUORUM_TOKEN_CACHE_SECONDS = env.float("QUORUM_TOKEN_CACHE_SECONDS", default=5.0)
 # Token-authenticated next/vote requests are answered in front of Django's handler (the WSGI
 # application, quorum/wsgi.py), one database function call each (labeling/api/crowd_lane.py;
-# PostgreSQL with the functions on); off, they take the same path as every other request. Its calls are prepared
-# statements: behind a pooler in transaction mode, use one that keeps them (PgBouncer >= 1.21).
+# PostgreSQL with the functions on); off, they take the same path as every other request. Its
+# calls are prepared statements: behind a pooler in transaction mode, use one that keeps them
+# (PgBouncer >= 1.21).
 QUORUM_CROWD_LANE = env.bool("QUORUM_CROWD_LANE", default=True)
 # A running training run whose worker has not reported for this long is marked failed.
 QUORUM_TRAINING_STALE_MINUTES = env.int("QUORUM_TRAINING_STALE_MINUTES", default=15)

@@ -168,12 +168,17 @@ class CrowdLane:
             return None
         set_script_prefix(get_script_name(environ))
         request = WSGIRequest(environ)
+        # The route first: other token requests (an item's image, every cycle) go straight on.
+        route = "crowd-next" if request.method == "GET" else "crowd-vote"
+        route_id = _route_id(request.path, route)
+        if route_id is None or not _wants_json(request):
+            return None
         if self.security.process_request(request) is not None:
             return None  # an HTTPS redirect: the full stack sends it
         _close_old_connection()
         read: list[bytes] = []  # the body, once _route has read it
         try:
-            response = self._route(request, read)
+            response = self._route(request, route, route_id, read)
         except Exception:
             # Both calls can be asked again: the full stack answers, or fails its own way.
             logger.exception("crowd lane: %s %s failed; the full stack answers it", request.method, request.path)
@@ -207,29 +212,18 @@ class CrowdLane:
         # CommonMiddleware's.
         return [*fixed, ("Content-Length", str(len(content)))]
 
-    def _route(self, request: HttpRequest, read: list[bytes]) -> RouteAnswer | None:
-        method, path = request.method, request.path
-        if method == "GET":
-            project_id = _route_id(path, "crowd-next")
-            if project_id is None or not _wants_json(request):
-                return None
+    def _route(self, request: HttpRequest, route: str, route_id: int, read: list[bytes]) -> RouteAnswer | None:
+        if route == "crowd-next":
             worker = _token_user(request)
-            if worker is None:
-                return None
-            return self._next(request, worker, project_id)
-        assignment_id = _route_id(path, "crowd-vote")
-        if assignment_id is None or not _wants_json(request) or not is_utf8_json(request):
-            return None
-        if _over_upload_limit(request):
-            return None  # the full stack refuses it (400), unread
+            return None if worker is None else self._next(request, worker, route_id)
+        if not is_utf8_json(request) or _over_upload_limit(request):
+            return None  # an oversized body: the full stack refuses it (400), unread
         read.append(request.body)
         answer = plain_answer(read[0])
         if answer is None:
             return None
         worker = _token_user(request)
-        if worker is None:
-            return None
-        return self._vote(worker, assignment_id, answer)
+        return None if worker is None else self._vote(worker, route_id, answer)
 
     def _next(self, request: HttpRequest, worker, project_id: int) -> RouteAnswer | None:
         exclude = exclude_ids(request)
