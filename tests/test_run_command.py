@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from http.cookiejar import CookieJar
 from pathlib import Path
 from urllib.parse import urlencode
@@ -87,3 +88,16 @@ def test_embedded_run_serves_demo_and_stops_cleanly(tmp_path):
     output = (tmp_path / "run.log").read_text()
     assert process.returncode == 0, output[-3000:]
     assert "Stopped." in output
+
+
+def test_pyproject_builds_without_setuptools_warnings():
+    """The install step of the run command printed setuptools' deprecation box three times for
+    the licence as a TOML table; the SPDX string form (setuptools>=77) says nothing."""
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert [str(w.message).splitlines()[0] for w in caught] == []
+    assert dist.metadata.license_expression == "MIT"
