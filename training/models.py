@@ -69,6 +69,20 @@ class TrainingRun(models.Model):
         null=True, blank=True, help_text="Last sign of life from the worker running it."
     )
     finished_at = models.DateTimeField(null=True, blank=True)
+    holder = models.CharField(
+        max_length=255, blank=True,
+        help_text="The process that holds the run: host/pid/process start (training.leases).",
+    )
+    holder_name = models.CharField(
+        max_length=255, blank=True, help_text="The holder as people know it: Celery node and pid."
+    )
+    lease_until = models.DateTimeField(
+        null=True, blank=True, help_text="The holder's lease; its heartbeat thread renews it."
+    )
+    interruptions = models.JSONField(
+        default=list, blank=True,
+        help_text="Each time the holder died: when, at which epoch, and where the run resumed.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
