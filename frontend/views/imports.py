@@ -9,7 +9,13 @@ from django.views.decorators.http import require_http_methods
 
 from frontend.access import project_role_required
 from labeling.models import ImportBatch, Membership, Project
-from labeling.services.imports import ImportRefused, check_upload_sizes, import_files
+from labeling.services.imports import (
+    ImportRefused,
+    check_upload_sizes,
+    import_files,
+    is_refused,
+    refused_message,
+)
 
 RECENT_BATCHES = 20
 
@@ -28,6 +34,9 @@ def import_page(request: HttpRequest, project: Project) -> HttpResponse:
                                  source=ImportBatch.Source.UPLOAD, labels=labels)
         except ImportRefused as exc:
             return _render(request, project, error=str(exc), status=exc.status_code)
+        if is_refused(batch):
+            # Nothing was written, so there is no batch to redirect to: the reasons are shown here.
+            return _render(request, project, batch=batch, error=refused_message(batch), status=400)
         # Post/redirect/get: reloading the report does not upload again.
         return redirect(f"{reverse('import', args=[project.id])}?batch={batch.id}")
     batch = None

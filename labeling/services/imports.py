@@ -4,6 +4,10 @@ Each file is decoded (and, for DICOM, de-identified) in memory, then written in 
 transaction: its items, their files and any imported expert label appear together or not at
 all. A bad file becomes a ``failed`` line of the batch report and does not stop the others.
 Stored files are named by content hash, never by the source name.
+
+A refused import (no file imported or found already there) writes nothing, not even its batch:
+every entry point answers it as refused input (API 400, page 400, command error) with the
+per-file reasons, and the import history lists only imports that changed the project.
 """
 
 from __future__ import annotations
@@ -145,13 +149,15 @@ def import_files(
 
     In the batch, ``n_imported`` counts the items created (a multi-frame DICOM file gives one
     per frame); ``n_duplicates`` and ``n_failed`` count files; ``n_labels`` counts the expert
-    labels recorded.
+    labels recorded. When no file was imported or found already there, the batch comes back
+    unsaved (``pk`` is None, see :func:`is_refused`) with its report, and nothing was written.
     """
     label_map = load_labels(labels, project)
     max_bytes = max_upload_bytes()
     with contextlib.ExitStack() as archives:
         files, early_failures = _expand(sources, archives, max_bytes)
-        batch = ImportBatch.objects.create(project=project, source=source, created_by=user)
+        # Saved with the first item it holds (see _store), so a refused import writes no row.
+        batch = ImportBatch(project=project, source=source, created_by=user)
         run = _Run(
             project=project,
             batch=batch,
@@ -170,6 +176,22 @@ def import_files(
             if progress is not None:
                 progress(done, total, source_file.name)
     return _finish(run)
+
+
+def is_refused(batch: ImportBatch) -> bool:
+    """Whether :func:`import_files` refused every file (and so wrote nothing)."""
+    return batch.pk is None
+
+
+def refused_message(batch: ImportBatch) -> str:
+    """The one-line reason of a refused import, the same on every entry point."""
+    if not batch.report:
+        return "Nothing was imported: there was no file to import."
+    n = len(batch.report)
+    return (
+        f"Nothing was imported: {'the file was' if n == 1 else f'all {n} files were'} refused "
+        "(reasons per file below), and nothing was stored."
+    )
 
 
 def _expand(
@@ -283,6 +305,9 @@ def _store(run: _Run, name: str, decoded: DecodedFile) -> dict:
 
     storage = Item._meta.get_field("image").storage
     written: list[str] = []
+    if run.batch.pk is None:
+        # Outside the file's transaction: a rollback there must not leave a stale pk here.
+        run.batch.save()
     try:
         with transaction.atomic():
             items = _write_items(run, name, decoded, new, label, written)
@@ -391,5 +416,11 @@ def _finish(run: _Run) -> ImportBatch:
     batch.n_imported = sum(len(line["item_ids"]) for line in run.report if line["status"] == IMPORTED)
     batch.n_duplicates = sum(1 for line in run.report if line["status"] == DUPLICATE)
     batch.n_failed = sum(1 for line in run.report if line["status"] == FAILED)
-    batch.save(update_fields=["report", "n_imported", "n_duplicates", "n_failed", "n_labels"])
+    if batch.n_imported + batch.n_duplicates == 0:
+        if batch.pk is not None:
+            # Saved for a file whose write then failed: it holds no item.
+            batch.delete()
+            batch.pk = None
+        return batch
+    batch.save()
     return batch

@@ -140,13 +140,15 @@ def test_same_pixels_as_png_and_tiff_are_duplicates(project):
 def assert_nothing_stored(settings):
     assert Item.objects.count() == 0
     assert media_files(settings) == []
+    # A refused import is no history: no batch row either (on every entry point).
+    assert not ImportBatch.objects.exists()
 
 
 def test_not_an_image(project, settings):
     batch = import_files(project, [("notes.txt", b"hello, this is not an image at all" * 10)])
     line = only_line(batch)
     assert line["status"] == "failed" and "not an image" in line["message"]
-    assert batch.n_failed == 1
+    assert batch.n_failed == 1 and import_service.is_refused(batch)
     assert_nothing_stored(settings)
 
 
@@ -206,6 +208,9 @@ def test_one_bad_file_does_not_stop_the_folder(project, tmp_path, settings):
     assert {line["name"]: line["status"] for line in batch.report} == {
         "a.png": "imported", "bad.png": "failed", "sub/c.png": "imported"}
     assert (batch.n_imported, batch.n_failed) == (2, 1)
+    saved = ImportBatch.objects.get()
+    assert saved.pk == batch.pk and (saved.n_imported, saved.n_failed) == (2, 1)
+    assert saved.items.count() == 2 and len(saved.report) == 3
 
 
 # Zips -----------------------------------------------------------------------------------------
@@ -320,6 +325,23 @@ def test_command_refuses_unknown_class(project, tmp_path):
     assert Item.objects.count() == 0
 
 
+def test_command_every_file_refused_is_an_error_and_writes_nothing(project, tmp_path, settings):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(b"not a picture" * 10)
+    (tmp_path / "imgs" / "b.tif").write_bytes(b"II*\x00" + b"\xff" * 40)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="all 2 files were refused"):
+        call_command("import_images", project.name, str(tmp_path / "imgs"), stdout=out)
+    assert "a.png" in out.getvalue() and "b.tif" in out.getvalue()
+    assert_nothing_stored(settings)
+
+
+def test_command_empty_folder_is_an_error(project, tmp_path, settings):
+    with pytest.raises(CommandError, match="no file to import"):
+        call_command("import_images", project.name, str(tmp_path), stdout=io.StringIO())
+    assert_nothing_stored(settings)
+
+
 def test_command_unknown_project():
     with pytest.raises(CommandError, match="No project"):
         call_command("import_images", "nope", ".", stdout=io.StringIO())
@@ -353,10 +375,17 @@ def test_api_upload_of_a_zip(admin_client, project):
         "set.zip/x/a.png": "imported", "set.zip/../b.png": "failed"}
 
 
-def test_api_400_when_nothing_imported(admin_client, project):
-    response = admin_client.post(url(project), {"files": [upload("a.txt", b"text" * 40)]}, format="multipart")
+def test_api_400_when_nothing_imported_writes_nothing(admin_client, project, settings):
+    response = admin_client.post(url(project), {
+        "files": [upload("a.txt", b"text" * 40), upload("cut.png", png_bytes(47)[:30])],
+    }, format="multipart")
     assert response.status_code == 400
-    assert response.json()["report"][0]["status"] == "failed"
+    body = response.json()
+    assert body["id"] is None and "all 2 files were refused" in body["detail"]
+    assert [line["status"] for line in body["report"]] == ["failed", "failed"]
+    assert body["n_failed"] == 2 and body["n_imported"] == 0
+    assert_nothing_stored(settings)
+    assert admin_client.get(url(project)).json()["results"] == []
 
 
 def test_api_duplicate_only_is_201(admin_client, project):
@@ -428,6 +457,15 @@ def test_page_upload_shows_the_report(admin_page, project):
     assert "1 item imported" in html and "bad.png" in html and "not an image" in html
     batch = ImportBatch.objects.get()
     assert batch.source == ImportBatch.Source.UPLOAD and batch.n_labels == 1
+
+
+def test_page_upload_of_only_bad_files_shows_why_and_writes_nothing(admin_page, project, settings):
+    response = admin_page.post(page_url(project), {"files": [upload("bad.png", b"bad" * 30)]})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "the file was refused" in html and "bad.png" in html and "not an image" in html
+    assert "Refused upload (nothing stored)" in html
+    assert_nothing_stored(settings)
 
 
 def test_page_refusals(admin_page, project, settings):

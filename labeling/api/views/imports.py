@@ -18,7 +18,13 @@ from rest_framework.response import Response
 from labeling.api.permissions import IsProjectAdmin
 from labeling.api.serializers.imports import ImportBatchSerializer, ImportUploadSerializer
 from labeling.models import ImportBatch, Project
-from labeling.services.imports import ImportRefused, check_upload_sizes, import_files
+from labeling.services.imports import (
+    ImportRefused,
+    check_upload_sizes,
+    import_files,
+    is_refused,
+    refused_message,
+)
 
 PROJECT_ID = OpenApiParameter("project_id", OpenApiTypes.INT, OpenApiParameter.PATH)
 
@@ -30,14 +36,16 @@ PROJECT_ID = OpenApiParameter("project_id", OpenApiTypes.INT, OpenApiParameter.P
         summary="Import images",
         description="Multipart upload of images (PNG, JPEG, TIFF, DICOM, .zip) with an optional "
         "labels CSV. DICOM files are de-identified before anything is stored. 201 when at least "
-        "one file was imported or was already there; 400 with the report when none could be.",
+        "one file was imported or was already there; 400 with the per-file report when none "
+        "could be, and then nothing is written (no batch, no item, no file).",
         request={"multipart/form-data": ImportUploadSerializer},
         responses={
             201: ImportBatchSerializer,
             400: OpenApiResponse(
                 OpenApiTypes.OBJECT,
-                description="Nothing could be imported (the batch with its report), the labels "
-                "were refused ({detail}), or a field is invalid ({field: [messages]}).",
+                description="Nothing could be imported ({detail} and the per-file report of an "
+                "unsaved batch: id null), the labels were refused ({detail}), or a field is "
+                "invalid ({field: [messages]}).",
             ),
             413: OpenApiResponse(description="A file is over QUORUM_MAX_UPLOAD_BYTES ({detail})."),
         },
@@ -69,8 +77,9 @@ class ImportBatchViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
                                  source=ImportBatch.Source.API, labels=labels)
         except ImportRefused as exc:
             return Response({"detail": str(exc)}, status=exc.status_code)
-        ok = batch.n_imported + batch.n_duplicates > 0
-        return Response(
-            ImportBatchSerializer(batch).data,
-            status=status.HTTP_201_CREATED if ok else status.HTTP_400_BAD_REQUEST,
-        )
+        if is_refused(batch):
+            return Response(
+                {"detail": refused_message(batch), **ImportBatchSerializer(batch).data},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        return Response(ImportBatchSerializer(batch).data, status=status.HTTP_201_CREATED)

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from labeling.models import ImportBatch, Project
-from labeling.services.imports import ImportRefused, import_path
+from labeling.services.imports import ImportRefused, import_path, is_refused, refused_message
 
 
 class Command(BaseCommand):
@@ -50,6 +50,8 @@ class Command(BaseCommand):
             except ImportRefused as exc:
                 raise CommandError(str(exc)) from exc
         self._summary(console, batch)
+        if is_refused(batch):
+            raise CommandError(refused_message(batch).replace("below", "above"))
 
     def _project(self, key: str) -> Project:
         project = None
@@ -70,7 +72,8 @@ class Command(BaseCommand):
             for line in failed:
                 table.add_row(line["name"], line["message"])
             console.print(table)
-        summary = Table(title=f"Import batch {batch.pk} into {batch.project.name}")
+        title = f"Import batch {batch.pk}" if batch.pk else "Refused import (nothing stored)"
+        summary = Table(title=f"{title} into {batch.project.name}")
         summary.add_column("Items imported", justify="right")
         summary.add_column("Duplicates", justify="right")
         summary.add_column("Failed", justify="right")
