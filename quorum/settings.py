@@ -50,6 +50,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "frontend.middleware.SiteNotFoundPage",
 ]
 
 ROOT_URLCONF = "quorum.urls"
@@ -210,11 +211,27 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# One console handler, on the root logger: each record is printed once, and a refused request
+# (4xx) is one warning line without a traceback (quorum/log.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "client_error": {"()": "quorum.log.ClientErrorWithoutTraceback"},
+        "access_line_logged": {"()": "quorum.log.AccessLineAlreadyLogged"},
+    },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    "loggers": {
+        # Django's default config gives "django" a console handler of its own (DEBUG only),
+        # which printed every django.request record a second time beside the root's.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.request": {"filters": ["client_error"]},
+        # Django's default sends runserver's lines to a handler of their own and not to the root;
+        # without it they reached Python's last-resort handler, unformatted.
+        "django.server": {
+            "level": "WARNING", "filters": ["access_line_logged"], "propagate": True,
+        },
+    },
 }
