@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from labeling.imports.frames import ImportFileError
 
 # Operating-system litter that is not part of an upload.
 _IGNORED_PARTS = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -97,11 +100,17 @@ def _refused() -> bytes:
 
 def _entry_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int):
     def read() -> bytes:
-        with archive.open(info) as entry:
-            # The declared size can lie (zip bombs): never read more than the limit.
-            data = entry.read(max_bytes + 1)
+        try:
+            with archive.open(info) as entry:
+                # The declared size can lie (zip bombs): never read more than the limit.
+                data = entry.read(max_bytes + 1)
+        except RuntimeError as exc:  # zipfile's word for an encrypted entry
+            raise ImportFileError(f"unreadable zip entry: {exc}") from exc
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+            # A damaged archive, a size or CRC that does not match, an unknown compression.
+            raise ImportFileError(f"damaged zip entry: {exc}") from exc
         if len(data) > max_bytes:
-            raise ValueError(f"entry inflates beyond the limit of {max_bytes:,} bytes")
+            raise ImportFileError(f"entry inflates beyond the limit of {max_bytes:,} bytes")
         return data
 
     return read
