@@ -152,8 +152,11 @@ QUORUM_TOKEN_CACHE_SECONDS = env.float("QUORUM_TOKEN_CACHE_SECONDS", default=5.0
 # calls are prepared statements: behind a pooler in transaction mode, use one that keeps them
 # (PgBouncer >= 1.21).
 QUORUM_CROWD_LANE = env.bool("QUORUM_CROWD_LANE", default=True)
-# A running training run whose worker has not reported for this long is marked failed.
-QUORUM_TRAINING_STALE_MINUTES = env.int("QUORUM_TRAINING_STALE_MINUTES", default=15)
+# A training worker's lease, renewed by a thread every third of it: a dead holder on another
+# host is known within this long. A run whose holder is dead and that no worker took up again
+# within STALE_MINUTES of its last sign of life is failed (resumable) by the periodic sweep.
+QUORUM_TRAINING_LEASE_SECONDS = env.int("QUORUM_TRAINING_LEASE_SECONDS", default=30)
+QUORUM_TRAINING_STALE_MINUTES = env.float("QUORUM_TRAINING_STALE_MINUTES", default=2)
 QUORUM_CACHE_DIR = Path(env("QUORUM_CACHE_DIR", default=str(VAR_DIR / "cache")))
 
 REST_FRAMEWORK = {
@@ -205,7 +208,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {"training.tasks.run_training": {"queue": "gpu"}}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

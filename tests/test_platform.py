@@ -54,5 +54,11 @@ def test_docker_compose_config_validates():
 
 
 def test_celery_routes_training_to_gpu_queue(settings):
+    from quorum.celery import app
+
     assert settings.CELERY_TASK_DEFAULT_QUEUE == "default"
-    assert settings.CELERY_TASK_ROUTES["training.tasks.*"]["queue"] == "gpu"
+    route = app.amqp.router.route
+    assert route({}, "training.tasks.run_training")["queue"].name == "gpu"
+    # the sweep must not wait behind a training run on the gpu worker
+    assert route({}, "training.tasks.sweep_training_runs")["queue"].name == "default"
+    assert app.conf.beat_schedule["sweep-training-runs"]["task"] == "training.tasks.sweep_training_runs"

@@ -5,17 +5,20 @@ after the commit; ``execute_run`` (the task body) claims it (``running``), build
 the database (``training.datasets``), calls the engine with callbacks that write each epoch
 and poll for cancellation, then stores the report (Evaluation, plots, Predictions, learned
 annotator reliabilities). Every exception ends the run ``failed`` with a reason a person can
-read; a worker that dies leaves it ``running`` with a stale heartbeat, which a redelivered task
-resumes from the last checkpoint and ``fail_if_worker_gone`` turns into a failure.
+read. The worker holding a run keeps a short lease on it (``training.leases``); when it dies,
+the redelivered task finds the holder dead, records the interruption and resumes from the last
+checkpoint on whichever worker got it, and a run no worker took up again is failed by
+``sweep_runs`` (Celery beat), with a reason, resumable.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from dataclasses import fields as dataclass_fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from labeling.models import Item, Project, Region
-from training import selectors
+from training import leases, selectors
 from training.datasets import (
     MIL_LABELS,
     NoLabelledItems,
@@ -43,9 +46,9 @@ logger = logging.getLogger(__name__)
 Status = TrainingRun.Status
 Weights = TrainingRun.Weights
 
-# A running run whose worker said nothing for this long is presumed dead.
+# A run whose holder is dead (or, from before holders, silent) for this long, and that no
+# worker took up again, is failed by the sweep.
 STALE_AFTER = timedelta(minutes=settings.QUORUM_TRAINING_STALE_MINUTES)
-HEARTBEAT_SECONDS = 30
 
 # Method options an admin may set in ``params``, with the TrainConfig field each one feeds.
 PARAM_FIELDS = {
@@ -194,25 +197,44 @@ def resume_run(run: TrainingRun) -> TrainingRun:
 
 
 def fail_if_worker_gone(run: TrainingRun) -> TrainingRun:
-    """Mark a ``running`` run whose worker stopped sending heartbeats as failed."""
-    if run.status != Status.RUNNING or not _is_stale(run):
+    """Mark a ``running`` run as failed (resumable) if its holder is dead and no worker took it
+    up again within ``STALE_AFTER`` of its last sign of life."""
+    if run.status != Status.RUNNING or not _abandoned(run):
         return run
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().get(pk=run.pk)
-        if run.status != Status.RUNNING or not _is_stale(run):
+        if run.status != Status.RUNNING or not _abandoned(run):
             return run
         last = run.heartbeat_at or run.started_at
-        seen = f"no sign of life since {last:%Y-%m-%d %H:%M} UTC" if last else "it never reported"
+        seen = f"no sign of life since {last:%Y-%m-%d %H:%M:%S} UTC" if last else "it never reported"
+        if run.holder_name:
+            seen += f" from {run.holder_name}"
         checkpoint = selectors.checkpoint_file(run)
         advice = (
             f"; resume it from its checkpoint after epoch {run.current_epoch}"
             if checkpoint
             else "; it left no checkpoint"
         )
-        run.status, run.finished_at = Status.FAILED, timezone.now()
-        run.failure_reason = f"the worker running it stopped ({seen}){advice}"
-        run.save(update_fields=["status", "finished_at", "failure_reason"])
+        now = timezone.now()
+        run.interruptions = [*run.interruptions, _interruption(run, now)]
+        run.status, run.finished_at = Status.FAILED, now
+        run.failure_reason = (
+            f"the worker running it stopped ({seen}, at epoch {run.current_epoch}) and no "
+            f"worker took the run up again{advice}"
+        )
+        run.save(update_fields=["status", "finished_at", "failure_reason", "interruptions"])
     return run
+
+
+def sweep_runs() -> list[int]:
+    """Fail every running run that its dead worker left behind; returns their ids."""
+    failed = []
+    for run in TrainingRun.objects.filter(status=Status.RUNNING):
+        if fail_if_worker_gone(run).status == Status.FAILED:
+            failed.append(run.pk)
+    if failed:
+        logger.warning("training runs %s were left by dead workers; marked failed", failed)
+    return failed
 
 
 def _is_stale(run: TrainingRun) -> bool:
@@ -220,27 +242,77 @@ def _is_stale(run: TrainingRun) -> bool:
     return last is None or timezone.now() - last > STALE_AFTER
 
 
+def _abandoned(run: TrainingRun) -> bool:
+    # a live holder renews its heartbeat with its lease, so staleness alone only decides for
+    # runs without a holder (claimed before holders were recorded)
+    return _is_stale(run) and leases.holder_alive(run) is not True
+
+
+def _interruption(run: TrainingRun, now) -> dict[str, Any]:
+    """What the run page shows about one death of the run's holder."""
+    last = run.heartbeat_at or run.started_at or now
+    return {
+        "at": last.isoformat(),
+        "noticed_at": now.isoformat(),
+        "epoch": run.current_epoch,
+        "worker": run.holder_name or run.holder or "unknown worker",
+        "resumed_at": None,
+        "resumed_by": "",
+        "resumed_from_epoch": None,
+    }
+
+
 # -- executing (the Celery task's body) ------------------------------------------------------
 
 
-def execute_run(run_id: int, task_id: str = "") -> None:
+def execute_run(run_id: int, task_id: str = "", worker: str = "") -> None:
     """Train run ``run_id`` to the end, recording progress, the report or the failure.
 
     Idempotent: a finished run is left alone; a run another live worker holds is left to it;
-    a run whose worker died (stale heartbeat) resumes from its checkpoint.
+    a run whose holder died resumes from its checkpoint, and the interruption is recorded.
+    ``worker`` names this worker for people (the Celery node).
     """
-    run = _claim(run_id, task_id)
+    holder = leases.this_process()
+    name = f"{worker or holder.split('/')[0]} pid {os.getpid()}"
+    run = _claim_when_free(run_id, task_id, holder, name)
     if run is None:
         return
-    try:
-        _train_and_report(run)
-    except Exception as error:
-        logger.exception("training run %s failed", run_id)
-        _release_gpu_memory()
-        _finish(run_id, Status.FAILED, failure_reason=failure_reason(error, run))
+    # a claim inside a transaction that is still open (a test's) is renewed from this connection
+    renew = not transaction.get_connection().in_atomic_block
+    with leases.Lease(run_id, holder, renew=renew) as lease:
+        try:
+            _train_and_report(run, lease)
+        except leases.LeaseLost:
+            logger.warning("training run %s was taken over by another worker; stopped", run_id)
+        except Exception as error:
+            logger.exception("training run %s failed", run_id)
+            _release_gpu_memory()
+            TrainingRun.objects.filter(pk=run_id, holder=holder).update(
+                status=Status.FAILED, finished_at=timezone.now(), heartbeat_at=timezone.now(),
+                failure_reason=failure_reason(error, run),
+            )
 
 
-def _claim(run_id: int, task_id: str) -> TrainingRun | None:
+def _claim_when_free(run_id: int, task_id: str, holder: str, name: str) -> TrainingRun | None:
+    """Claim the run; while its holder's fate cannot be told (another host, lease running),
+    wait for the lease: renewed, the holder lives; run out, it is dead."""
+    seen = None
+    while True:
+        claim = _claim(run_id, task_id, holder, name)
+        if not isinstance(claim, datetime):
+            return claim
+        if seen is not None and claim != seen:
+            logger.warning(
+                "training run %s is held by a live worker (it renewed its lease); dropping a "
+                "duplicate", run_id,
+            )
+            return None
+        seen = claim
+        time.sleep(max(0.0, (claim - timezone.now()).total_seconds()) + 1.0)
+
+
+def _claim(run_id: int, task_id: str, holder: str, name: str) -> TrainingRun | datetime | None:
+    """The claimed run; None to drop the task; the holder's lease end to wait for."""
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
         if run is None:
@@ -248,15 +320,39 @@ def _claim(run_id: int, task_id: str) -> TrainingRun | None:
             return None
         if run.is_finished:
             return None
-        if run.status == Status.RUNNING and not _is_stale(run):
-            logger.warning("training run %s is held by a live worker; dropping a duplicate", run_id)
-            return None
         now = timezone.now()
+        interruptions = list(run.interruptions)
+        if run.status == Status.RUNNING:
+            alive = leases.holder_alive(run, now)
+            if alive is None and run.holder:
+                return run.lease_until
+            if alive or (alive is None and not _is_stale(run)):
+                logger.warning(
+                    "training run %s is held by a live worker; dropping a duplicate", run_id
+                )
+                return None
+            logger.warning(
+                "training run %s: its worker (%s) died at epoch %s; taking it over",
+                run_id, run.holder_name or "unknown", run.current_epoch,
+            )
+            interruptions.append(_interruption(run, now))
+        if interruptions and interruptions[-1]["resumed_at"] is None:
+            interruptions[-1].update(
+                resumed_at=now.isoformat(),
+                resumed_by=name,
+                # from scratch without a checkpoint; else the engine says which (on_resume)
+                resumed_from_epoch=None if selectors.checkpoint_file(run) else 0,
+            )
         run.status, run.heartbeat_at, run.failure_reason = Status.RUNNING, now, ""
+        run.holder, run.holder_name, run.lease_until = holder, name, leases.expiry(now)
+        run.interruptions = interruptions
         run.started_at = run.started_at or now
         run.celery_task_id = task_id or run.celery_task_id
         run.save(
-            update_fields=["status", "heartbeat_at", "failure_reason", "started_at", "celery_task_id"]
+            update_fields=[
+                "status", "heartbeat_at", "failure_reason", "started_at", "celery_task_id",
+                "holder", "holder_name", "lease_until", "interruptions",
+            ]
         )
     return run
 
@@ -331,29 +427,56 @@ def _engine_weights(run: TrainingRun) -> str:
 
 
 class RunProgress:
-    """The engine's callbacks: one short write per epoch, a cheap cancel poll, a heartbeat."""
+    """The engine's callbacks: one short write per epoch, a cheap cancel poll, and the lease.
 
-    def __init__(self, run: TrainingRun) -> None:
+    Every write is fenced by the holder: if another worker took the run over (this one was
+    presumed dead), :class:`training.leases.LeaseLost` stops this one before it writes.
+    """
+
+    def __init__(self, run: TrainingRun, lease: leases.Lease | None = None) -> None:
         self.run_id = run.pk
         self.epochs = run.epochs
         self.checkpoint = f"runs/{run.pk}/{selectors.CHECKPOINT_NAME}"
+        self.lease = lease
         self._last_beat = time.monotonic()
+
+    def _mine(self):
+        runs = TrainingRun.objects.filter(pk=self.run_id)
+        return runs.filter(holder=self.lease.holder) if self.lease is not None else runs
+
+    def on_resume(self, epoch: int) -> None:
+        """The engine restored the checkpoint of ``epoch``: the open interruption resumed there."""
+        with transaction.atomic():
+            run = TrainingRun.objects.select_for_update().get(pk=self.run_id)
+            last = run.interruptions[-1] if run.interruptions else None
+            if last is not None and last["resumed_at"] and last["resumed_from_epoch"] is None:
+                last["resumed_from_epoch"] = epoch
+                run.save(update_fields=["interruptions"])
 
     def on_epoch_end(self, record) -> None:
         with transaction.atomic():
             _store_epoch(self.run_id, record)
-            TrainingRun.objects.filter(pk=self.run_id).update(
+            now = timezone.now()
+            updated = self._mine().update(
                 current_epoch=record.epoch,
                 progress=min(record.epoch / self.epochs, 1.0),
                 checkpoint=self.checkpoint,
-                heartbeat_at=timezone.now(),
+                heartbeat_at=now,
+                **({"lease_until": leases.expiry(now)} if self.lease is not None else {}),
             )
+            if not updated:
+                raise leases.LeaseLost(f"training run {self.run_id} is held by another worker")
         self._last_beat = time.monotonic()
 
     def should_stop(self) -> bool:
-        if time.monotonic() - self._last_beat > HEARTBEAT_SECONDS:
-            TrainingRun.objects.filter(pk=self.run_id).update(heartbeat_at=timezone.now())
-            self._last_beat = time.monotonic()
+        if self.lease is not None:
+            self.lease.check()
+            if self.lease.renews_here and (
+                time.monotonic() - self._last_beat > leases.LEASE.total_seconds() / 3
+            ):
+                self.lease.renew()
+                self._last_beat = time.monotonic()
+                self.lease.check()
         return TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
 
 
@@ -371,7 +494,7 @@ def _store_epoch(run_id: int, record) -> None:
     )
 
 
-def _train_and_report(run: TrainingRun) -> None:
+def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> None:
     from training.engine import train, train_mil
 
     data = build_training_data(run)
@@ -390,17 +513,19 @@ def _train_and_report(run: TrainingRun) -> None:
         votes=data.votes,
         init_posteriors=data.init_posteriors,
         init_confusions=data.init_confusions,
-        callbacks=RunProgress(run),
+        callbacks=RunProgress(run, lease),
         resume_from=resume_from,
     )
     if result.cancelled:
         with transaction.atomic():
+            _still_held(run.pk, lease)
             for record in result.history:
                 _store_epoch(run.pk, record)
             _finish(run.pk, Status.CANCELLED, device=result.device)
         return
     report = _build_report(run, data, result)
     with transaction.atomic():
+        _still_held(run.pk, lease)
         for record in result.history:  # epochs restored from a checkpoint may lack their row
             _store_epoch(run.pk, record)
         _store_report(run, report)
@@ -413,6 +538,14 @@ def _train_and_report(run: TrainingRun) -> None:
             checkpoint=f"runs/{run.pk}/{selectors.CHECKPOINT_NAME}",
             annotator_reliability=report["reliability"],
         )
+
+
+def _still_held(run_id: int, lease: leases.Lease | None) -> None:
+    """Lock the run for the final write, or raise LeaseLost if another worker took it over."""
+    if lease is None:
+        return
+    if not TrainingRun.objects.select_for_update().filter(pk=run_id, holder=lease.holder).exists():
+        raise leases.LeaseLost(f"training run {run_id} is held by another worker")
 
 
 def _build_report(run: TrainingRun, data: TrainingData, result) -> dict[str, Any]:

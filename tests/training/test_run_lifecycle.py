@@ -1,7 +1,13 @@
-"""A run from queued to its report, cancelled, failed, killed and resumed; the task runs eagerly."""
+"""A run from queued to its report, cancelled, failed, killed and resumed, taken over from a dead
+worker or swept when none took it up; the task runs eagerly."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from datetime import timedelta
 from unittest import mock
 
@@ -10,9 +16,9 @@ from django.utils import timezone
 
 from labeling.models import AggregationRun, WorkerReliability
 from tests.training.test_runs import TINY, make_training_set, new_run
-from training import selectors, services
+from training import leases, selectors, services
 from training.models import EpochMetric, Evaluation, Prediction, TrainingRun
-from training.tasks import run_training
+from training.tasks import run_training, sweep_training_runs
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -156,56 +162,176 @@ class WorkerKilled(BaseException):
     """Stands for SIGKILL: nothing in the worker gets to record it."""
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(project, monkeypatch):
+def _kill_at_epoch_end(monkeypatch, epoch: int) -> None:
+    """Kill the worker once ``epoch``'s checkpoint is on disk but before the run records it."""
+    original = services.RunProgress.on_epoch_end
+
+    def on_epoch_end(self, record):
+        if record.epoch == epoch:
+            raise WorkerKilled
+        original(self, record)
+
+    monkeypatch.setattr(services.RunProgress, "on_epoch_end", on_epoch_end)
+
+
+def test_a_redelivered_run_whose_worker_died_resumes_from_its_checkpoint(project, monkeypatch):
     make_training_set(project)
-    run = new_run(project, epochs=2)
-
-    def die_after_first_epoch(run_id, epoch):
-        raise WorkerKilled
-
-    _watch_epochs(monkeypatch, after=die_after_first_epoch)
+    run = new_run(project, epochs=3)
+    _kill_at_epoch_end(monkeypatch, 2)
     with pytest.raises(WorkerKilled):
         run_training.apply(args=(run.pk,), throw=True)
     run.refresh_from_db()
-    assert run.status == "running" and selectors.checkpoint_file(run) is not None
+    assert (run.status, run.current_epoch) == ("running", 1)
+    assert run.holder == leases.this_process() and run.holder_name.endswith(f"pid {os.getpid()}")
     monkeypatch.undo()
 
-    # the broker redelivers while the heartbeat is fresh: a live worker may hold it, so wait
-    run_training.apply(args=(run.pk,))
-    assert TrainingRun.objects.get(pk=run.pk).status == "running"
-
-    TrainingRun.objects.filter(pk=run.pk).update(
-        heartbeat_at=timezone.now() - services.STALE_AFTER - timedelta(seconds=1)
-    )
+    # the broker redelivers at once; the holder (this process) no longer trains the run
     trained = _watch_epochs(monkeypatch)
     run_training.apply(args=(run.pk,))
     run.refresh_from_db()
     assert run.status == "succeeded", run.failure_reason
-    assert trained == [(2, "running")]  # epoch 1 came from the checkpoint
-    assert list(EpochMetric.objects.filter(run=run).values_list("epoch", flat=True)) == [1, 2]
-    assert run.current_epoch == 2
+    assert trained == [(3, "running")]  # epochs 1 and 2 came from the checkpoint
+    assert list(EpochMetric.objects.filter(run=run).values_list("epoch", flat=True)) == [1, 2, 3]
+    assert run.current_epoch == 3
+    [interruption] = run.interruptions
+    assert interruption["epoch"] == 1  # what the run had recorded when its worker died
+    assert interruption["resumed_from_epoch"] == 2  # the checkpoint on disk was one ahead
+    assert interruption["resumed_at"] and interruption["worker"] == interruption["resumed_by"]
 
 
-def test_a_stale_run_is_failed_then_resumed_on_request(project, monkeypatch):
+def _sleeper():
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    return process, f"{socket.gethostname()}/{process.pid}/{leases.process_start(process.pid)}"
+
+
+def test_a_live_holder_on_this_host_keeps_its_run_until_its_process_dies(project):
+    make_training_set(project)
+    process, holder = _sleeper()
+    try:
+        run = new_run(
+            project, epochs=1, status="running", holder=holder, holder_name="other pid 1",
+            heartbeat_at=timezone.now(), lease_until=timezone.now() + timedelta(seconds=30),
+        )
+        assert leases.holder_alive(run) is True
+        run_training.apply(args=(run.pk,))  # a duplicate delivery
+        run.refresh_from_db()
+        assert (run.status, run.holder, run.interruptions) == ("running", holder, [])
+    finally:
+        process.kill()
+        process.wait()
+    # its lease still runs, but the process is gone: the next delivery takes over at once
+    assert leases.holder_alive(run) is False
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.failure_reason
+    assert run.interruptions[0]["worker"] == "other pid 1"
+    assert run.interruptions[0]["resumed_from_epoch"] == 0  # no checkpoint: from scratch
+
+
+def test_a_reused_pid_is_not_the_holder(project):
+    run = new_run(project, status="running", lease_until=timezone.now() + timedelta(seconds=30))
+    run.holder = f"{socket.gethostname()}/{os.getpid()}/1"  # this pid, another process start
+    assert leases.holder_alive(run) is False
+    run.holder = leases.this_process()  # this process, which does not train the run
+    assert leases.holder_alive(run) is False
+
+
+def test_a_holder_on_another_host_is_waited_for_until_its_lease_ends(project, monkeypatch):
+    make_training_set(project)
+    soon = timezone.now() + timedelta(seconds=1)
+    run = new_run(
+        project, epochs=1, status="running", holder="elsewhere/42/4242", holder_name="gpu-2 pid 42",
+        heartbeat_at=timezone.now(), lease_until=soon,
+    )
+    assert leases.holder_alive(run) is None
+    waits, sleep = [], time.sleep
+    monkeypatch.setattr(services.time, "sleep", lambda seconds: waits.append(seconds) or
+                        sleep(seconds))
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    assert len(waits) == 1 and waits[0] <= 2.0
+    assert run.status == "succeeded" and run.interruptions[0]["worker"] == "gpu-2 pid 42"
+
+
+def test_a_holder_on_another_host_that_renews_its_lease_keeps_the_run(project, monkeypatch):
+    run = new_run(
+        project, status="running", holder="elsewhere/42/4242", heartbeat_at=timezone.now(),
+        lease_until=timezone.now() + timedelta(seconds=1),
+    )
+
+    def holder_renews(seconds):
+        TrainingRun.objects.filter(pk=run.pk).update(
+            lease_until=timezone.now() + timedelta(seconds=30)
+        )
+
+    monkeypatch.setattr(services.time, "sleep", holder_renews)
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    assert (run.status, run.holder, run.interruptions) == ("running", "elsewhere/42/4242", [])
+
+
+def test_a_worker_that_was_taken_over_stops_without_writing(project, monkeypatch):
+    make_training_set(project)
+    run = new_run(project, epochs=3)
+
+    def another_worker_takes_over(run_id, epoch):
+        TrainingRun.objects.filter(pk=run_id).update(holder="elsewhere/7/77")
+
+    _watch_epochs(monkeypatch, after=another_worker_takes_over)
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    # the taken-over worker neither finished, failed nor recorded the epoch it was in
+    assert (run.status, run.holder, run.failure_reason) == ("running", "elsewhere/7/77", "")
+    assert run.current_epoch == 0 and not run.epoch_metrics.exists()
+
+
+def test_a_run_its_dead_worker_left_is_swept_to_failed_then_resumed(project, monkeypatch):
     make_training_set(project)
     run = new_run(project, epochs=2)
-    monkeypatch.setattr(
-        services.RunProgress, "on_epoch_end",
-        lambda self, record: (_ for _ in ()).throw(WorkerKilled()),
-    )
+    _kill_at_epoch_end(monkeypatch, 2)
     with pytest.raises(WorkerKilled):
         run_training.apply(args=(run.pk,), throw=True)
     monkeypatch.undo()
-    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(days=1))
-    run = services.fail_if_worker_gone(TrainingRun.objects.get(pk=run.pk))
-    assert run.status == "failed" and "the worker running it stopped" in run.failure_reason
-    assert "resume it from its checkpoint" in run.failure_reason
+    assert services.sweep_runs() == []  # dead, but a redelivery may still take it up
+    TrainingRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now() - services.STALE_AFTER - timedelta(seconds=1)
+    )
+    assert services.sweep_runs() == [run.pk]
+    run.refresh_from_db()
+    assert run.status == "failed" and run.finished_at is not None
+    assert run.failure_reason.startswith("the worker running it stopped (no sign of life since")
+    assert f"from {run.holder_name}, at epoch 1) and no worker took the run up again" in (
+        run.failure_reason
+    )
+    assert "resume it from its checkpoint after epoch 1" in run.failure_reason
+    assert run.interruptions[0]["resumed_at"] is None
+    run_training.apply(args=(run.pk,))  # a late redelivery leaves the failed run alone
+    assert TrainingRun.objects.get(pk=run.pk).status == "failed"
+
     with mock.patch("training.tasks.run_training.apply_async") as apply_async:
         services.resume_run(run)  # the test's transaction never commits: dispatch by hand
     assert not apply_async.called
     run_training.apply(args=(run.pk,))
     run.refresh_from_db()
     assert run.status == "succeeded" and run.epoch_metrics.count() == 2
+    [interruption] = run.interruptions
+    assert interruption["resumed_at"] and interruption["resumed_from_epoch"] == 2
+
+
+def test_the_sweep_task_leaves_live_and_queued_runs_alone(project):
+    process, holder = _sleeper()
+    long_ago = timezone.now() - services.STALE_AFTER - timedelta(minutes=1)
+    try:
+        live = new_run(project, status="running", holder=holder, heartbeat_at=timezone.now(),
+                       lease_until=timezone.now() + timedelta(seconds=30))
+        queued = new_run(project, status="queued", created_at=long_ago)
+        legacy = new_run(project, status="running", heartbeat_at=long_ago)  # from before holders
+        assert sweep_training_runs.apply().get() == [legacy.pk]
+    finally:
+        process.kill()
+        process.wait()
+    assert TrainingRun.objects.get(pk=live.pk).status == "running"
+    assert TrainingRun.objects.get(pk=queued.pk).status == "queued"
 
 
 def test_the_default_backbone_with_packaged_imagenet_weights(project, settings, tmp_path):
@@ -218,3 +344,23 @@ def test_the_default_backbone_with_packaged_imagenet_weights(project, settings, 
     run.refresh_from_db()
     assert run.status == "succeeded", run.failure_reason
     assert list((tmp_path / "cache" / "weights").glob("tf_efficientnet_lite0*.safetensors"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_thread_renews_until_released_and_notices_a_takeover(project, monkeypatch):
+    monkeypatch.setattr(leases, "LEASE", timedelta(seconds=0.6))
+    holder = leases.this_process()
+    start = timezone.now()
+    run = new_run(project, status="running", holder=holder, lease_until=start)
+    with leases.Lease(run.pk, holder) as lease:
+        assert not lease.renews_here and leases.holder_alive(run) is True
+        deadline = time.monotonic() + 10
+        while TrainingRun.objects.get(pk=run.pk).lease_until == start:
+            assert time.monotonic() < deadline, "the lease was never renewed"
+            time.sleep(0.05)
+        TrainingRun.objects.filter(pk=run.pk).update(holder="elsewhere/1/1")
+        assert lease.lost.wait(10)
+        with pytest.raises(leases.LeaseLost):
+            lease.check()
+    run.lease_until = timezone.now() + timedelta(seconds=30)
+    assert leases.holder_alive(run) is False  # released: this process trains it no more

@@ -388,6 +388,8 @@ def train_mil(
             resumed, model, optimizer, scheduler, scaler, crowd_layer
         )
     stop_requested = stop_check(callbacks)
+    if resumed is not None and hasattr(callbacks, "on_resume"):
+        callbacks.on_resume(start_epoch)
 
     def result(status: Literal["completed", "cancelled"], model_path: Path | None) -> MILResult:
         probabilities, attention = (

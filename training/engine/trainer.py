@@ -131,13 +131,16 @@ class EpochRecord:
 
 
 class TrainingCallbacks(Protocol):
-    """What the caller plugs in. Both methods are optional on the object passed to train()."""
+    """What the caller plugs in. Every method is optional on the object passed to train()."""
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         """Called after each epoch, once its checkpoint is on disk."""
 
     def should_stop(self) -> bool:
         """Polled before each epoch and every ``cancel_check_every`` batches."""
+
+    def on_resume(self, epoch: int) -> None:
+        """Called once when training continues from the checkpoint written after ``epoch``."""
 
 
 @dataclass
@@ -249,6 +252,8 @@ def train(
             train_dataset.set_targets(aggnet.posteriors_)
         _restore_rng(resumed["rng"])
     stop_requested = stop_check(callbacks)
+    if resumed is not None and hasattr(callbacks, "on_resume"):
+        callbacks.on_resume(start_epoch)
 
     def result(
         status: Literal["completed", "cancelled"], model_path: Path | None
