@@ -1,13 +1,15 @@
 """Server-side SVG charts for the dashboard, drawn with matplotlib's object API (no pyplot: no
 global figure state, safe in threaded web servers). Each function returns an ``<svg>`` element
 ready to inline in a page; an empty data set gives a chart that says so rather than nothing.
+The look (palette, font, sizes) is the one a training run's report plots share:
+``training.engine.chart_style``.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
-from functools import wraps
 from html import escape
 
 import matplotlib
@@ -17,31 +19,18 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-ACCENT = "#2f6fde"
-SECOND = "#e07b39"
-PALETTE = ["#2f6fde", "#e07b39", "#1a7f37", "#9c27b0", "#c62828", "#00838f", "#6d4c41"]
+from training.engine.chart_style import ACCENT, MUTED, PALETTE, REFERENCE, SECOND, styled  # noqa: E402
 
 
 def _figure(width: float = 4.8, height: float = 2.8) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return fig
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def _chart(name: str):
-    """Draw under local settings, never the process-wide rcParams. Several charts share a
-    page: a per-chart salt keeps their internal element ids distinct, and text stays text
-    (smaller, selectable, findable by tests)."""
-
-    def decorator(func):
-        @wraps(func)
-        def wrapped(*args, **kwargs) -> str:
-            style = {"font.size": 8, "svg.hashsalt": f"quorum-{name}", "svg.fonttype": "none"}
-            with matplotlib.rc_context(style):
-                return func(*args, **kwargs)
-
-        return wrapped
-
-    return decorator
+    """The house style, plus: several charts share a page, so a per-chart salt keeps their
+    internal element ids distinct, and text stays text (smaller, selectable, findable by
+    tests)."""
+    return styled(**{"svg.hashsalt": f"quorum-{name}", "svg.fonttype": "none"})
 
 
 def _to_svg(fig: Figure, name: str) -> str:
@@ -60,7 +49,7 @@ def _mark_data(artists) -> None:
 
 
 def _empty(ax, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", color="#667085", transform=ax.transAxes)
+    ax.text(0.5, 0.5, message, ha="center", va="center", color=MUTED, transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -81,33 +70,37 @@ def votes_histogram(rows: Sequence[dict]) -> str:
         ax.set_ylabel("items")
     else:
         _empty(ax, "No items yet")
-    ax.set_title("Votes per item", fontsize=10)
+    ax.set_title("Votes per item")
     return _to_svg(fig, "votes-per-item")
 
 
 @_chart("agreement")
-def agreement_over_time(rows: Sequence[dict]) -> str:
-    """Lines: Fleiss' kappa and Krippendorff's alpha of each aggregation run, in run order."""
+def agreement_over_time(points: Sequence[dict]) -> str:
+    """Lines: Fleiss' kappa and Krippendorff's alpha of the votes cast up to each point
+    (``reports.agreement_series``), against the number of votes cast."""
     fig = _figure()
     ax = fig.add_subplot()
-    if rows:
-        x = list(range(1, len(rows) + 1))
-        for key, label, color in (
-            ("fleiss_kappa", "Fleiss' κ", ACCENT),
-            ("krippendorff_alpha", "Krippendorff's α", SECOND),
-        ):
-            points = [(i, r[key]) for i, r in zip(x, rows, strict=True) if r[key] is not None]
-            if points:
-                lines = ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=label, color=color)
-                _mark_data(lines)
-        ax.set_xlabel("aggregation run")
+    drawn = []
+    for key, label, color in (
+        ("fleiss_kappa", "Fleiss' κ", ACCENT),
+        ("krippendorff_alpha", "Krippendorff's α", SECOND),
+    ):
+        xy = [(p["votes"], p[key]) for p in points if p[key] is not None]
+        if xy:
+            drawn += ax.plot(*zip(*xy, strict=True), marker="o", ms=3, label=label, color=color)
+    if drawn:
+        _mark_data(drawn)
+        values = [p[k] for p in points for k in ("fleiss_kappa", "krippendorff_alpha")]
+        ax.set_ylim(min(0.0, *(v for v in values if v is not None)) - 0.05, 1.05)
+        ax.set_xlim(0, points[-1]["votes"] * 1.03)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(min(0.0, *(r["fleiss_kappa"] or 0 for r in rows)) - 0.05, 1.05)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(alpha=0.3)
+        ax.set_xlabel("votes cast")
+        ax.set_ylabel("agreement")
+        ax.legend(loc="lower right")
+        ax.grid(True)
     else:
-        _empty(ax, "No aggregation run yet")
-    ax.set_title("Agreement over time", fontsize=10)
+        _empty(ax, "No item has two votes yet" if points else "No votes yet")
+    ax.set_title("Agreement as votes came in")
     return _to_svg(fig, "agreement")
 
 
@@ -132,40 +125,52 @@ def method_accuracy(scores: Sequence[dict]) -> str:
         ax.set_xlabel("accuracy on the expert hold-out (95% CI)")
     else:
         _empty(ax, "No hold-out item has both a consensus and an expert label")
-    ax.set_title("Methods vs experts", fontsize=10)
+    ax.set_title("Methods vs experts")
     return _to_svg(fig, "methods")
+
+
+CALIBRATION_COLUMNS = 4
 
 
 @_chart("calibration")
 def calibration(scores: Sequence[dict]) -> str:
-    """Reliability diagram: mean posterior confidence vs observed accuracy per bin, per method."""
-    fig = _figure(4.2, 3.4)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="perfectly calibrated")
-    drawn = False
-    for i, s in enumerate(scores):
+    """Reliability diagrams, one small panel per method (seven lines on one axes could not be
+    told apart): mean posterior confidence against accuracy on the hold-out per bin, each dot
+    sized by its bin's items, against the diagonal of perfect calibration."""
+    scored = [s for s in scores if s["calibration"]]
+    if not scored:
+        fig = _figure(4.2, 2.8)
+        ax = fig.add_subplot()
+        _empty(ax, "No hold-out item scored yet")
+        ax.set_title("Calibration")
+        return _to_svg(fig, "calibration")
+    columns = min(CALIBRATION_COLUMNS, len(scored))
+    rows = math.ceil(len(scored) / columns)
+    fig = _figure(1.55 * columns + 0.5, 1.6 * rows + 0.6)
+    axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    most = max(b["n"] for s in scored for b in s["calibration"])
+    for i, (ax, s) in enumerate(zip(axes, scored, strict=False)):
         bins = s["calibration"]
-        if not bins:
-            continue
-        drawn = True
-        lines = ax.plot(
-            [b["confidence"] for b in bins],
-            [b["accuracy"] for b in bins],
-            marker="o",
-            ms=3,
-            color=PALETTE[i % len(PALETTE)],
-            label=s["method"],
+        ax.plot([0, 1], [0, 1], ls="--", color=REFERENCE, lw=1)
+        confidence = [b["confidence"] for b in bins]
+        accuracy = [b["accuracy"] for b in bins]
+        color = PALETTE[i % len(PALETTE)]
+        line = ax.plot(confidence, accuracy, color=color, lw=1.2)
+        dots = ax.scatter(
+            confidence, accuracy, s=[8 + 40 * b["n"] / most for b in bins], color=color, zorder=3
         )
-        _mark_data(lines)
-    if not drawn:
-        ax.text(0.5, 0.55, "No hold-out item scored yet", ha="center", color="#667085")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("posterior confidence")
-    ax.set_ylabel("accuracy on the hold-out")
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3)
-    ax.set_title("Calibration", fontsize=10)
+        _mark_data([*line, dots])
+        ax.set_title(f"{s['method']} (n={s['n']})", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_yticks([0, 0.5, 1])
+        ax.grid(True)
+    for ax in axes[len(scored) :]:
+        ax.set_visible(False)
+    fig.supxlabel("posterior confidence", fontsize=8)
+    fig.supylabel("accuracy on the hold-out", fontsize=8)
+    fig.suptitle("Calibration per method", fontsize=10, fontweight="bold")
     return _to_svg(fig, "calibration")
 
 

@@ -11,13 +11,17 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from django.db.models import Count, Q
 
+from labeling.aggregation.agreement import fleiss_kappa, krippendorff_alpha
 from labeling.exports import worker_pseudonym
 from labeling.models import ConsensusLabel, Item, Membership, Project, Vote, WorkerReliability
 from labeling.services.review import holdout_agreement, holdout_disputes, latest_runs, review_queue
 
 CALIBRATION_BINS = 10
+# Points of the agreement-over-time series.
+AGREEMENT_POINTS = 20
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -141,6 +145,50 @@ def agreement_history(project: Project) -> list[dict]:
     ]
 
 
+def _coefficient(func, counts: np.ndarray) -> float | None:
+    try:
+        value = float(func(counts))
+    except ValueError:
+        return None  # no item with two votes yet: undefined, not zero
+    return value if math.isfinite(value) else None
+
+
+def agreement_series(project: Project, points: int = AGREEMENT_POINTS) -> list[dict]:
+    """Fleiss' kappa and Krippendorff's alpha of the counted votes cast up to each of ``points``
+    moments, evenly spaced in votes, oldest first.
+
+    Computed from the votes themselves rather than from the aggregation runs: the runs of one
+    aggregation (every method on the same votes) share one value, so a seeded project's seven
+    runs drew a flat line, and a project between runs showed nothing new.
+    """
+    rows = list(
+        Vote.objects.filter(project=project, kind=Vote.Kind.LABEL, is_excluded=False)
+        .order_by("created_at", "id")
+        .values_list("item_id", "label_id", "created_at")
+    )
+    if not rows:
+        return []
+    class_ids = project.label_classes.order_by("index").values_list("id", flat=True)
+    class_index = {cid: i for i, cid in enumerate(class_ids)}
+    items, item_codes = np.unique([r[0] for r in rows], return_inverse=True)
+    labels = np.array([class_index[r[1]] for r in rows], dtype=np.int64)
+    k = len(class_index)
+    cells = item_codes * k + labels
+    n = len(rows)
+    series = []
+    for cut in sorted({max(1, round(n * (p + 1) / points)) for p in range(points)}):
+        counts = np.bincount(cells[:cut], minlength=len(items) * k).reshape(len(items), k)
+        series.append(
+            {
+                "votes": cut,
+                "at": rows[cut - 1][2],
+                "fleiss_kappa": _coefficient(fleiss_kappa, counts),
+                "krippendorff_alpha": _coefficient(krippendorff_alpha, counts),
+            }
+        )
+    return series
+
+
 def annotators(project: Project) -> list[dict]:
     """One row per crowd member or voter: votes, gold accuracy, and the estimated accuracy and
     confusion matrix of the default method's latest run."""
@@ -197,6 +245,7 @@ def dashboard(project: Project) -> dict:
         "default_method": project.default_method,
         "progress": progress(project),
         "agreement": agreement_history(project),
+        "agreement_series": agreement_series(project),
         "expert_agreement": {
             "n_items": agreement.n_items,
             "observed": agreement.observed,

@@ -26,7 +26,7 @@ def dashboard(request: HttpRequest, project: Project) -> HttpResponse:
         row["heatmap"] = mark_safe(charts.confusion_heatmap(row["confusion"], classes))
     svg = {
         "votes": charts.votes_histogram(data["progress"]["votes_per_item"]),
-        "agreement": charts.agreement_over_time(data["agreement"]),
+        "agreement": charts.agreement_over_time(data["agreement_series"]),
         "methods": charts.method_accuracy(data["methods"]),
         "calibration": charts.calibration(data["methods"]),
     }

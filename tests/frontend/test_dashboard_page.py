@@ -30,6 +30,13 @@ def test_dashboard_charts_and_blocking(
         assert svg.locator("g[id^=data-] path").count() >= 1, name
         figure.screenshot(path=str(artifacts_dir / f"dashboard_chart_{name}.png"))
     assert "No " not in page.inner_text("[data-testid=chart-methods]")
+    # Calibration: one panel per method, not seven lines on one axes.
+    calibration = page.locator("[data-testid=chart-calibration] svg").text_content()
+    assert "dawid_skene (n=4)" in calibration and "majority_vote (n=4)" in calibration
+    # Agreement from the vote history: a point per share of the 30 votes, not one per run.
+    assert page.locator("[data-testid=chart-agreement] g[id^=data-]").count() == 2  # κ and α
+    assert "votes cast" in page.locator("[data-testid=chart-agreement] svg").text_content()
+    page.locator("[data-testid=methods]").screenshot(path=str(artifacts_dir / "dashboard_methods.png"))
     methods = page.inner_text("[data-testid=methods] table")
     assert "dawid_skene" in methods and "0.750" in methods and "1.000" in methods
     heatmaps = page.locator("[data-testid=annotators] svg[data-chart=confusion]")

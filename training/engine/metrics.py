@@ -24,6 +24,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from training.engine.chart_style import GOOD, REFERENCE, styled
+
 __all__ = [
     "EvaluationReport",
     "evaluate",
@@ -161,6 +163,7 @@ def _figure(width: float = 4.5, height: float = 4.0) -> Any:
     return Figure(figsize=(width, height))
 
 
+@styled
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str]
 ) -> bytes:
@@ -188,6 +191,7 @@ def plot_confusion_matrix(
     return _png(figure)
 
 
+@styled
 def plot_roc_curves(
     y_true: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
 ) -> bytes:
@@ -203,7 +207,7 @@ def plot_roc_curves(
         fpr, tpr, _ = roc_curve(positives, probabilities[:, k])
         auc = roc_auc_score(positives, probabilities[:, k])
         axes.plot(fpr, tpr, label=f"{class_names[k]} (AUC {auc:.3f})")
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes.plot([0, 1], [0, 1], linestyle="--", color=REFERENCE, linewidth=1)
     axes.set_xlabel("false positive rate")
     axes.set_ylabel("true positive rate")
     axes.set_xlim(0, 1)
@@ -213,6 +217,7 @@ def plot_roc_curves(
     return _png(figure)
 
 
+@styled
 def plot_reliability_diagram(
     y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = 15
 ) -> bytes:
@@ -227,8 +232,8 @@ def plot_reliability_diagram(
     )
     figure = _figure()
     axes = figure.add_subplot()
-    axes.bar(centres, accuracy, width=1 / n_bins, edgecolor="black", label="accuracy")
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axes.bar(centres, accuracy, width=1 / n_bins, edgecolor="white", label="accuracy")
+    axes.plot([0, 1], [0, 1], linestyle="--", color=REFERENCE, label="perfect calibration")
     axes.set_xlabel("confidence")
     axes.set_ylabel("accuracy")
     axes.set_xlim(0, 1)
@@ -239,6 +244,7 @@ def plot_reliability_diagram(
     return _png(figure)
 
 
+@styled
 def plot_training_curves(history: Sequence[Any]) -> bytes:
     """Train/hold-out loss and hold-out accuracy per epoch.
 
@@ -259,7 +265,7 @@ def plot_training_curves(history: Sequence[Any]) -> bytes:
     loss_axes.legend(fontsize="small")
     accuracy = [row.get("holdout_accuracy") for row in rows]
     accuracy_axes.plot(
-        epochs, [np.nan if v is None else v for v in accuracy], marker="o", color="tab:green"
+        epochs, [np.nan if v is None else v for v in accuracy], marker="o", color=GOOD
     )
     accuracy_axes.set_xlabel("epoch")
     accuracy_axes.set_ylabel("hold-out accuracy")

@@ -62,7 +62,7 @@
     const losses = rows.flatMap((r) => [r.train_loss, r.holdout_loss]).filter((v) => v !== null);
     lineChart(document.getElementById("loss-chart"), [
       { name: "train", color: "#2f6fde", points: rows.map((r) => [r.epoch, r.train_loss]) },
-      { name: "hold-out", color: "#e07b00", points: rows.map((r) => [r.epoch, r.holdout_loss]) },
+      { name: "hold-out", color: "#e07b39", points: rows.map((r) => [r.epoch, r.holdout_loss]) },
     ], epochs, 0, Math.max(...losses) * 1.1 || 1);
     lineChart(document.getElementById("accuracy-chart"), [
       { name: "hold-out", color: "#1a7f37", points: rows.map((r) => [r.epoch, r.holdout_accuracy]) },
