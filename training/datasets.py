@@ -57,6 +57,11 @@ def item_image(item: Item) -> np.ndarray | str:
     storage has no path, so its bytes are decoded here.
     """
     stored = item.array if item.array else item.image
+    stack = (item.metadata or {}).get("stack")
+    if stack and item.array:
+        # A stack (frames x H x W) trains on the slice its rendering shows: the engine is 2-D.
+        with stored.open("rb") as handle:
+            return np.load(io.BytesIO(handle.read()), allow_pickle=False)[stack["shown"]]
     try:
         return stored.path
     except NotImplementedError:

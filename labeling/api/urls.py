@@ -22,6 +22,7 @@ urlpatterns = [
     ),
     path("items/<int:item_id>/image/", media.ItemImageView.as_view(), name="item-image"),
     path("items/<int:item_id>/thumbnail/", media.ItemThumbnailView.as_view(), name="item-thumbnail"),
+    path("items/<int:item_id>/pixels/", media.ItemPixelsView.as_view(), name="item-pixels"),
     path(
         "projects/<int:project_id>/aggregations/",
         aggregation.ProjectAggregationsView.as_view(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -60,3 +60,28 @@ def content_hash(pixels: np.ndarray, frame_index: int | None = None) -> str:
         digest.update(f"frame={frame_index}|".encode())
     digest.update(array.data)
     return digest.hexdigest()
+
+
+def stack_frames(decoded: DecodedFile) -> DecodedFile:
+    """The frames of one grayscale file as ONE item: a stack read slice by slice.
+
+    The item's ``array`` holds every slice (frames x rows x columns, full precision), its
+    rendering and thumbnail show the middle slice, and ``metadata["stack"]`` says how many
+    slices there are and which one the rendering shows. The content hash covers the whole
+    stack. A single frame, or colour frames, are left as they are.
+    """
+    frames = decoded.frames
+    if len(frames) < 2 or decoded.channels != 1:
+        return decoded
+    shown = len(frames) // 2
+    volume = np.stack(
+        [f.array if f.array is not None else f.display.astype(np.float32) for f in frames]
+    ).astype(np.float32, copy=False)
+    stack = Frame(
+        pixels=np.stack([f.pixels for f in frames]),
+        display=frames[shown].display,
+        array=volume,
+        frame_index=0,
+    )
+    metadata = {**decoded.metadata, "stack": {"slices": len(frames), "shown": shown}}
+    return replace(decoded, frames=[stack], metadata=metadata, hash_frame_index=False)

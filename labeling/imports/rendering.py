@@ -66,3 +66,63 @@ def encode_npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+def viewer_pixels(
+    array: np.ndarray, *, window: dict | None = None, unit: str = "", invert: bool = False,
+    slices: int = 0,
+) -> tuple[bytes, dict]:
+    """The stored full-precision pixels as the browser viewer reads them.
+
+    Returns little-endian raw bytes (C order: frames, rows, columns[, 3]) and their layout:
+    ``dtype`` (``uint8``, ``int16``, ``uint16`` or ``float32``), ``frames``, ``height``,
+    ``width``, ``channels``, the value ``range``, the default ``window`` (centre and width in
+    the stored units: the one the rendering used, else the full range), ``unit`` and ``invert``
+    (MONOCHROME1). Whole numbers are sent as 16-bit integers, half the bytes of float32.
+    """
+    values = np.asarray(array)
+    if slices and values.ndim >= 3:
+        frames = values.shape[0]
+    else:
+        frames = 1
+        values = values[np.newaxis]
+    height, width = values.shape[1], values.shape[2]
+    channels = values.shape[3] if values.ndim == 4 else 1
+    values = _compact(values)
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    low = float(finite.min()) if finite.size else 0.0
+    high = float(finite.max()) if finite.size else 0.0
+    if window and window.get("width"):
+        default = {"center": float(window["center"]), "width": float(window["width"])}
+    else:
+        # The full range, in the form window_to_uint8 maps end to end.
+        default = {"center": (low + high + 1) / 2, "width": max(1.0, high - low + 1)}
+    layout = {
+        "dtype": values.dtype.name,
+        "frames": int(frames),
+        "height": int(height),
+        "width": int(width),
+        "channels": int(channels),
+        "range": [low, high],
+        "window": default,
+        "unit": unit,
+        "invert": bool(invert),
+    }
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes(), layout
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """The smallest of uint8, int16, uint16 that holds whole-number values exactly; else float32."""
+    if values.dtype in (np.uint8, np.int16, np.uint16):
+        return values
+    as_float = values.astype(np.float32, copy=False)
+    if values.size == 0 or not np.all(np.isfinite(as_float)):
+        return as_float
+    low, high = float(as_float.min()), float(as_float.max())
+    if not np.array_equal(np.rint(as_float), as_float):
+        return as_float
+    for dtype in (np.uint8, np.int16, np.uint16):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return as_float.astype(dtype)
+    return as_float

@@ -36,6 +36,7 @@ from labeling.imports.archives import (
     is_zip,
     zip_sources,
 )
+from labeling.imports.frames import stack_frames
 from labeling.imports.labels import LabelFileError, parse_label_csv, resolve_labels
 from labeling.imports.rendering import encode_image, encode_npy, encode_thumbnail
 from labeling.models import ExpertLabel, ImportBatch, Item, LabelClass, Project
@@ -118,6 +119,7 @@ class _Run:
     uid_key: bytes
     report: list[dict] = field(default_factory=list)
     labels_by_basename: dict[str, str] = field(default_factory=dict)
+    stack: bool = False
 
 
 def import_path(project: Project, path: str | Path, **options: Any) -> ImportBatch:
@@ -139,13 +141,15 @@ def import_files(
     labels: LabelsInput | None = None,
     seed: int | None = None,
     progress: ProgressCallback | None = None,
+    stack: bool = False,
 ) -> ImportBatch:
     """Import files into ``project`` and return the batch with its per-file report.
 
     ``sources`` may hold :class:`SourceFile`, paths, ``(name, bytes)`` pairs, or uploaded files
     (anything with ``name`` and ``read()``); .zip files among them are opened and their entries imported. ``labels``
     (see :data:`LabelsInput`) are checked before anything is written. ``seed`` makes the
-    hold-out draw reproducible.
+    hold-out draw reproducible. ``stack`` imports each multi-frame grayscale file as one item
+    whose slices the viewer scrolls (see :func:`stack_frames`) instead of one item per frame.
 
     In the batch, ``n_imported`` counts the items created (a multi-frame DICOM file gives one
     per frame); ``n_duplicates`` and ``n_failed`` count files; ``n_labels`` counts the expert
@@ -167,6 +171,7 @@ def import_files(
             max_pixels=int(settings.QUORUM_MAX_IMAGE_PIXELS),
             max_bytes=max_bytes,
             uid_key=dicom_uid_key(),
+            stack=stack,
         )
         run.labels_by_basename = _by_basename(label_map)
         run.report.extend(early_failures)
@@ -265,6 +270,8 @@ def _import_one(run: _Run, source_file: SourceFile) -> dict:
             window_preset=run.project.window_preset,
             keep_original=run.project.keep_original_files,
         )
+        if run.stack:
+            decoded = stack_frames(decoded)
         _check_channels(run.project, decoded)
         return _store(run, name, decoded)
     except ImportFileError as exc:

@@ -39,3 +39,9 @@ class ImportUploadSerializer(serializers.Serializer):
         use_url=False,
         help_text="Optional CSV of known expert labels: filename,label (header optional).",
     )
+    stack = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="A multi-frame DICOM file becomes one item read slice by slice "
+        "(default: one item per frame).",
+    )

@@ -74,7 +74,8 @@ class ImportBatchViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         try:
             check_upload_sizes([*files, *([labels] if labels else [])])
             batch = import_files(self.get_project(), files, user=request.user,
-                                 source=ImportBatch.Source.API, labels=labels)
+                                 source=ImportBatch.Source.API, labels=labels,
+                                 stack=upload.validated_data["stack"])
         except ImportRefused as exc:
             return Response({"detail": str(exc)}, status=exc.status_code)
         if is_refused(batch):

@@ -21,6 +21,10 @@ class Command(BaseCommand):
         parser.add_argument("path", help="Folder (searched recursively), .zip archive or file.")
         parser.add_argument("--labels", help="CSV of known expert labels: filename,label.")
         parser.add_argument("--seed", type=int, default=None, help="Seed of the hold-out draw.")
+        parser.add_argument(
+            "--stack", action="store_true",
+            help="A multi-frame DICOM file becomes one item read slice by slice (default: an item per frame).",
+        )
         parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
     def handle(self, *args, **options) -> None:
@@ -45,7 +49,7 @@ class Command(BaseCommand):
             try:
                 batch = import_path(
                     project, path, source=ImportBatch.Source.COMMAND, labels=labels,
-                    seed=options["seed"], progress=progress,
+                    seed=options["seed"], progress=progress, stack=options["stack"],
                 )
             except ImportRefused as exc:
                 raise CommandError(str(exc)) from exc
