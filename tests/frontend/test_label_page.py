@@ -11,8 +11,11 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from PIL import Image, ImageDraw
 
+from labeling.imports.rendering import window_to_uint8
 from labeling.models import Assignment, Item, Vote
+from labeling.services.imports import import_files
 from tests.factories import ItemFactory, give_expert_answer
+from tests.labeling.test_dicom_import import dicom as dicom_file
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +59,35 @@ def wait_for_new_item(page, previous: int) -> int:
         arg=previous,
     )
     return shown_item(page)
+
+
+def wait_for_pixels(page, item: int | None = None) -> None:
+    """Wait until the viewer's canvas shows the pixels (of ``item`` when given)."""
+    page.wait_for_function(
+        "item => { const stage = document.querySelector('[data-testid=stage]');"
+        " const img = document.querySelector('[data-testid=item-image]');"
+        " return stage.dataset.pixels === 'ready' && (item === null || Number(img.dataset.item) === item); }",
+        arg=item,
+    )
+
+
+def canvas_sum(page) -> int:
+    return page.evaluate(
+        "() => { const c = document.querySelector('[data-testid=item-canvas]');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s; }"
+    )
+
+
+def canvas_gray(page) -> np.ndarray:
+    """The canvas as rows x columns of its red channel (gray images have R = G = B)."""
+    width, height, values = page.evaluate(
+        "() => { const c = document.querySelector('[data-testid=item-canvas]');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " const out = []; for (let i = 0; i < d.length; i += 4) out.push(d[i]);"
+        " return [c.width, c.height, out]; }"
+    )
+    return np.array(values, dtype=np.uint8).reshape(height, width)
 
 
 def votes_by(user) -> int:
@@ -105,16 +137,22 @@ def test_crowd_labels_by_keyboard_with_gold_feedback(
     page.screenshot(path=str(artifacts_dir / "label-page-1280x800.png"))
     assert third in {r.pk for r in regular}
 
-    # Zoom, pan and window/level, then reset: the viewer's state shows in the image transform.
-    image = page.locator("[data-testid=item-image]")
-    fitted = image.evaluate("img => img.style.transform")
+    # Zoom, pan and window/level, then reset: the viewer's state shows in the canvas transform
+    # and the window on screen (an 8-bit picture is windowed on its 0-255 values).
+    wait_for_pixels(page)
+    canvas = page.locator("[data-testid=item-canvas]")
+    fitted = canvas.evaluate("c => c.style.transform")
+    assert page.inner_text("[data-testid=window-readout]") == "W 256 · C 128"
+    before = canvas_sum(page)
     page.keyboard.press("+")
     page.keyboard.press("ArrowUp")
-    assert image.evaluate("img => img.style.transform") != fitted
-    assert "brightness(1.1)" in image.evaluate("img => img.style.filter")
+    assert canvas.evaluate("c => c.style.transform") != fitted
+    assert page.inner_text("[data-testid=window-readout]") == "W 256 · C 115.2"
+    assert canvas_sum(page) > before  # brighter
     page.keyboard.press("r")
-    assert image.evaluate("img => img.style.transform") == fitted
-    assert "brightness(1)" in image.evaluate("img => img.style.filter")
+    assert canvas.evaluate("c => c.style.transform") == fitted
+    assert page.inner_text("[data-testid=window-readout]") == "W 256 · C 128"
+    assert canvas_sum(page) == before
 
     # Regular items: a label, then undo it and answer again, then unsure and skip.
     page.keyboard.press("1")
@@ -164,8 +202,9 @@ def test_tablet_viewport_and_mouse_controls(project, crowd_user, new_page, login
     assert buttons["y"] >= stage["y"] + stage["height"] - 1
     assert buttons["y"] + buttons["height"] <= 1180
     page.screenshot(path=str(artifacts_dir / "label-page-tablet-820x1180.png"))
-    page.locator("[data-testid=brightness]").fill("1.5")
-    assert "brightness(1.5)" in page.locator("[data-testid=item-image]").evaluate("i => i.style.filter")
+    wait_for_pixels(page)
+    page.locator("[data-testid=window-center]").fill("100")
+    assert page.inner_text("[data-testid=window-readout]") == "W 256 · C 100"
     page.click("[data-testid=class-2]")
     wait_for_new_item(page, first)
     page.wait_for_function(
@@ -180,3 +219,97 @@ def test_label_page_roles(expert_page, crowd_page, anon_page, project, other_pro
     assert expert_page.get(f"/label/{project.id}/").status_code == 403
     assert crowd_page.get(f"/label/{other_project.id}/").status_code == 404
     assert anon_page.get(f"/label/{project.id}/").status_code == 302
+
+
+def test_ct_window_presets_hounsfield_readout_and_stack(
+    project, crowd_user, page, login, live_server, artifacts_dir, browser_errors
+):
+    """A CT slice windowed on its stored Hounsfield units, then a stack scrolled slice by slice."""
+    project.gold_rate = 0.0
+    project.save()
+    ct_batch = import_files(project, [("ct.dcm", dicom_file("CT_small.dcm"))])
+    stack_batch = import_files(project, [("mr.dcm", dicom_file("emri_small.dcm"))], stack=True)
+    ct = Item.objects.get(pk=ct_batch.report[0]["item_ids"][0])
+    stack = Item.objects.get(pk=stack_batch.report[0]["item_ids"][0])
+    hounsfield = np.load(io.BytesIO(ct.array.read()))
+    volume = np.load(io.BytesIO(stack.array.read()))
+
+    login(page, "crowd1")
+    page.goto(f"{live_server.url}/label/{project.id}/")
+    wait_for_pixels(page, ct.pk)
+    low, high = float(hounsfield.min()), float(hounsfield.max())
+    # The default window is the one the rendering used (here the full range), in HU.
+    readout = page.inner_text("[data-testid=window-readout]")
+    assert readout == f"W {high - low + 1:g} · C {(low + high + 1) / 2:g} HU"
+    assert np.array_equal(canvas_gray(page), window_to_uint8(hounsfield, (low + high + 1) / 2, high - low + 1))
+    assert page.locator("[data-testid=slice-readout]").is_hidden()
+
+    # A preset key: the numbers on screen and the canvas follow, computed from the HU values.
+    page.keyboard.press("l")
+    assert page.inner_text("[data-testid=window-readout]") == "W 1500 · C -600 HU · Lung"
+    assert page.inner_text("[data-testid=window-width-value]") == "1500 HU"
+    assert np.array_equal(canvas_gray(page), window_to_uint8(hounsfield, -600, 1500))
+    page.click("[data-testid=preset-bone]")
+    assert page.inner_text("[data-testid=window-readout]") == "W 1800 · C 400 HU · Bone"
+    assert np.array_equal(canvas_gray(page), window_to_uint8(hounsfield, 400, 1800))
+    page.keyboard.press("i")
+    assert np.array_equal(canvas_gray(page), 255 - window_to_uint8(hounsfield, 400, 1800))
+    page.keyboard.press("i")
+    page.keyboard.press("t")
+    assert page.inner_text("[data-testid=window-readout]") == "W 400 · C 40 HU · Soft tissue"
+
+    # The value under the cursor is the stored HU value of that pixel.
+    box = page.locator("[data-testid=item-canvas]").bounding_box()
+    for col, row in ((20, 30), (64, 64), (100, 7)):
+        page.mouse.move(box["x"] + (col + 0.5) * box["width"] / ct.width,
+                        box["y"] + (row + 0.5) * box["height"] / ct.height)
+        expected = f"x {col} y {row}: {int(hounsfield[row, col])} HU"
+        assert page.inner_text("[data-testid=pixel-readout]") == expected
+    # Right-drag widens the window (to the right) and darkens it (down).
+    middle = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*middle)
+    page.mouse.down(button="right")
+    page.mouse.move(middle[0] + 60, middle[1] + 40, steps=4)
+    page.mouse.up(button="right")
+    dragged = page.inner_text("[data-testid=window-readout]")
+    width, center = (float(part.split()[1]) for part in dragged.split(" · ")[:2])
+    assert width > 400 and center > 40 and "Soft tissue" not in dragged
+    page.keyboard.press("l")
+    page.screenshot(path=str(artifacts_dir / "label-ct-lung-window.png"))
+
+    # The stack: one item, scrolled with the wheel and the keys; each slice its own values.
+    page.keyboard.press("1")
+    wait_for_pixels(page, stack.pk)
+    slice_text = page.locator("[data-testid=slice-readout]")
+    assert slice_text.inner_text() == "Slice 6 / 10"
+    window = page.inner_text("[data-testid=window-readout]")
+    assert "HU" not in window and "Lung" not in window  # MR: stored values, no CT preset
+    center = (float(volume.min()) + float(volume.max()) + 1) / 2
+    width = float(volume.max()) - float(volume.min()) + 1
+
+    def shows(index: int) -> None:
+        assert slice_text.inner_text() == f"Slice {index + 1} / 10"
+        assert np.array_equal(canvas_gray(page), window_to_uint8(volume[index], center, width))
+
+    shows(5)
+    page.mouse.move(box["x"] + 40, box["y"] + 40)
+    page.mouse.wheel(0, 100)
+    page.wait_for_function("() => document.querySelector('[data-testid=stage]').dataset.slice === '7'")
+    shows(6)
+    page.keyboard.press("ArrowDown")
+    shows(7)
+    page.keyboard.press("PageUp")
+    page.keyboard.press("ArrowUp")
+    shows(5)
+    page.keyboard.press("End")
+    shows(9)
+    page.keyboard.press("Home")
+    shows(0)
+    page.mouse.wheel(0, -100)  # above the first slice: stays there
+    shows(0)
+    page.keyboard.press("PageDown")
+    page.keyboard.press("PageDown")
+    page.keyboard.press("PageDown")
+    shows(3)
+    page.screenshot(path=str(artifacts_dir / "label-stack-slice-4-of-10.png"))
+    assert browser_errors == []

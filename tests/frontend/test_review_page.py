@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import io
 
+import numpy as np
+import pydicom
+import pytest
+from django.core.files.base import ContentFile
+from pydicom.data import get_testdata_file as dicom_path
+
+from labeling.imports.rendering import encode_image, encode_npy, window_to_uint8
 from labeling.models import ExpertLabel, Item
-from tests.frontend.test_label_page import chest_item
+from tests.factories import ItemFactory
+from tests.frontend.test_label_page import canvas_gray, chest_item, wait_for_pixels
 from tests.labeling.test_review import build_scene
 
 pytestmark = pytest.mark.slow
@@ -107,4 +115,50 @@ def test_holdout_page_is_blind_and_answers_by_key(
     labelled = ExpertLabel.objects.get(expert=expert_user, source=ExpertLabel.Source.HOLDOUT)
     assert labelled.item_id in {i.pk for i in scene.holdout}
     assert labelled.label.name == "pneumonia"
+    assert browser_errors == []
+
+
+def ct_item(project, n: int) -> Item:
+    """A real CT slice (pydicom's CT_small) in Hounsfield units, shifted by ``n`` HU."""
+    hounsfield = pydicom.dcmread(dicom_path("CT_small.dcm")).pixel_array.astype(np.float32) - 1024 + n
+    low, high = float(hounsfield.min()), float(hounsfield.max())
+    png = encode_image(window_to_uint8(hounsfield, (low + high + 1) / 2, high - low + 1))
+    return ItemFactory(
+        project=project, width=hounsfield.shape[1], height=hounsfield.shape[0], modality="CT",
+        image=ContentFile(png, name=f"ct{n}.png"), thumbnail=ContentFile(png, name=f"ct{n}-t.png"),
+        array=ContentFile(encode_npy(hounsfield), name=f"ct{n}.npy"),
+    )
+
+
+def test_expert_pages_window_ct_in_hounsfield_units(
+    project, expert_user, page, login, live_server, artifacts_dir, browser_errors
+):
+    scene = build_scene(project, n_regular=2, n_holdout=1, n_disputed=1, make_item=ct_item)
+    disputed = scene.disputed[0]
+    hounsfield = np.load(io.BytesIO(disputed.array.read()))
+    login(page, expert_user.username)
+    page.goto(f"{live_server.url}/review/{project.id}/")
+    assert wait_for_item(page) == str(disputed.pk)
+    wait_for_pixels(page)
+    assert page.inner_text("[data-testid=window-readout]").endswith(" HU")
+    page.keyboard.press("c")
+    assert page.inner_text("[data-testid=window-readout]") == "W 80 · C 40 HU · Brain"
+    assert np.array_equal(canvas_gray(page), window_to_uint8(hounsfield, 40, 80))
+    box = page.locator("[data-testid=item-canvas]").bounding_box()
+    page.mouse.move(box["x"] + 50.5 * box["width"] / disputed.width,
+                    box["y"] + 60.5 * box["height"] / disputed.height)
+    assert page.inner_text("[data-testid=pixel-readout]") == f"x 50 y 60: {int(hounsfield[60, 50])} HU"
+    page.screenshot(path=str(artifacts_dir / "review-ct-brain-window.png"))
+    page.keyboard.press("2")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("[data-testid=review-app][data-finished=true]")
+
+    # The blind hold-out page: the same viewer, presets and readout.
+    page.goto(f"{live_server.url}/holdout/{project.id}/")
+    wait_for_pixels(page)
+    page.keyboard.press("b")
+    assert page.inner_text("[data-testid=window-readout]") == "W 1800 · C 400 HU · Bone"
+    holdout = np.load(io.BytesIO(scene.holdout[0].array.read()))
+    assert np.array_equal(canvas_gray(page), window_to_uint8(holdout, 400, 1800))
+    page.screenshot(path=str(artifacts_dir / "holdout-ct-bone-window.png"))
     assert browser_errors == []

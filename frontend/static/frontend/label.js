@@ -58,7 +58,10 @@ function preload(url) {
 async function fetchNext(exclude = []) {
   const query = exclude.map((id) => `exclude=${id}`).join("&");
   const assignment = await call(query ? `${nextUrl}?${query}` : nextUrl);
-  if (assignment) await preload(assignment.item.image_url);
+  if (assignment) {
+    viewer.prefetch(assignment.item.image_url);
+    await preload(assignment.item.image_url);
+  }
   return assignment;
 }
 
@@ -112,7 +115,7 @@ async function render() {
   img.hidden = !current;
   setButtons(Boolean(current));
   if (!current) {
-    img.removeAttribute("src");
+    viewer.clear();
     delete app.dataset.assignment;
     return;
   }
@@ -196,9 +199,38 @@ function enqueue(task) {
   chain = chain.then(task).catch((error) => setStatus(error.message));
 }
 
+// The window sliders span the item's values; preset buttons only for CT (Hounsfield units).
 function syncSliders(state) {
-  $("brightness").value = state.brightness;
-  $("contrast").value = state.contrast;
+  const [low, high] = state.range;
+  const span = Math.max(1, high - low + 1);
+  const width = $("window-width");
+  const center = $("window-center");
+  width.min = 1;
+  width.max = Math.max(span * 2, state.width);
+  center.min = Math.min(low, state.center);
+  center.max = Math.max(high, state.center);
+  width.step = center.step = span > 64 ? 1 : "any";
+  width.value = state.width;
+  center.value = state.center;
+  const unit = state.unit ? ` ${state.unit}` : "";
+  $("window-width-value").textContent = `${Math.round(state.width)}${unit}`;
+  $("window-center-value").textContent = `${Math.round(state.center)}${unit}`;
+  const presets = $("presets");
+  presets.hidden = state.unit !== "HU";
+  if (!presets.childElementCount) {
+    for (const p of viewer.presets) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.preset = p.key;
+      button.dataset.testid = `preset-${p.key}`;
+      button.title = `${p.name}: W ${p.width} / C ${p.center} HU (${p.shortcut.toUpperCase()})`;
+      button.innerHTML = `<kbd></kbd> `;
+      button.firstChild.textContent = p.shortcut.toUpperCase();
+      button.append(p.name);
+      presets.append(button);
+    }
+  }
+  for (const button of presets.children) button.classList.toggle("on", button.dataset.preset === state.preset);
 }
 
 document.addEventListener("keydown", (event) => {
@@ -223,13 +255,15 @@ app.addEventListener("click", (event) => {
   else if (button.dataset.action === "zoom-in") viewer.zoomBy(1.25);
   else if (button.dataset.action === "zoom-out") viewer.zoomBy(0.8);
   else if (button.dataset.action === "reset") viewer.reset();
+  else if (button.dataset.action === "invert") viewer.toggleInvert();
+  else if (button.dataset.preset) viewer.applyPreset(button.dataset.preset);
   // Keys keep working after a click: focus must not stay on a button that Space would press.
   button.blur();
 });
 
-for (const id of ["brightness", "contrast"]) {
+for (const id of ["window-width", "window-center"]) {
   $(id).addEventListener("input", () =>
-    viewer.setWindow(Number($("brightness").value), Number($("contrast").value)),
+    viewer.setWindow(Number($("window-center").value), Number($("window-width").value)),
   );
 }
 
