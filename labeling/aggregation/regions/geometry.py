@@ -94,7 +94,7 @@ def polygon_mask(
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (py[:, None] - ya[None, :]) / (yb - ya)[None, :]
             x_cross = xa[None, :] + t * (xb - xa)[None, :]
-        x_cross = np.where(crosses, x_cross, np.inf)
+        x_cross = np.where(crosses, x_cross, -np.inf)
         # a pixel centre is inside when an odd number of crossings lie to its right
         right = (x_cross[:, None, :] > px[None, :, None]).sum(axis=2)  # [rows, cols]
         out[y0 : y1 + 1, x0 : x1 + 1] = (right % 2) == 1

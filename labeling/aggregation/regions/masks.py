@@ -191,10 +191,10 @@ def _pattern_codes(stack: list[np.ndarray], k: int) -> np.ndarray:
     scale = 1
     for m in stack:
         flat = m.reshape(-1)
-        if k == 2:
-            code[flat.astype(bool, copy=False)] += scale
-        else:
-            code += flat.astype(np.int64) * scale
+        if flat.dtype == bool:
+            flat = flat.view(np.uint8)
+        # labels are small: multiply in int32 when the codes fit, then widen once
+        code += flat * (np.int32(scale) if scale < 2**31 // k else np.int64(scale))
         scale *= k
     return code
 

@@ -86,9 +86,12 @@ def vote_shares(units: RatedUnits) -> np.ndarray:
     )
 
 
-def item_means(units: RatedUnits, values: np.ndarray, pooled: bool = False) -> np.ndarray:
-    """``[n_items, K]``: the unit-weight-weighted mean of ``values`` per item (or pooled)."""
-    w = units.unit_weight
+def item_means(
+    units: RatedUnits, values: np.ndarray, pooled: bool = False, weight: np.ndarray | None = None
+) -> np.ndarray:
+    """``[n_items, K]``: the weighted mean of ``values`` per item (or pooled); ``weight``
+    defaults to the units' weights."""
+    w = units.unit_weight if weight is None else weight
     k = values.shape[1]
     if pooled:
         mean = (values * w[:, None]).sum(axis=0) / max(float(w.sum()), TINY)
@@ -101,14 +104,18 @@ def item_means(units: RatedUnits, values: np.ndarray, pooled: bool = False) -> n
 
 
 def initial_priors(
-    units: RatedUnits, shares: np.ndarray, prior: str | float | np.ndarray, confidence_weight: float
+    units: RatedUnits,
+    shares: np.ndarray,
+    prior: str | float | np.ndarray,
+    confidence_weight: float,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[n_items, K]`` priors before the first M-step (see :func:`performance_em`)."""
     k = units.n_classes
     if isinstance(prior, str):
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, a number or an array of K numbers")
-        priors = item_means(units, shares, pooled=prior in ("global", "em_global"))
+        priors = item_means(units, shares, pooled=prior in ("global", "em_global"), weight=weight)
         if k == 2:
             # ITK scales the foreground prior by its confidence weight
             priors[:, 1] = np.clip(priors[:, 1] * confidence_weight, 0.0, 1.0)
@@ -148,7 +155,9 @@ def performance_em(
         raise ValueError("smoothing must be >= 0")
     k, n_workers, g = units.n_classes, units.n_workers, units.n_units
     post = vote_shares(units)
-    priors = initial_priors(units, post, prior, confidence_weight)
+    # restricted to a region, the prior is the foreground share of that region
+    region = None if fixed is None else np.where(fixed, 0.0, units.unit_weight)
+    priors = initial_priors(units, post, prior, confidence_weight, region)
     reestimate = isinstance(prior, str) and prior.startswith("em")
     entry_weight = units.unit_weight[units.entry_unit].astype(np.float64)
     clamped = post[fixed].copy() if fixed is not None else None
@@ -172,7 +181,7 @@ def performance_em(
         # a rater with no mass on a true class keeps its previous row there (ITK would divide 0/0)
         conf = np.divide(num, total, out=conf.copy(), where=total > 0)
         if reestimate:
-            priors = item_means(units, post, pooled=prior == "em_global")
+            priors = item_means(units, post, pooled=prior == "em_global", weight=region)
         # E-step
         log_conf = np.log(np.maximum(conf, TINY))
         if units.unit_prior is not None:

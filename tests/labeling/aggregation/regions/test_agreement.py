@@ -33,6 +33,15 @@ def test_polygon_and_ellipse_masks():
     expected = np.zeros((6, 6), bool)
     expected[1:4, 1:5] = True  # outline pixels included
     np.testing.assert_array_equal(m, expected)
+    # an irregular star with no vertex on a pixel centre: the same pixels as matplotlib's test
+    from matplotlib.path import Path
+
+    angle = np.linspace(0, 2 * np.pi, 23, endpoint=False)
+    radius = np.where(np.arange(23) % 2, 6.3, 14.7)
+    star = np.c_[20.1 + radius * np.cos(angle), 18.2 + radius * np.sin(angle)]
+    yy, xx = np.mgrid[:40, :42]
+    inside = Path(star).contains_points(np.c_[xx.ravel(), yy.ravel()]).reshape(40, 42)
+    np.testing.assert_array_equal(polygon_mask(star, (40, 42), include_outline=False), inside)
     labels = ellipse_masks(np.array([[10, 10, 20, 20.0]]), (32, 32))
     assert labels[15, 15] == 1 and labels[10, 10] == 0 and labels[15, 10] == 1
     assert abs((labels == 1).sum() - np.pi * 5.5**2) < 10
