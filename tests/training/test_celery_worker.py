@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -72,15 +73,20 @@ def _drop_producer_pool() -> None:
     app.amqp._producer_pool = None
 
 
-@pytest.fixture
-def worker(settings, tmp_path):
+@contextmanager
+def worker_process(settings, tmp_path: Path, *, pool: str = "solo", env: dict | None = None):
+    """A Celery worker on both queues, as a child process: yields (process, log path).
+
+    ``pool="prefork"`` (one child) is how production runs training: the parent outlives a pool
+    child that dies, and redelivers its message.
+    """
     settings.CELERY_TASK_ALWAYS_EAGER = False
     var_dir = tmp_path / "var"
-    var_dir.mkdir()
+    var_dir.mkdir(exist_ok=True)
     broker_url = django_settings.CELERY_BROKER_URL
     if broker_url.startswith("filesystem://"):
         _fresh_filesystem_broker(settings, var_dir)
-    env = {
+    environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "quorum.settings",
         "DATABASE_URL": _database_url(),
@@ -89,14 +95,16 @@ def worker(settings, tmp_path):
         "CELERY_BROKER_URL": broker_url,
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "quorum", "worker", "-Q", "gpu,default",
-             "--pool", "solo", "--concurrency", "1", "--without-mingle", "--without-gossip",
-             "--loglevel", "INFO", "--hostname", f"test-training-{os.getpid()}@%h"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+             "--pool", pool, "--concurrency", "1", "--prefetch-multiplier", "1",
+             "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+             "--hostname", f"test-training-{os.getpid()}@%h"],
+            cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
         yield process, log_path
@@ -110,7 +118,13 @@ def worker(settings, tmp_path):
         _drop_producer_pool()
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+@pytest.fixture
+def worker(settings, tmp_path):
+    with worker_process(settings, tmp_path) as started:
+        yield started
+
+
+def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
@@ -126,9 +140,9 @@ def test_a_worker_trains_a_queued_run(project, worker):
         run.refresh_from_db()
         if run.is_finished:
             break
-        assert process.poll() is None, f"the worker exited early:\n{_tail(log_path)}"
+        assert process.poll() is None, f"the worker exited early:\n{tail(log_path)}"
         time.sleep(1)
-    assert run.status == "succeeded", f"{run.status}: {run.failure_reason}\n{_tail(log_path)}"
+    assert run.status == "succeeded", f"{run.status}: {run.failure_reason}\n{tail(log_path)}"
     assert run.celery_task_id and run.device == "cpu"
     assert list(run.epoch_metrics.values_list("epoch", flat=True)) == [1, 2]
     assert run.evaluation.n_items == 4 and run.predictions.count() >= 4
