@@ -43,7 +43,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from labeling.imports.frames import DecodedFile, Frame, ImportFileError
+from labeling.imports.frames import DecodedFile, Frame, ImportFileError, slice_position
 from labeling.imports.images import bomb_message
 from labeling.imports.rendering import minmax_to_uint8, window_to_uint8
 
@@ -531,6 +531,11 @@ def decode_dicom(
         metadata=metadata,
         original=original,
         hash_frame_index=n_frames > 1,
+        series=str(ds.get("SeriesInstanceUID", "") or ""),
+        slice_position=slice_position(
+            ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"),
+            ds.get("InstanceNumber"),
+        ),
     )
 
 

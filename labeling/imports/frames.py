@@ -43,6 +43,10 @@ class DecodedFile:
     """Multi-frame DICOM: two equal frames of one file are still two items."""
     note: str = ""
     """Something the admin should know although the import succeeded."""
+    series: str = ""
+    """DICOM: the (de-identified) Series Instance UID, which groups slices into a stack."""
+    slice_position: float | None = None
+    """DICOM: where the slice lies along the series' normal, for ordering a stack."""
 
 
 def content_hash(pixels: np.ndarray, frame_index: int | None = None) -> str:
@@ -85,3 +89,43 @@ def stack_frames(decoded: DecodedFile) -> DecodedFile:
     )
     metadata = {**decoded.metadata, "stack": {"slices": len(frames), "shown": shown}}
     return replace(decoded, frames=[stack], metadata=metadata, hash_frame_index=False)
+
+
+def slice_position(orientation, position, instance_number) -> float | None:
+    """A slice's place in its series: its ImagePositionPatient along the normal of its
+    ImageOrientationPatient (PS3.3 C.7.6.2.1.1), else its InstanceNumber, else None."""
+    try:
+        row, column = np.asarray(orientation, dtype=float).reshape(2, 3)
+        return float(np.dot(np.cross(row, column), np.asarray(position, dtype=float).reshape(3)))
+    except (TypeError, ValueError):
+        pass
+    try:
+        return float(instance_number)
+    except (TypeError, ValueError):
+        return None
+
+
+def stack_series(files: list[tuple[str, DecodedFile]]) -> list[tuple[list[str], DecodedFile]]:
+    """Single-frame grayscale files of one series as stacks, one per slice size, in slice order.
+
+    Returns (names of the files, decoded) pairs: a stack (see :func:`stack_frames`) where two
+    or more slices share a size, else the file as it was. Slices are ordered by
+    ``slice_position``, those without one after the others, by name.
+    """
+    by_shape: dict[tuple, list[tuple[str, DecodedFile]]] = {}
+    for name, decoded in files:
+        by_shape.setdefault((decoded.height, decoded.width), []).append((name, decoded))
+    stacks = []
+    for group in by_shape.values():
+        group.sort(key=lambda f: (f[1].slice_position is None, f[1].slice_position or 0.0, f[0]))
+        if len(group) == 1:
+            stacks.append(([group[0][0]], group[0][1]))
+            continue
+        first = group[0][1]
+        frames = [replace(d.frames[0], frame_index=i) for i, (_, d) in enumerate(group)]
+        metadata = {**first.metadata, "number_of_frames": len(frames)}
+        # One item has room for one original file; a series has one per slice.
+        note = "the de-identified original files of a series are not kept" if first.original else ""
+        series = replace(first, frames=frames, metadata=metadata, original=None, note=note)
+        stacks.append(([name for name, _ in group], stack_frames(series)))
+    return stacks

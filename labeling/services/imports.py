@@ -36,7 +36,7 @@ from labeling.imports.archives import (
     is_zip,
     zip_sources,
 )
-from labeling.imports.frames import stack_frames
+from labeling.imports.frames import stack_frames, stack_series
 from labeling.imports.labels import LabelFileError, parse_label_csv, resolve_labels
 from labeling.imports.rendering import encode_image, encode_npy, encode_thumbnail
 from labeling.models import ExpertLabel, ImportBatch, Item, LabelClass, Project
@@ -120,6 +120,8 @@ class _Run:
     report: list[dict] = field(default_factory=list)
     labels_by_basename: dict[str, str] = field(default_factory=dict)
     stack: bool = False
+    series: dict[str, list[tuple[str, DecodedFile]]] = field(default_factory=dict)
+    """Stack imports: single slices held back by series until every file is read."""
 
 
 def import_path(project: Project, path: str | Path, **options: Any) -> ImportBatch:
@@ -148,8 +150,9 @@ def import_files(
     ``sources`` may hold :class:`SourceFile`, paths, ``(name, bytes)`` pairs, or uploaded files
     (anything with ``name`` and ``read()``); .zip files among them are opened and their entries imported. ``labels``
     (see :data:`LabelsInput`) are checked before anything is written. ``seed`` makes the
-    hold-out draw reproducible. ``stack`` imports each multi-frame grayscale file as one item
-    whose slices the viewer scrolls (see :func:`stack_frames`) instead of one item per frame.
+    hold-out draw reproducible. ``stack`` imports each multi-frame grayscale file, and the
+    single slices of each DICOM series (in slice order), as one item whose slices the viewer
+    scrolls (see :func:`stack_frames`, :func:`stack_series`) instead of an item per frame/file.
 
     In the batch, ``n_imported`` counts the items created (a multi-frame DICOM file gives one
     per frame); ``n_duplicates`` and ``n_failed`` count files; ``n_labels`` counts the expert
@@ -177,9 +180,12 @@ def import_files(
         run.report.extend(early_failures)
         total = len(files)
         for done, source_file in enumerate(files, start=1):
-            run.report.append(_import_one(run, source_file))
+            line = _import_one(run, source_file)
+            if line is not None:  # None: a slice held back for its series
+                run.report.append(line)
             if progress is not None:
                 progress(done, total, source_file.name)
+        run.report.extend(_store_series(run))
     return _finish(run)
 
 
@@ -254,7 +260,7 @@ def _by_basename(labels: dict[str, str]) -> dict[str, str]:
     return {base: name for base, name in found.items() if name is not None}
 
 
-def _import_one(run: _Run, source_file: SourceFile) -> dict:
+def _import_one(run: _Run, source_file: SourceFile) -> dict | None:
     name = source_file.name
     if source_file.error:
         return _line(name, FAILED, source_file.error)
@@ -270,6 +276,10 @@ def _import_one(run: _Run, source_file: SourceFile) -> dict:
             window_preset=run.project.window_preset,
             keep_original=run.project.keep_original_files,
         )
+        if run.stack and decoded.series and len(decoded.frames) == 1 and decoded.channels == 1:
+            _check_channels(run.project, decoded)
+            run.series.setdefault(decoded.series, []).append((name, decoded))
+            return None
         if run.stack:
             decoded = stack_frames(decoded)
         _check_channels(run.project, decoded)
@@ -291,7 +301,32 @@ def _check_channels(project: Project, decoded: DecodedFile) -> None:
         )
 
 
-def _store(run: _Run, name: str, decoded: DecodedFile) -> dict:
+def _store_series(run: _Run) -> list[dict]:
+    """The slices a stack import held back, stored as one item per series (and slice size)."""
+    lines = []
+    for files in run.series.values():
+        for names, decoded in stack_series(files):
+            name = names[0] if len(names) == 1 else f"{names[0]} (series of {len(names)} files)"
+            try:
+                lines.append(_store(run, name, decoded, sources=names))
+            except ImportFileError as exc:
+                lines.append(_line(name, FAILED, str(exc)))
+            except Exception as exc:  # as in _import_one: the admin sees why
+                logger.exception("import of %s failed", name)
+                lines.append(_line(name, FAILED, f"unexpected error: {type(exc).__name__}: {exc}"))
+    run.series.clear()
+    return lines
+
+
+def _series_label(run: _Run, names: list[str]) -> LabelClass | None:
+    """The label rows of a series' files, which must agree."""
+    found = {label.name: label for n in names if (label := _label_for(run, n)) is not None}
+    if len(found) > 1:
+        raise ImportFileError(f"the files of this series have different labels: {', '.join(sorted(found))}")
+    return next(iter(found.values()), None)
+
+
+def _store(run: _Run, name: str, decoded: DecodedFile, sources: list[str] | None = None) -> dict:
     hashes = [
         content_hash(f.pixels, f.frame_index if decoded.hash_frame_index else None)
         for f in decoded.frames
@@ -301,7 +336,7 @@ def _store(run: _Run, name: str, decoded: DecodedFile) -> dict:
             "content_hash", "id"
         )
     )
-    label = _label_for(run, name)
+    label = _label_for(run, name) if sources is None else _series_label(run, sources)
     new = [(h, f) for h, f in zip(hashes, decoded.frames, strict=True) if h not in existing]
     if not new:
         ids = [existing[h] for h in hashes]

@@ -204,3 +204,57 @@ def test_channel_check_applies_to_dicom(settings):
     line = import_one(project, "SC_rgb_jpeg_dcmtk.dcm")
     assert line["status"] == "failed" and "expects 1" in line["message"]
     assert media_files(settings) == []
+
+
+def ct_series(n: int, *, series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+              folder: str = "series") -> list[tuple[str, bytes]]:
+    """``n`` slices of one CT series made from CT_small, each 10 mm further along the normal
+    and a little brighter, shuffled, named in reverse slice order, numbered backwards."""
+    files = []
+    for i in range(n):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.PixelData = (ds.pixel_array + 10 * i).astype(ds.pixel_array.dtype).tobytes()
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = f"{series_uid}.{i + 1}"
+        position = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [position[0], position[1], position[2] + 10 * i]
+        ds.InstanceNumber = n - i  # disagrees with the position: the position wins
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        files.append((f"{folder}/{folder}-{n - 1 - i:02d}.dcm", buffer.getvalue()))
+    rng = np.random.default_rng(3)
+    return [files[j] for j in rng.permutation(n)]
+
+
+def test_stack_import_of_a_series_is_one_item_in_slice_order(project):
+    files = ct_series(5)
+    other = ct_series(2, series_uid="1.2.826.0.1.3680043.8.498.2", folder="other")
+    labels = {name: "pneumonia" for name, _ in files}
+    batch = import_files(project, [*files, *other], stack=True, labels=labels)
+    lines = sorted(batch.report, key=lambda line: line["name"])
+    assert [line["status"] for line in lines] == ["imported", "imported"], lines
+    assert batch.n_imported == 2 and Item.objects.filter(project=project).count() == 2
+    items = {Item.objects.get(pk=line["item_ids"][0]).metadata["stack"]["slices"]: line for line in lines}
+    five = Item.objects.get(pk=items[5]["item_ids"][0])
+    assert "(series of 5 files)" in five.source_name
+    volume = np.load(io.BytesIO(five.array.read()))
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array.astype(np.float32) - 1024
+    assert volume.shape == (5, 128, 128)
+    for i in range(5):  # ordered by ImagePositionPatient, whatever the file order and names
+        assert np.array_equal(volume[i], base + 10 * i)
+    assert five.metadata["stack"] == {"slices": 5, "shown": 2} and five.modality == "CT"
+    assert five.expert_answer.name == "pneumonia"
+    assert Item.objects.get(pk=items[2]["item_ids"][0]).expert_answer is None
+    again = import_files(project, files, stack=True)
+    assert [line["status"] for line in again.report] == ["duplicate"]
+    # Without the option, each file is its own item (the default).
+    assert import_files(ProjectFactory(), files).n_imported == 5
+
+
+def test_series_with_different_labels_is_refused(project):
+    files = ct_series(3)
+    labels = {name: ("normal" if i else "pneumonia") for i, (name, _) in enumerate(files)}
+    batch = import_files(project, files, stack=True, labels=labels)
+    assert batch.report[0]["status"] == "failed"
+    assert "different labels" in batch.report[0]["message"]
+    assert not Item.objects.filter(project=project).exists()
