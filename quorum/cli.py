@@ -44,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
 
     processes: list[subprocess.Popen] = []
     if not args.no_worker:
+        # -B: the worker also runs beat, whose sweep fails runs a dead worker left behind
+        schedule = Path(os.environ.get("QUORUM_VAR_DIR", ROOT / "var")) / "celerybeat-schedule"
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "quorum", "worker", "-Q", "default,gpu",
                  "--concurrency", str(args.concurrency), "--loglevel", "INFO",
-                 "--without-mingle", "--without-gossip", "--hostname", "embedded@%h"],
+                 "--without-mingle", "--without-gossip", "--hostname", "embedded@%h",
+                 "-B", "--schedule", str(schedule)],
                 cwd=ROOT, env=env, start_new_session=True,
             )
         )

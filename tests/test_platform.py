@@ -18,9 +18,10 @@ def _compose() -> dict:
 
 def test_compose_has_the_production_services():
     services = _compose()["services"]
-    assert set(services) == {"postgres", "redis", "web", "worker", "worker-gpu"}
+    assert set(services) == {"postgres", "redis", "web", "worker", "beat", "worker-gpu"}
     assert services["web"]["command"] == ["web"]
     assert services["worker"]["command"] == ["worker"]
+    assert services["beat"]["command"] == ["beat"]
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
 
@@ -30,6 +31,7 @@ def test_entrypoint_roles_consume_the_right_queues():
     assert "granian --interface wsgi quorum.wsgi:application" in entrypoint
     assert "worker -Q default " in entrypoint
     assert "worker -Q gpu " in entrypoint
+    assert "celery -A quorum beat " in entrypoint
     dockerfile = ROOT / _compose()["x-quorum"]["build"]["dockerfile"]
     assert dockerfile.exists()
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env sh
-# Roles: web (granian), worker (queue default), worker-gpu (queue gpu), or any command.
+# Roles: web (granian), worker (queue default), worker-gpu (queue gpu), beat (the periodic
+# tasks; run exactly one), or any command.
 set -eu
 role="${1:-web}"
 case "$role" in
@@ -15,6 +16,10 @@ case "$role" in
   worker-gpu)
     # One training run at a time per GPU; a run is acknowledged only when it ends (acks_late).
     exec celery -A quorum worker -Q gpu --loglevel INFO --concurrency 1 --prefetch-multiplier 1
+    ;;
+  beat)
+    # e.g. the sweep that fails (resumably) training runs whose worker vanished
+    exec celery -A quorum beat --loglevel INFO --schedule /tmp/celerybeat-schedule
     ;;
   *)
     exec "$@"
