@@ -21,7 +21,9 @@ from tests.factories import ItemFactory
 from tests.labeling.test_review import add_vote
 
 # Who may use each route, per method: "auth" anyone logged in, "member" any project member,
-# "crowd" crowd workers only (experts and admins label elsewhere), "expert" experts and
+# "crowd" crowd workers only, "labeler" crowd workers and admins (who label too; experts label
+# on the review pages; vote and undo act on the world's lease, the crowd worker's own, so they
+# stay "crowd": another user's lease is a 404), "expert" experts and
 # admins, "admin" project admins, "staff" site staff only (none of the project roles here).
 ACCESS: dict[str, dict[str, str]] = {
     # labelling API
@@ -29,7 +31,7 @@ ACCESS: dict[str, dict[str, str]] = {
     "project-list": {"GET": "auth", "POST": "staff"},
     "project-detail": {"GET": "member", "PATCH": "admin", "PUT": "admin", "DELETE": "admin"},
     "project-members": {"GET": "admin", "POST": "admin"},
-    "crowd-next": {"GET": "crowd"},
+    "crowd-next": {"GET": "labeler"},
     "crowd-vote": {"POST": "crowd"},
     "crowd-undo": {"POST": "crowd"},
     "member-unblock": {"POST": "admin"},
@@ -60,7 +62,7 @@ ACCESS: dict[str, dict[str, str]] = {
     "export-expert-labels-csv": {"GET": "admin"},
     "export-holdout-csv": {"GET": "admin"},
     # pages
-    "label": {"GET": "crowd"},
+    "label": {"GET": "labeler"},
     "import": {"GET": "admin", "POST": "admin"},
     "review": {"GET": "expert"},
     "holdout": {"GET": "expert", "POST": "expert"},
@@ -78,6 +80,7 @@ ALLOWED = {
     "auth": {"crowd", "expert", "admin"},
     "member": {"crowd", "expert", "admin"},
     "crowd": {"crowd"},
+    "labeler": {"crowd", "admin"},
     "expert": {"expert", "admin"},
     "admin": {"admin"},
     "staff": set(),

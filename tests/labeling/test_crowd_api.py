@@ -159,7 +159,8 @@ def test_only_project_crowd_may_label(expert_client, admin_client, anon_client, 
                                       project, other_project):
     ItemFactory(project=project)
     assert expert_client.get(f"/api/projects/{project.id}/next/").status_code == 403
-    assert admin_client.get(f"/api/projects/{project.id}/next/").status_code == 403
+    # Project admins label too (issue 18).
+    assert admin_client.get(f"/api/projects/{project.id}/next/").status_code == 200
     assert anon_client.get(f"/api/projects/{project.id}/next/").status_code == 401
     assert crowd_client.get(f"/api/projects/{other_project.id}/next/").status_code == 404
 
