@@ -33,6 +33,7 @@ from typing import Any, Literal, Self
 import numpy as np
 import pandas as pd
 
+from labeling.aggregation.base import numba
 from labeling.aggregation.regions.performance import (
     PRIORS,
     PerformanceFit,
@@ -46,6 +47,9 @@ SEGMENTATION_COLUMNS = ("task", "worker", "segmentation")
 
 # patterns are counted in a table of K^R cells up to this size, otherwise sorted
 _TABLE_CELLS = 1 << 16
+# a probability this close to the threshold is a tie (two raters who disagree: 0.5 up to
+# rounding) and goes to foreground, as in crowd-kit's majority vote
+TIE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,14 @@ class CodedMasks:
     tasks: np.ndarray
     workers: np.ndarray
     shapes: list[tuple[int, ...]]
-    pixel_unit: list[np.ndarray]  # per task: each pixel's unit (global index), flat
+    pixel_code: list[np.ndarray]  # per task, flat: each pixel's index into code_unit
+    code_unit: list[np.ndarray]  # per task: index -> unit (global), -1 where no pixel has it
     unit_unanimous: np.ndarray  # bool per unit: every rater gave the same label
     slots: list[tuple[Any, Any]] | None = None  # share_workers=False: (task, worker) per rater
+
+    def pixel_units(self, item: int) -> np.ndarray:
+        """Each pixel's unit (global index) in image ``item``, flat."""
+        return self.code_unit[item][self.pixel_code[item]]
 
 
 def as_segmentation_frame(data: MaskInput) -> pd.DataFrame:
@@ -109,7 +118,7 @@ def code_masks(
     bounds = np.searchsorted(task_codes[order], np.arange(len(tasks) + 1))
     unit_item, unit_weight, unit_prior = [], [], []
     entry_unit, entry_worker, entry_label = [], [], []
-    pixel_unit, shapes, unanimous = [], [], []
+    pixel_code, code_unit, shapes, unanimous = [], [], [], []
     n_units = 0
     n_raters_seen = 0
     slots: list[tuple[Any, Any]] = []
@@ -137,8 +146,8 @@ def code_masks(
                     f"task {tasks[item]!r}: prior map must be probabilities of the mask's shape"
                 )
             levels, level_of = np.unique(prior_map.ravel(), return_inverse=True)
-            code = code * len(levels) + level_of
-        patterns, inverse, counts = _unique_codes(code, len(rows), k)
+            code = code.astype(np.int64) * len(levels) + level_of
+        patterns, counts, pixel_index, index_unit = _unique_codes(code)
         if prior_map is not None:
             pattern_level = patterns % len(levels)
             patterns = patterns // len(levels)
@@ -153,7 +162,8 @@ def code_masks(
         entry_worker.append(np.tile(raters, n_p))
         entry_label.append(labels.ravel())
         unanimous.append((labels == labels[:, :1]).all(axis=1))
-        pixel_unit.append(n_units + inverse)
+        pixel_code.append(pixel_index)
+        code_unit.append(np.where(index_unit >= 0, n_units + index_unit, -1))
         shapes.append(shape)
         n_units += n_p
     prior_array = None
@@ -177,41 +187,85 @@ def code_masks(
         np.asarray(tasks),
         np.asarray(workers),
         shapes,
-        pixel_unit,
+        pixel_code,
+        code_unit,
         np.concatenate(unanimous),
         None if share_workers else slots,
     )
 
 
 def _pattern_codes(stack: list[np.ndarray], k: int) -> np.ndarray:
-    """One int64 code per pixel: ``sum_r label_r * k**r``."""
+    """One code per pixel, ``sum_r label_r * k**r``, in the smallest unsigned type that holds
+    them (one byte for up to 8 binary raters: less memory traffic per pass)."""
     if len(stack) * np.log2(k) > 62:
         raise ValueError(f"{len(stack)} raters with {k} labels overflow a 64-bit pattern code")
-    code = np.zeros(stack[0].size, dtype=np.int64)
+    top = k ** len(stack)
+    dtype = next(
+        t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(t).max + 1
+    )
+    code = np.zeros(stack[0].size, dtype=dtype)
     scale = 1
     for m in stack:
         flat = m.reshape(-1)
-        if flat.dtype == bool:
-            flat = flat.view(np.uint8)
-        # labels are small: multiply in int32 when the codes fit, then widen once
-        code += flat * (np.int32(scale) if scale < 2**31 // k else np.int64(scale))
+        flat = flat.view(np.uint8) if flat.dtype == bool else flat.astype(dtype, copy=False)
+        if scale == 1:
+            code += flat
+        else:
+            code += flat * dtype(scale)
         scale *= k
     return code
 
 
-def _unique_codes(
-    code: np.ndarray, n_raters: int, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(patterns, inverse, counts)`` like ``np.unique``, by a table when the codes are few."""
+def _count_codes_python(code, counts):
+    """``counts[c] += 1`` for every code (``np.bincount`` without widening the codes first)."""
+    for i in range(code.shape[0]):
+        counts[code[i]] += 1
+
+
+def _paint_python(table, index, out):
+    """``out[i] = table[index[i]]``: a pixel map from a per-pattern table."""
+    for i in range(index.shape[0]):
+        out[i] = table[index[i]]
+
+
+if numba is not None:
+    _count_codes_numba = numba.njit(cache=True, nogil=True)(_count_codes_python)
+    _paint_numba = numba.njit(cache=True, nogil=True)(_paint_python)
+
+
+def count_codes(code: np.ndarray, top: int) -> np.ndarray:
+    if numba is None:
+        return np.bincount(code, minlength=top)
+    counts = np.zeros(top, dtype=np.int64)
+    _count_codes_numba(code, counts)
+    return counts
+
+
+def paint(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]`` for a small table and a long index of small ints."""
+    if numba is None:
+        return table[index]
+    out = np.empty(index.shape, dtype=table.dtype)
+    _paint_numba(np.ascontiguousarray(table), index, out)
+    return out
+
+
+def _unique_codes(code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(patterns, counts, pixel_index, index_unit)``: the distinct codes and their pixel
+    counts, and for painting back, each pixel's index into ``index_unit`` (its local unit).
+
+    Few possible codes: counted in a table and the codes are the index (no gather over the
+    pixels); many: ``np.unique``'s inverse is the index.
+    """
     top = int(code.max()) + 1 if code.size else 1
     if top <= _TABLE_CELLS:
-        counts = np.bincount(code, minlength=top)
+        counts = count_codes(code, top)
         present = np.flatnonzero(counts)
-        lookup = np.full(top, -1, dtype=np.int64)
-        lookup[present] = np.arange(len(present))
-        return present.astype(np.int64), lookup[code], counts[present]
+        index_unit = np.full(top, -1, dtype=np.int64)
+        index_unit[present] = np.arange(len(present))
+        return present.astype(np.int64), counts[present], code, index_unit
     patterns, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)
-    return patterns, inverse.reshape(-1), counts
+    return patterns.astype(np.int64), counts, inverse.reshape(-1), np.arange(len(patterns))
 
 
 class _MaskAggregator:
@@ -251,19 +305,26 @@ class _MaskAggregator:
         k = coded.units.n_classes
         index = pd.Index(coded.tasks, name="task")
         probas, segs, unc = [], [], []
-        for pixels, shape in zip(coded.pixel_unit, coded.shapes, strict=True):
-            p = post[pixels]
+        weight = coded.units.unit_weight
+        for pixels, table, shape in zip(
+            coded.pixel_code, coded.code_unit, coded.shapes, strict=True
+        ):
+            units = table[table >= 0]
+            # results per unit, painted on the pixels with one gather from a small table
+            safe = np.maximum(table, 0)
             if k == 2:
-                fg = p[:, 1].reshape(shape)
-                probas.append(fg)
-                segs.append(fg >= self.threshold)
-                wrong = np.minimum(fg, 1.0 - fg).sum()
-                area = fg.sum()
+                fg = post[units, 1]
+                fg_map = paint(post[safe, 1], pixels).reshape(shape)
+                probas.append(fg_map)
+                segs.append(fg_map >= self.threshold - TIE)
+                wrong = (weight[units] * np.minimum(fg, 1.0 - fg)).sum()
+                area = (weight[units] * fg).sum()
             else:
-                probas.append(p.reshape(*shape, k))
-                segs.append(p.argmax(axis=1).reshape(shape))
-                wrong = (1.0 - p.max(axis=1)).sum()
-                area = (1.0 - p[:, 0]).sum()
+                p = post[units]
+                probas.append(post[safe][pixels].reshape(*shape, k))
+                segs.append(paint(post[safe].argmax(axis=1), pixels).reshape(shape))
+                wrong = (weight[units] * (1.0 - p.max(axis=1))).sum()
+                area = (weight[units] * (1.0 - p[:, 0])).sum()
             unc.append(float(wrong / max(area, 1.0)))
         self.tasks_ = coded.tasks
         self.workers_ = coded.workers

@@ -70,7 +70,7 @@ def test_patterns_are_exact_grouping_of_pixels():
     flat = stack.reshape(5, -1).T.astype(int)
     labels = np.zeros((units.n_units, 5), dtype=int)
     labels[units.entry_unit, units.entry_worker] = units.entry_label
-    np.testing.assert_array_equal(labels[coded.pixel_unit[0]], flat)
+    np.testing.assert_array_equal(labels[coded.pixel_units(0)], flat)
 
 
 def test_majority_vote_matches_crowdkit_and_weights():
