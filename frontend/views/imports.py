@@ -31,7 +31,8 @@ def import_page(request: HttpRequest, project: Project) -> HttpResponse:
         try:
             check_upload_sizes([*files, *([labels] if labels else [])])
             batch = import_files(project, files, user=request.user,
-                                 source=ImportBatch.Source.UPLOAD, labels=labels)
+                                 source=ImportBatch.Source.UPLOAD, labels=labels,
+                                 stack=bool(request.POST.get("stack")))
         except ImportRefused as exc:
             return _render(request, project, error=str(exc), status=exc.status_code)
         if is_refused(batch):

@@ -8,11 +8,13 @@ import json
 
 import numpy as np
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
 
 from labeling.imports.rendering import viewer_pixels
 from labeling.models import Item
 from labeling.services.imports import import_files
-from tests.factories import ItemFactory
+from tests.factories import ItemFactory, ProjectFactory
 from tests.labeling.test_crowd_api import next_of
 from tests.labeling.test_dicom_import import dicom
 
@@ -119,3 +121,32 @@ def test_stack_trains_on_the_slice_its_rendering_shows(project):
     item = imported(project, "emri_small.dcm", stack=True)
     full = np.load(io.BytesIO(item.array.read()))
     assert np.array_equal(item_image(item), full[5])
+
+
+def test_api_import_takes_the_stack_option(admin_client, project):
+    def post(**fields):
+        data = {"files": [SimpleUploadedFile("mr.dcm", dicom("emri_small.dcm"))], **fields}
+        return admin_client.post(f"/api/projects/{project.id}/imports/", data, format="multipart")
+
+    assert post(stack="true").json()["n_imported"] == 1
+    other = ProjectFactory()
+    response = admin_client.post(
+        f"/api/projects/{other.id}/imports/",
+        {"files": [SimpleUploadedFile("mr.dcm", dicom("emri_small.dcm"))]}, format="multipart",
+    )
+    assert response.status_code in (403, 404)  # not their project: no import at all
+    assert post().json()["n_imported"] == 10  # the default: an item per frame
+
+
+def test_sixteen_bit_picture_is_sent_at_full_precision(expert_client, project):
+    values = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 13) % 60000
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    batch = import_files(project, [("deep.png", buffer.getvalue())])
+    item = Item.objects.get(pk=batch.report[0]["item_ids"][0])
+    sent, layout = pixels_of(expert_client.get(f"/api/items/{item.id}/pixels/"))
+    assert layout["dtype"] == "uint16" and layout["unit"] == ""
+    assert np.array_equal(sent[0], values)
+    # No window in the file: the full range, as the 8-bit rendering was made.
+    low, high = int(values.min()), int(values.max())
+    assert layout["window"] == {"center": (low + high + 1) / 2, "width": high - low + 1}
