@@ -20,7 +20,11 @@ Matching runs twice (``n_rounds=2``): the second time annotators are taken most 
 Positions: a candidate's point or box is the weighted mean of its marks, each annotator
 weighted by the inverse of their localisation variance (``1 / sigma_j^2``, estimated from
 their marks' distances to the fused positions on likely-real candidates and shrunk towards
-the pooled variance with ``shrinkage`` pseudo-marks). For boxes this is weighted box fusion
+the pooled variance with ``shrinkage`` pseudo-marks). With ``debias`` (default) each
+annotator's systematic offset per coordinate (a habit of clicking off-centre, of loose or tight
+boxes) is estimated from the same residuals, shrunk the same way, centred so the crowd's
+reliability-weighted mean offset is zero (only relative offsets are identifiable), and taken off their
+marks before fusing. For boxes this is weighted box fusion
 (R. Solovyev, W. Wang, T. Gabruseva, "Weighted boxes fusion: ensembling boxes from different
 object detection models", Image and Vision Computing 107:104117, 2021, eq. for the fused
 coordinates) with annotator reliability in place of detector scores.
@@ -259,6 +263,7 @@ class _DetectionConsensus(_DetectionAggregator):
         tol: float = 1e-6,
         n_rounds: int = 2,
         shrinkage: float = 3.0,
+        debias: bool = True,
     ) -> None:
         self.threshold = threshold
         self.prior = prior
@@ -267,6 +272,7 @@ class _DetectionConsensus(_DetectionAggregator):
         self.tol = tol
         self.n_rounds = n_rounds
         self.shrinkage = shrinkage
+        self.debias = debias
 
     def _validate(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -301,7 +307,7 @@ class _DetectionConsensus(_DetectionAggregator):
                 hits, n_marks, out=np.full(marks.n_workers, np.nan), where=n_marks > 0
             )
             sensitivity = em.confusions[:, 1, 1]
-            centres, sigma = self._fuse(marks, mark_cluster, len(cluster_task), real)
+            centres, sigma, bias = self._fuse(marks, mark_cluster, len(cluster_task), real)
             weight = 1.0 / np.maximum(sigma, 1e-3) ** 2
             f1 = (
                 2
@@ -315,6 +321,7 @@ class _DetectionConsensus(_DetectionAggregator):
         self.specificity_ = pd.Series(em.confusions[:, 0, 0], index=index, name="specificity")
         self.precision_ = pd.Series(precision, index=index, name="precision")
         self.localization_error_ = pd.Series(sigma, index=index, name="localization_error")
+        self.bias_ = pd.DataFrame(bias, index=index, columns=COORDS[self.kind])
         self.confusions_ = em.confusions
         self.priors_ = em.priors
         self.n_iter_ = em.n_iter
@@ -323,34 +330,46 @@ class _DetectionConsensus(_DetectionAggregator):
 
     def _fuse(
         self, marks: Marks, mark_cluster: np.ndarray, n_clusters: int, real: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Fused positions and each annotator's localisation error (RMS per coordinate)."""
-        n_w = marks.n_workers
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fused positions, each annotator's localisation error (RMS per coordinate) and
+        systematic offset per coordinate (zero without ``debias``)."""
+        n_w, dim = marks.n_workers, marks.coords.shape[1]
         weight = np.ones(n_w)
         size = np.bincount(mark_cluster, minlength=n_clusters)
         # residuals only on likely-real candidates someone else also marked
-        usable = (real[mark_cluster] >= 0.5) & (size[mark_cluster] >= 2)
+        usable = ((real[mark_cluster] >= 0.5) & (size[mark_cluster] >= 2)).astype(float)
+        nn = np.bincount(marks.worker, weights=usable, minlength=n_w)
         var = np.ones(n_w)
-        centres = np.zeros((n_clusters, marks.coords.shape[1]))
-        for _ in range(4):
-            centres = weighted_centres(marks.coords, mark_cluster, weight[marks.worker], n_clusters)
+        bias = np.zeros((n_w, dim))
+        centres = np.zeros((n_clusters, dim))
+        for _ in range(6 if self.debias else 4):
+            adjusted = marks.coords - bias[marks.worker]
+            w_mark = weight[marks.worker]
+            centres = weighted_centres(adjusted, mark_cluster, w_mark, n_clusters)
             if not len(mark_cluster):
                 break
-            res2 = ((marks.coords - centres[mark_cluster]) ** 2).mean(axis=1)
-            # a mark is part of its own centre; inflate its residual by the centre's own share
+            # a mark is part of its own centre: scale its residual up by the centre's own share
             own = (
-                weight[marks.worker]
-                / np.bincount(mark_cluster, weights=weight[marks.worker], minlength=n_clusters)[
-                    mark_cluster
-                ]
+                w_mark
+                / np.bincount(mark_cluster, weights=w_mark, minlength=n_clusters)[mark_cluster]
             )
-            res2 = res2 / np.maximum(1.0 - own, 0.05) ** 2
+            shrink = np.maximum(1.0 - own, 0.05)
+            res2 = ((adjusted - centres[mark_cluster]) ** 2).mean(axis=1) / shrink**2
             ss = np.bincount(marks.worker, weights=res2 * usable, minlength=n_w)
-            nn = np.bincount(marks.worker, weights=usable.astype(float), minlength=n_w)
             pooled = ss.sum() / nn.sum() if nn.sum() > 0 else 1.0
             var = (ss + self.shrinkage * pooled) / (nn + self.shrinkage)
             weight = 1.0 / np.maximum(var, 1e-6)
-        return centres, np.sqrt(var)
+            if self.debias:
+                raw = (marks.coords - centres[mark_cluster]) / shrink[:, None]
+                for d in range(dim):
+                    bias[:, d] = np.bincount(
+                        marks.worker, weights=raw[:, d] * usable, minlength=n_w
+                    )
+                bias /= (nn + self.shrinkage)[:, None]
+                # only offsets relative to the crowd are identifiable: centre them
+                mass = nn * weight
+                bias -= (mass[:, None] * bias).sum(axis=0) / max(mass.sum(), 1e-12)
+        return centres, np.sqrt(var), bias
 
 
 class _DetectionMajorityVote(_DetectionAggregator):
@@ -378,7 +397,8 @@ class PointConsensus(_DetectionConsensus):
     Learned: ``consensus_`` (Series task -> ``[n, 2]`` points with confidence >=
     ``threshold``), ``scores_`` (their confidences), ``clusters_`` (every candidate: position,
     marks, confidence), ``marks_`` (each mark's candidate), ``sensitivity_``, ``specificity_``,
-    ``precision_``, ``localization_error_`` (Series worker -> float), ``uncertainty_``.
+    ``precision_``, ``localization_error_`` (Series worker -> float), ``bias_`` (DataFrame
+    worker x coordinate: systematic offset in pixels), ``uncertainty_``.
     """
 
     kind: Kind = "points"

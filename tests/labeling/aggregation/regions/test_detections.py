@@ -155,3 +155,33 @@ def test_bad_detection_input_is_refused():
         PointConsensus(radius=0).fit(
             pd.DataFrame({"task": [0], "worker": [1], "points": [[[0, 0]]]})
         )
+
+
+def test_box_bias_of_loose_and_tight_annotators_is_found_and_removed():
+    truth = [np.array([[40.0, 40.0, 100.0, 90.0], [120.0, 20.0, 170.0, 80.0]])] * 40
+    annotators = [
+        replace(a, sensitivity=1.0, false_rate=0.0)
+        for a in make_annotators("expert:2,good:1,loose:1,tight:1", seed=5)
+    ]
+    # 3 of 5 per image: a loose annotator is often there without a tight one to cancel them
+    frame = simulate_boxes(truth, annotators, per_item=3, image_size=(200, 120), seed=6)
+    debiased = BoxConsensus().fit(frame)
+    plain = BoxConsensus(debias=False).fit(frame)
+    # loose boxes (worker 3) spill outwards: x0, y0 below the crowd's, x1, y1 above; tight the reverse
+    assert (debiased.bias_.loc[3, ["x0", "y0"]] < -2).all() and (
+        debiased.bias_.loc[3, ["x1", "y1"]] > 2
+    ).all()
+    assert (debiased.bias_.loc[4, ["x0", "y0"]] > 1).all() and (
+        debiased.bias_.loc[4, ["x1", "y1"]] < -1
+    ).all()
+    assert plain.bias_.abs().to_numpy().max() == 0
+
+    def error(model):
+        return np.mean(
+            [
+                np.abs(np.sort(model.consensus_[i], axis=0) - np.sort(truth[i], axis=0)).mean()
+                for i in range(40)
+            ]
+        )
+
+    assert error(debiased) < error(plain)

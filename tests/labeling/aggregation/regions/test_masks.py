@@ -167,3 +167,13 @@ def test_bad_input_is_refused():
         STAPLE(prior="atlas").fit(np.zeros((2, 3, 3), bool))
     with pytest.raises(ValueError, match="labels must lie"):
         STAPLE(n_classes=2).fit(np.full((2, 3, 3), 2))
+
+
+def test_pattern_kernels_equal_numpy():
+    from labeling.aggregation.regions.masks import count_codes, paint
+
+    rng = np.random.default_rng(9)
+    code = rng.integers(0, 32, size=1000).astype(np.uint8)
+    np.testing.assert_array_equal(count_codes(code, 40), np.bincount(code, minlength=40))
+    table = rng.random(32)
+    np.testing.assert_array_equal(paint(table, code), table[code])
