@@ -37,6 +37,7 @@ ACCESS: dict[str, dict[str, str]] = {
     "member-unblock": {"POST": "admin"},
     "item-image": {"GET": "member"},
     "item-thumbnail": {"GET": "member"},
+    "item-pixels": {"GET": "member"},
     "project-aggregations": {"GET": "expert", "POST": "admin"},
     "project-import-list": {"GET": "admin", "POST": "admin"},
     "aggregation-detail": {"GET": "expert"},
