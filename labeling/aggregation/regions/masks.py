@@ -38,6 +38,7 @@ from labeling.aggregation.regions.performance import (
     PRIORS,
     PerformanceFit,
     RatedUnits,
+    clamp_units,
     performance_em,
     vote_shares,
 )
@@ -64,6 +65,8 @@ class CodedMasks:
     code_unit: list[np.ndarray]  # per task: index -> unit (global), -1 where no pixel has it
     unit_unanimous: np.ndarray  # bool per unit: every rater gave the same label
     slots: list[tuple[Any, Any]] | None = None  # share_workers=False: (task, worker) per rater
+
+    known: np.ndarray | None = None  # per unit: its known label, -1 where none is known
 
     def pixel_units(self, item: int) -> np.ndarray:
         """Each pixel's unit (global index) in image ``item``, flat."""
@@ -92,8 +95,13 @@ def code_masks(
     n_classes: int | None = None,
     share_workers: bool = True,
     prior_maps: Mapping[Any, np.ndarray] | np.ndarray | None = None,
+    known: Mapping[Any, np.ndarray] | None = None,
 ) -> CodedMasks:
-    """Group every image's pixels by rater pattern (see module docstring)."""
+    """Group every image's pixels by rater pattern (see module docstring).
+
+    A pixel's pattern also holds its known label where ``known`` (task -> mask, e.g. an
+    expert's) gives one and its prior where ``prior_maps`` does, so a unit is uniform in both.
+    """
     frame = as_segmentation_frame(data)
     if frame["task"].isna().any() or frame["worker"].isna().any():
         raise ValueError("masks frame has missing task or worker ids")
@@ -113,10 +121,14 @@ def code_masks(
         prior_maps = {tasks[0]: prior_maps}
     if prior_maps is not None and k != 2:
         raise ValueError("prior maps are foreground probabilities: binary masks only")
+    known = {} if known is None else known
+    unknown_tasks = set(known) - set(tasks)
+    if unknown_tasks:
+        raise ValueError(f"known masks for tasks nobody annotated: {sorted(unknown_tasks)[:5]}")
 
     order = np.argsort(task_codes, kind="stable")
     bounds = np.searchsorted(task_codes[order], np.arange(len(tasks) + 1))
-    unit_item, unit_weight, unit_prior = [], [], []
+    unit_item, unit_weight, unit_prior, unit_known = [], [], [], []
     entry_unit, entry_worker, entry_label = [], [], []
     pixel_code, code_unit, shapes, unanimous = [], [], [], []
     n_units = 0
@@ -138,6 +150,16 @@ def code_masks(
             raters = n_raters_seen + np.arange(len(rows))
             n_raters_seen += len(rows)
         code = _pattern_codes(stack_masks, k)
+        known_mask = known.get(tasks[item])
+        if known_mask is not None:
+            known_mask = np.asarray(known_mask)
+            if known_mask.shape != shape or known_mask.dtype.kind not in "biu":
+                raise ValueError(
+                    f"task {tasks[item]!r}: known mask must be labels of the masks' shape"
+                )
+            if known_mask.size and (known_mask.min() < 0 or known_mask.max() >= k):
+                raise ValueError(f"task {tasks[item]!r}: known mask labels must lie in [0, {k})")
+            code = code.astype(np.int64) * k + known_mask.reshape(-1).astype(np.int64)
         prior_map = None if prior_maps is None else prior_maps.get(tasks[item])
         if prior_map is not None:
             prior_map = np.asarray(prior_map, dtype=np.float64)
@@ -154,6 +176,11 @@ def code_masks(
             unit_prior.append(np.stack([1 - levels[pattern_level], levels[pattern_level]], axis=1))
         elif prior_maps is not None:
             unit_prior.append(np.full((len(patterns), 2), np.nan))
+        if known_mask is not None:
+            unit_known.append(patterns % k)
+            patterns = patterns // k
+        else:
+            unit_known.append(np.full(len(patterns), -1))
         labels = (patterns[:, None] // k ** np.arange(len(rows))[None, :]) % k  # [P, R]
         n_p = len(patterns)
         unit_item.append(np.full(n_p, item))
@@ -182,6 +209,7 @@ def code_masks(
         n_classes=k,
         unit_prior=prior_array,
     )
+    known_units = np.concatenate(unit_known).astype(np.int64)
     return CodedMasks(
         units,
         np.asarray(tasks),
@@ -191,6 +219,7 @@ def code_masks(
         code_unit,
         np.concatenate(unanimous),
         None if share_workers else slots,
+        known_units,
     )
 
 
@@ -283,12 +312,19 @@ class _MaskAggregator:
     share_workers: bool = True
 
     def fit(
-        self, data: MaskInput, prior_maps: Mapping[Any, np.ndarray] | np.ndarray | None = None
+        self,
+        data: MaskInput,
+        prior_maps: Mapping[Any, np.ndarray] | np.ndarray | None = None,
+        known: Mapping[Any, np.ndarray] | None = None,
     ) -> Self:
+        """``prior_maps``: task -> foreground prior per pixel (STAPLE); ``known``: task -> a
+        mask known to be right (an expert's, a gold item's), clamped in the consensus and, in
+        STAPLE, telling the workers' sensitivities and specificities."""
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
-        coded = code_masks(data, self.n_classes, self.share_workers, prior_maps)
+        coded = code_masks(data, self.n_classes, self.share_workers, prior_maps, known)
         post = self._unit_posteriors(coded)
+        clamp_units(post, coded.known)
         self._store(coded, post)
         return self
 
@@ -350,12 +386,13 @@ class MaskMajorityVote(_MaskAggregator):
         self,
         data: MaskInput,
         prior_maps: Any = None,
+        known: Mapping[Any, np.ndarray] | None = None,
         weights: Mapping[Any, float] | pd.Series | None = None,
     ) -> Self:
         if prior_maps is not None:
             raise ValueError("majority vote takes no prior")
         self._weights = weights
-        return super().fit(data)
+        return super().fit(data, known=known)
 
     def _unit_posteriors(self, coded: CodedMasks) -> np.ndarray:
         units = coded.units
@@ -428,6 +465,7 @@ class STAPLE(_MaskAggregator):
             tol=self.tol,
             smoothing=self.smoothing,
             fixed=fixed,
+            known=coded.known,
         )
         if coded.slots is None:
             workers = pd.Index(coded.workers, name="worker")

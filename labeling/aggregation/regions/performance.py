@@ -77,6 +77,16 @@ class PerformanceFit:
     converged: bool
 
 
+def clamp_units(post: np.ndarray, known: np.ndarray | None) -> None:
+    """Set the posterior of units with a known label (``>= 0``) to that label, in place."""
+    if known is None:
+        return
+    rows = np.flatnonzero(known >= 0)
+    if len(rows):
+        post[rows] = 0.0
+        post[rows, known[rows]] = 1.0
+
+
 def vote_shares(units: RatedUnits) -> np.ndarray:
     """Each unit's share of raters per label (ITK's initial ``W``); uniform for unrated units."""
     counts = units.label_counts()
@@ -139,6 +149,7 @@ def performance_em(
     tol: float = 1e-7,
     smoothing: float = 0.0,
     fixed: np.ndarray | None = None,
+    known: np.ndarray | None = None,
 ) -> PerformanceFit:
     """Run the EM of the module docstring on ``units``.
 
@@ -147,7 +158,9 @@ def performance_em(
     item or pooled), a fixed foreground probability, or ``K`` fixed class probabilities;
     ``units.unit_prior`` overrides it unit by unit. ``smoothing`` is a Dirichlet pseudo-count
     on each confusion row (0: ITK's maximum-likelihood update). ``fixed`` (bool per unit)
-    clamps those units to their (unanimous) initial ``W`` and leaves them out of the M-step.
+    clamps those units to their (unanimous) initial ``W`` and leaves them out of the M-step;
+    ``known`` (a label per unit, -1 for none) clamps units to a known label (an expert's mask)
+    and keeps them in the M-step, so they inform the raters' confusions.
     """
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
@@ -155,6 +168,7 @@ def performance_em(
         raise ValueError("smoothing must be >= 0")
     k, n_workers, g = units.n_classes, units.n_workers, units.n_units
     post = vote_shares(units)
+    clamp_units(post, known)
     # restricted to a region, the prior is the foreground share of that region
     region = None if fixed is None else np.where(fixed, 0.0, units.unit_weight)
     priors = initial_priors(units, post, prior, confidence_weight, region)
@@ -196,6 +210,7 @@ def performance_em(
         post /= post.sum(axis=1, keepdims=True)
         if clamped is not None:
             post[fixed] = clamped
+        clamp_units(post, known)
         if last is not None and np.abs(conf - last).max() <= tol:
             converged = True
             break

@@ -177,3 +177,66 @@ def test_pattern_kernels_equal_numpy():
     np.testing.assert_array_equal(count_codes(code, 40), np.bincount(code, minlength=40))
     table = rng.random(32)
     np.testing.assert_array_equal(paint(table, code), table[code])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multilabel_staple_matches_simpleitk(seed):
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((40, 40), np.int64)
+    truth[5:15, 5:25] = 1
+    truth[18:33, 8:30] = 2
+    noise = rng.random((5, 40, 40)) < (0.05 + 0.08 * np.arange(5))[:, None, None]
+    stack = np.where(noise, rng.integers(0, 3, (5, 40, 40)), truth)
+    f = sitk.MultiLabelSTAPLEImageFilter()
+    expected = sitk.GetArrayFromImage(
+        f.Execute([sitk.GetImageFromArray(m.astype(np.uint8)) for m in stack])
+    )
+    # ITK's matrices are [observed label (and one row for "undecided"), true label]
+    itk = np.stack([np.array(f.GetConfusionMatrix(r)).reshape(4, 3)[:3].T for r in range(5)])
+    model = STAPLE().fit(stack)
+    # ITK stops once no entry moves by 1e-5, ours at 1e-7: the same fixed point within that
+    np.testing.assert_allclose(model.confusions_, itk, atol=1e-4)
+    np.testing.assert_array_equal(model.segmentations_.iloc[0], expected)
+
+
+def test_uncertainty_orders_contested_images_first():
+    truth = disc((40, 40), 20, 20, 10)
+    rng = np.random.default_rng(10)
+    calm = np.stack([truth] * 4)
+    contested = np.stack([truth ^ (rng.random(truth.shape) < 0.15) for _ in range(4)])
+    frame = pd.DataFrame(
+        {
+            "task": ["calm"] * 4 + ["contested"] * 4,
+            "worker": [0, 1, 2, 3] * 2,
+            "segmentation": list(calm) + list(contested),
+        }
+    )
+    for model in (STAPLE(share_workers=False), MaskMajorityVote()):
+        u = model.fit(frame).uncertainty_
+        assert u["calm"] == 0.0 and u["contested"] > 0.01
+
+
+def test_known_masks_are_clamped_and_inform_the_raters():
+    rng = np.random.default_rng(11)
+    truth = [disc((30, 30), *rng.uniform(10, 20, 2), rng.uniform(5, 8)) for _ in range(10)]
+    # rater 0 also paints a band of background on every image; with two raters the pixels
+    # they disagree on could be either one's error, and the expert masks settle whose
+    rows = []
+    for t, m in enumerate(truth):
+        noisy = m.copy()
+        noisy[:4] = True
+        rows.append((t, 0, noisy))
+        rows.append((t, 1, m ^ (rng.random(m.shape) < 0.02)))
+    frame = pd.DataFrame(rows, columns=["task", "worker", "segmentation"])
+    known = {0: truth[0], 1: truth[1], 2: truth[2]}
+    with_gold = STAPLE().fit(frame, known=known)
+    for t in known:
+        np.testing.assert_array_equal(with_gold.segmentations_[t], truth[t])
+        assert with_gold.uncertainty_[t] == 0.0
+    without = STAPLE().fit(frame)
+    assert with_gold.specificity_[0] < with_gold.specificity_[1]
+    assert abs(with_gold.specificity_[0] - without.specificity_[0]) > 1e-3
+    mv = MaskMajorityVote().fit(frame, known=known)
+    np.testing.assert_array_equal(mv.segmentations_[0], truth[0])
+    with pytest.raises(ValueError, match="nobody annotated"):
+        STAPLE().fit(frame, known={99: truth[0]})
