@@ -65,6 +65,7 @@ ACCESS: dict[str, dict[str, str]] = {
     # pages
     "label": {"GET": "labeler"},
     "import": {"GET": "admin", "POST": "admin"},
+    "project-create": {"GET": "staff", "POST": "staff"},
     "review": {"GET": "expert"},
     "holdout": {"GET": "expert", "POST": "expert"},
     "dashboard": {"GET": "admin"},

@@ -9,8 +9,19 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from labeling.models import LabelClass, Membership, Project
+from labeling.selectors import is_site_admin
 
 User = get_user_model()
+
+# The model permission that lets a user who is not site staff create projects (as Label
+# Studio's organisation owners and administrators do); give it in the Django admin.
+CREATE_PERMISSION = "labeling.add_project"
+
+
+def can_create_projects(user) -> bool:
+    """Site staff, and users holding the "add project" permission; the creator then becomes
+    the new project's admin."""
+    return is_site_admin(user) or bool(user.is_authenticated and user.has_perm(CREATE_PERMISSION))
 
 # Keys 1..9 pick classes on the annotator page; 0 is "unsure".
 MAX_CLASSES = 9

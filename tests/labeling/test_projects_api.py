@@ -101,3 +101,33 @@ def test_a_class_in_use_cannot_be_deleted_alone(project, crowd_user):
                         label=label_of(project, "normal"), idempotency_key="k1")
     with pytest.raises(RestrictedError):
         label_of(project, "normal").delete()
+
+
+@pytest.mark.django_db
+def test_user_with_the_add_project_permission_creates_and_becomes_admin():
+    from django.contrib.auth.models import Permission
+    from rest_framework.test import APIClient
+
+    from labeling.models import Membership
+    from tests.factories import UserFactory
+
+    user = UserFactory(username="lead")
+    user.user_permissions.add(Permission.objects.get(codename="add_project"))
+    client = APIClient()
+    client.force_authenticate(user)
+    response = client.post("/api/projects/", {"name": "z", "classes": ["a", "b"]}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["role"] == "admin"
+    assert Membership.objects.get(project__name="z", user=user).role == Membership.Role.ADMIN
+
+
+@pytest.mark.django_db
+def test_every_bad_field_is_reported_at_once(staff_client):
+    response = staff_client.post(
+        "/api/projects/",
+        {"name": "w", "classes": ["a", "a"], "gold_rate": 2, "holdout_fraction": -0.1, "overlap": 0},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"classes", "gold_rate", "holdout_fraction", "overlap"}
+    assert not Project.objects.filter(name="w").exists()

@@ -73,18 +73,31 @@ class ProjectSerializer(serializers.ModelSerializer):
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.messages) from exc
 
+    # Field by field, so that a form shows every problem at once (validate() runs only when
+    # all fields passed).
+    def _share(self, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise serializers.ValidationError("Must be between 0 and 1.")
+        return value
+
+    validate_gold_rate = validate_holdout_fraction = _share
+    validate_confidence_threshold = validate_gold_accuracy_threshold = _share
+
+    def validate_overlap(self, value: int) -> int:
+        if value < 1:
+            raise serializers.ValidationError("At least one vote per item.")
+        return value
+
+    def validate_expected_channels(self, value: int | None) -> int | None:
+        if value not in (None, 1, 3):
+            raise serializers.ValidationError("Use 1, 3 or leave empty.")
+        return value
+
     def validate(self, attrs):
         overlap = attrs.get("overlap", getattr(self.instance, "overlap", 3))
         max_overlap = attrs.get("max_overlap", getattr(self.instance, "max_overlap", 7))
         if max_overlap < overlap:
             raise serializers.ValidationError({"max_overlap": "Must be at least the overlap k."})
-        if overlap < 1:
-            raise serializers.ValidationError({"overlap": "At least one vote per item."})
-        for field in ("gold_rate", "holdout_fraction", "confidence_threshold", "gold_accuracy_threshold"):
-            if field in attrs and not 0 <= attrs[field] <= 1:
-                raise serializers.ValidationError({field: "Must be between 0 and 1."})
-        if attrs.get("expected_channels") not in (None, 1, 3):
-            raise serializers.ValidationError({"expected_channels": "Use 1, 3 or leave empty."})
         return attrs
 
     def create(self, validated_data):

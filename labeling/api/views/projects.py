@@ -16,15 +16,15 @@ from labeling.api.serializers.projects import (
     ProjectSerializer,
 )
 from labeling.models import Membership, Project
-from labeling.selectors import is_site_admin, projects_for, role_of
-from labeling.services.projects import set_membership
+from labeling.selectors import projects_for, role_of
+from labeling.services.projects import can_create_projects, set_membership
 
 
-class IsSiteAdmin(permissions.BasePermission):
-    message = "Only site admins create projects."
+class CanCreateProjects(permissions.BasePermission):
+    message = "Only site admins and users with the permission to add projects create projects."
 
     def has_permission(self, request, view) -> bool:
-        return is_site_admin(request.user)
+        return can_create_projects(request.user)
 
 
 # Crowd workers get the short form of a project; the schema documents both shapes.
@@ -60,7 +60,7 @@ class ProjectViewSet(
 
     def get_permissions(self):
         if self.action == "create":
-            return [permissions.IsAuthenticated(), IsSiteAdmin()]
+            return [permissions.IsAuthenticated(), CanCreateProjects()]
         if self.action in ("update", "partial_update", "destroy", "members"):
             return [permissions.IsAuthenticated(), IsProjectAdmin()]
         if self.action == "retrieve":
