@@ -21,10 +21,11 @@ Positions: a candidate's point or box is the weighted mean of its marks, each an
 weighted by the inverse of their localisation variance (``1 / sigma_j^2``, estimated from
 their marks' distances to the fused positions on likely-real candidates and shrunk towards
 the pooled variance with ``shrinkage`` pseudo-marks). With ``debias`` (default) each
-annotator's systematic offset per coordinate (a habit of clicking off-centre, of loose or tight
-boxes) is estimated from the same residuals, shrunk the same way, centred so the crowd's
-reliability-weighted mean offset is zero (only relative offsets are identifiable), and taken off their
-marks before fusing. For boxes this is weighted box fusion
+annotator's systematic offset per coordinate (a habit of clicking off-centre, of loose or
+tight boxes) is estimated from the same residuals, shrunk the same way, centred so the
+crowd's reliability-weighted mean offset is zero (only relative offsets are identifiable; with
+known marks they are measured from those), and taken off their marks before fusing. For
+boxes this is weighted box fusion
 (R. Solovyev, W. Wang, T. Gabruseva, "Weighted boxes fusion: ensembling boxes from different
 object detection models", Image and Vision Computing 107:104117, 2021, eq. for the fused
 coordinates) with annotator reliability in place of detector scores.
@@ -36,12 +37,15 @@ merging: IoU matching and per-coordinate medians).
 
 Input: a frame with one row per annotation (``task``, ``worker`` and ``points`` as ``[n, 2]``
 ``x, y``, or ``boxes`` as ``[n, 4]`` ``x0, y0, x1, y1``); an annotator who found nothing has
-a row with an empty array, which is what says "looked and found nothing here".
+a row with an empty array, which is what says "looked and found nothing here". ``fit(data,
+known=)`` takes an expert's (or a gold item's) objects for some images: they are clamped as
+the consensus there and measure every annotator who worked on those images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -168,6 +172,62 @@ def candidate_units(marks: Marks, mark_cluster: np.ndarray, cluster_task: np.nda
     )
 
 
+KNOWN_WORKER = "__known__"
+
+
+def with_known(crowd: Marks, known: Mapping[Any, np.ndarray], kind: Kind) -> Marks:
+    """``crowd`` plus one more annotator (the last worker code) holding the known marks."""
+    parse = as_points if kind == "points" else as_boxes
+    task_code = {t: i for i, t in enumerate(crowd.tasks)}
+    missing = [t for t in known if t not in task_code]
+    if missing:
+        raise ValueError(f"known {kind} for tasks nobody annotated: {missing[:5]}")
+    pseudo = crowd.n_workers
+    tasks = list(known)
+    arrays = [parse(known[t]) for t in tasks]
+    counts = np.array([len(a) for a in arrays], dtype=np.int64)
+    first_row = len(crowd.row_task)
+    rows = first_row + np.repeat(np.arange(len(tasks)), counts)
+    coords = np.concatenate([crowd.coords, *arrays]) if len(arrays) else crowd.coords
+    row_task = np.array([task_code[t] for t in tasks], dtype=np.int64)
+    return Marks(
+        tasks=crowd.tasks,
+        workers=np.append(crowd.workers.astype(object), KNOWN_WORKER),
+        row_task=np.concatenate([crowd.row_task, row_task]),
+        row_worker=np.concatenate([crowd.row_worker, np.full(len(tasks), pseudo)]),
+        task=np.concatenate([crowd.task, np.repeat(row_task, counts)]),
+        worker=np.concatenate([crowd.worker, np.full(int(counts.sum()), pseudo)]),
+        row=np.concatenate([crowd.row, rows]),
+        coords=coords,
+    )
+
+
+def known_candidates(
+    units: RatedUnits,
+    marks: Marks,
+    mark_cluster: np.ndarray,
+    cluster_task: np.ndarray,
+    n_crowd: int,
+) -> tuple[RatedUnits, np.ndarray]:
+    """Drop the known annotator's entries; clamp the candidates of images with known marks
+    (1: matched to one, 0: not)."""
+    keep = units.entry_worker < n_crowd
+    known_task = np.zeros(marks.n_tasks, dtype=bool)
+    known_task[marks.row_task[marks.row_worker >= n_crowd]] = True
+    has_known = np.zeros(len(cluster_task), dtype=bool)
+    has_known[mark_cluster[marks.worker >= n_crowd]] = True
+    clamp = np.where(known_task[cluster_task], has_known.astype(np.int64), -1)
+    return (
+        replace(
+            units,
+            entry_unit=units.entry_unit[keep],
+            entry_worker=units.entry_worker[keep],
+            entry_label=units.entry_label[keep],
+        ),
+        clamp,
+    )
+
+
 def weighted_centres(
     coords: np.ndarray, cluster: np.ndarray, weight: np.ndarray, n_clusters: int
 ) -> np.ndarray:
@@ -284,21 +344,35 @@ class _DetectionConsensus(_DetectionAggregator):
         if self.shrinkage < 0:
             raise ValueError("shrinkage must be >= 0")
 
-    def fit(self, data: pd.DataFrame) -> Self:
+    def fit(self, data: pd.DataFrame, known: Mapping[Any, np.ndarray] | None = None) -> Self:
+        """``known``: task -> the true points or boxes of that image (an expert's, a gold
+        item's). They join the matching first, as an annotator whose candidates are certain
+        (matched: real; unmatched: false), place their candidates, and stay out of the
+        annotators' statistics."""
         self._validate()
-        marks = code_marks(data, self.kind)
+        crowd = code_marks(data, self.kind)
+        marks = crowd if not known else with_known(crowd, known, self.kind)
+        n_crowd = crowd.n_workers
+        self._n_crowd = n_crowd
         rank = weight = None
+        if known:
+            rank = np.arange(marks.n_workers) + 1
+            rank[n_crowd] = 0
         for _ in range(self.n_rounds):
             mark_cluster, cluster_task = cluster_marks(
                 marks, self.kind, self._match_threshold(), rank, weight
             )
             units = candidate_units(marks, mark_cluster, cluster_task)
+            clamp = None
+            if known:
+                units, clamp = known_candidates(units, marks, mark_cluster, cluster_task, n_crowd)
             em = performance_em(
                 units,
                 prior=self.prior,
                 max_iter=self.max_iter,
                 tol=self.tol,
                 smoothing=self.smoothing,
+                known=clamp,
             )
             real = em.posteriors[:, 1]
             n_marks = np.bincount(marks.worker, minlength=marks.n_workers)
@@ -316,7 +390,16 @@ class _DetectionConsensus(_DetectionAggregator):
                 / np.maximum(sensitivity + np.nan_to_num(precision), 1e-12)
             )
             rank = np.argsort(np.argsort(-f1, kind="stable"), kind="stable")
-        index = pd.Index(marks.workers, name="worker")
+            if known:
+                f1[n_crowd:] = np.inf
+                rank = np.argsort(np.argsort(-f1, kind="stable"), kind="stable")
+        if known:
+            # the known annotator's slot goes; the crowd's statistics stay
+            sensitivity, precision, sigma, bias = (
+                a[:n_crowd] for a in (sensitivity, precision, sigma, bias)
+            )
+            em = replace(em, confusions=em.confusions[:n_crowd])
+        index = pd.Index(crowd.workers, name="worker")
         self.sensitivity_ = pd.Series(sensitivity, index=index, name="sensitivity")
         self.specificity_ = pd.Series(em.confusions[:, 0, 0], index=index, name="specificity")
         self.precision_ = pd.Series(precision, index=index, name="precision")
@@ -326,6 +409,15 @@ class _DetectionConsensus(_DetectionAggregator):
         self.priors_ = em.priors
         self.n_iter_ = em.n_iter
         self._store(marks, mark_cluster, cluster_task, centres, real, real >= self.threshold)
+        if known:
+            crowd_mark = marks.worker < n_crowd
+            self.marks_ = self.marks_[crowd_mark].reset_index(drop=True)
+            self.workers_ = crowd.workers
+            n_clusters = len(cluster_task)
+            self.clusters_["n_marks"] = np.bincount(mark_cluster[crowd_mark], minlength=n_clusters)
+            self.clusters_["n_annotators"] = np.bincount(crowd.row_task, minlength=crowd.n_tasks)[
+                cluster_task
+            ]
         return self
 
     def _fuse(
@@ -335,6 +427,7 @@ class _DetectionConsensus(_DetectionAggregator):
         systematic offset per coordinate (zero without ``debias``)."""
         n_w, dim = marks.n_workers, marks.coords.shape[1]
         weight = np.ones(n_w)
+        weight[self._n_crowd :] = 1e9
         size = np.bincount(mark_cluster, minlength=n_clusters)
         # residuals only on likely-real candidates someone else also marked
         usable = ((real[mark_cluster] >= 0.5) & (size[mark_cluster] >= 2)).astype(float)
@@ -356,9 +449,12 @@ class _DetectionConsensus(_DetectionAggregator):
             shrink = np.maximum(1.0 - own, 0.05)
             res2 = ((adjusted - centres[mark_cluster]) ** 2).mean(axis=1) / shrink**2
             ss = np.bincount(marks.worker, weights=res2 * usable, minlength=n_w)
-            pooled = ss.sum() / nn.sum() if nn.sum() > 0 else 1.0
+            nc = self._n_crowd
+            pooled = ss[:nc].sum() / nn[:nc].sum() if nn[:nc].sum() > 0 else 1.0
             var = (ss + self.shrinkage * pooled) / (nn + self.shrinkage)
             weight = 1.0 / np.maximum(var, 1e-6)
+            # a known annotator (the last slot, see with_known) places its candidates
+            weight[self._n_crowd :] = 1e9
             if self.debias:
                 raw = (marks.coords - centres[mark_cluster]) / shrink[:, None]
                 for d in range(dim):
@@ -367,8 +463,11 @@ class _DetectionConsensus(_DetectionAggregator):
                     )
                 bias /= (nn + self.shrinkage)[:, None]
                 # only offsets relative to the crowd are identifiable: centre them
-                mass = nn * weight
-                bias -= (mass[:, None] * bias).sum(axis=0) / max(mass.sum(), 1e-12)
+                mass = (nn * weight)[: self._n_crowd]
+                if self._n_crowd < n_w:
+                    bias[self._n_crowd :] = 0.0  # offsets are measured from the known marks
+                else:
+                    bias -= (mass[:, None] * bias).sum(axis=0) / max(mass.sum(), 1e-12)
         return centres, np.sqrt(var), bias
 
 

@@ -5,7 +5,13 @@ estimation (STAPLE)", IEEE TMI 23(7):903-921, 2004; the EM itself (eq. 14-19, 26
 :mod:`labeling.aggregation.regions.performance`. Several labels per pixel (eq. 26; T. Rohlfing,
 D. B. Russakoff, C. R. Maurer, "Performance-based classifier combination in atlas-based image
 segmentation using expectation-maximization parameter estimation", IEEE TMI 23(8), 2004) run
-the same code with ``K > 2``.
+the same code with ``K > 2``; the tests check both against SimpleITK (``STAPLEImageFilter``:
+same map and sensitivities to 1e-9; ``MultiLabelSTAPLEImageFilter``: same labels, confusions
+within its own stopping threshold).
+
+``fit(data, known=)`` takes masks known to be right for some images (an expert's, a gold
+item's): their pixels are clamped to the known label and count in the M-step, so the raters'
+sensitivities and specificities are measured against them too.
 
 Input is crowd-kit's segmentation frame (columns ``task``, ``worker``, ``segmentation``: one
 mask per row; bool for foreground/background, ints ``0..K-1`` for several labels), so ours and

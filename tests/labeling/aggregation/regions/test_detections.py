@@ -185,3 +185,26 @@ def test_box_bias_of_loose_and_tight_annotators_is_found_and_removed():
         )
 
     assert error(debiased) < error(plain)
+
+
+@pytest.mark.parametrize("kind", ["points", "boxes"])
+def test_known_objects_are_clamped_and_measure_the_annotators(kind):
+    truth, frame = three_objects_frame(kind)
+    model_cls = PointConsensus if kind == "points" else BoxConsensus
+    known_marks = truth if kind == "points" else np.concatenate([truth - 5, truth + 5], axis=1)
+    # task 0's expert marks a fourth object that the crowd missed entirely
+    extra = [[80.0, 80.0]] if kind == "points" else [[75.0, 75.0, 85.0, 85.0]]
+    known = {0: np.concatenate([known_marks, extra]), 1: known_marks}
+    model = model_cls().fit(frame, known=known)
+    np.testing.assert_allclose(np.sort(model.consensus_[0], axis=0), np.sort(known[0], axis=0))
+    np.testing.assert_allclose(np.sort(model.consensus_[1], axis=0), np.sort(known_marks, axis=0))
+    assert model.uncertainty_[0] == 0.0 and model.uncertainty_[1] == 0.0
+    # the missed object counts against every annotator of task 0; the known one is no worker
+    plain = model_cls().fit(frame)
+    assert (model.sensitivity_ < plain.sensitivity_ + 1e-9).all()
+    assert list(model.sensitivity_.index) == [0, 1, 2, 3]
+    assert "__known__" not in set(model.marks_["worker"])
+    row = model.clusters_[(model.clusters_["task"] == 0) & (model.clusters_["n_marks"] == 0)]
+    assert len(row) == 1 and row["confidence"].iloc[0] == 1.0 and row["n_annotators"].iloc[0] == 4
+    with pytest.raises(ValueError, match="nobody annotated"):
+        model_cls().fit(frame, known={42: known_marks})
