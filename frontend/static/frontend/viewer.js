@@ -376,21 +376,26 @@ export class Viewer {
     const v = this.volume;
     const { windowText, sliceText, pixelText } = this.readout;
     const unit = v && v.unit ? ` ${v.unit}` : "";
+    const say = (el, text) => {
+      el.textContent = text;
+      el.hidden = !text;
+    };
     if (!v) {
-      windowText.textContent = "";
-      sliceText.hidden = true;
-      pixelText.textContent = "";
+      say(windowText, "");
+      say(sliceText, "");
+      say(pixelText, "");
       return;
     }
     const round = (x) => String(Math.round(x * 10) / 10);
     const name = this.preset ? ` · ${this.preset.name}` : "";
-    windowText.textContent =
+    say(
+      windowText,
       `W ${round(this.window.width)} · C ${round(this.window.center)}${unit}${name}` +
-      (this.invert ? " · inverted" : "");
-    sliceText.hidden = v.frames < 2;
-    sliceText.textContent = `Slice ${this.slice + 1} / ${v.frames}`;
+        (this.invert ? " · inverted" : ""),
+    );
+    say(sliceText, v.frames < 2 ? "" : `Slice ${this.slice + 1} / ${v.frames}`);
     this.stage.dataset.slice = String(this.slice + 1);
-    pixelText.textContent = "";
+    say(pixelText, "");
     if (!this.cursor) return;
     const col = Math.floor((this.cursor.x - this.x) / this.scale);
     const row = Math.floor((this.cursor.y - this.y) / this.scale);
@@ -400,7 +405,7 @@ export class Viewer {
     const text = Array.isArray(value)
       ? value.map((x) => formatValue(x, integer)).join(", ")
       : formatValue(value, integer);
-    pixelText.textContent = `x ${col} y ${row}: ${text}${unit}`;
+    say(pixelText, `x ${col} y ${row}: ${text}${unit}`);
   }
 
   #makeCanvas() {
@@ -418,9 +423,10 @@ export class Viewer {
       el.dataset.testid = testid;
       Object.assign(el.style, {
         position: "absolute", ...where, color: "#e6e9ef", font: "12px/1.3 ui-monospace, monospace",
-        textShadow: "0 0 3px #000, 0 0 2px #000", pointerEvents: "none", zIndex: "1",
-        fontVariantNumeric: "tabular-nums", whiteSpace: "nowrap",
+        background: "rgba(11, 13, 18, 0.6)", padding: "1px 5px", borderRadius: "3px",
+        pointerEvents: "none", zIndex: "1", fontVariantNumeric: "tabular-nums", whiteSpace: "nowrap",
       });
+      el.hidden = true;
       this.stage.append(el);
       return el;
     };
