@@ -89,3 +89,35 @@ def test_command_refuses_bad_input():
     ItemFactory(project=bare)
     with pytest.raises(CommandError, match="no item with an expert answer"):
         call_command("simulate_crowd", str(bare.pk), workers="accurate:1")
+
+
+def test_progress_bar_never_passes_its_total_and_log_lines_stay_whole(capsys):
+    """The run command's bar counted every vote, gold and hold-out included, against the
+    regular items' slots (it ran past 100%), and log lines were written into its line."""
+    import logging
+    import re
+    import sys
+
+    project = truth_project(
+        n_items=20, overlap=3, gold_rate=0.5, gold_min_answers=3, gold_accuracy_threshold=0.5,
+    )
+    items = list(project.items.order_by("id"))
+    Item.objects.filter(pk__in=[i.pk for i in items[:5]]).update(is_gold=True)
+    Item.objects.filter(pk__in=[i.pk for i in items[5:8]]).update(is_holdout=True)
+    console = logging.StreamHandler(sys.stderr)  # as settings.LOGGING's, on the captured stderr
+    root = logging.getLogger()
+    root.addHandler(console)
+    level, root.level = root.level, logging.INFO
+    try:
+        summary = simulate(project, "accurate:4,adversarial:2", seed=3, progress=True)
+    finally:
+        root.removeHandler(console)
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert summary.blocked and "blocked" in err
+    states = [(int(n), int(total)) for n, total in re.findall(r"(\d+)/(\d+) \[", err)]
+    assert states and all(n <= total for n, total in states), states
+    assert states[-1][0] == states[-1][1] == 15 * 3  # every slot of the 15 non-gold items
+    # Each log line starts a line of its own: none is glued to a redraw of the bar.
+    for segment in re.split(r"[\r\n]", err):
+        assert not ("simulated votes" in segment and "blocked" in segment), segment

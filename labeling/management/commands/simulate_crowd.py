@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.core.management import BaseCommand, CommandError
-from django.db.models import F, Sum
-from django.db.models.functions import Greatest
+from django.db.models import F, IntegerField, Sum
+from django.db.models.functions import Greatest, Least
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from labeling.aggregation.simulation import WorkerProfile, make_profiles, parse_mix
 from labeling.management.commands.aggregate import find_project
@@ -77,12 +78,44 @@ def simulated_workers(project: Project, mix: str, seed: int) -> list[SimulatedWo
     return workers
 
 
+def vote_slots(project: Project) -> tuple[int, int]:
+    """(filled, left): vote slots of the items the crowd fills, hold-out included, gold aside
+    (a gold item is served beyond its plan)."""
+    slots = Item.objects.filter(project=project, is_gold=False).aggregate(
+        filled=Sum(Least(F("vote_count"), F("votes_wanted"), output_field=IntegerField())),
+        left=Sum(Greatest(F("votes_wanted") - F("vote_count"), 0)),
+    )
+    return int(slots["filled"] or 0), int(slots["left"] or 0)
+
+
 def open_slots_left(project: Project) -> int:
-    """Votes the regular items still want (an estimate for the progress bar)."""
-    left = Item.objects.filter(project=project, is_gold=False, is_holdout=False).aggregate(
-        n=Sum(Greatest(F("votes_wanted") - F("vote_count"), 0))
-    )["n"]
-    return int(left or 0)
+    """Votes the items still want."""
+    return vote_slots(project)[1]
+
+
+class SlotProgress:
+    """The progress bar: vote slots filled since the start out of those filled plus those still
+    wanted, read from the items after each round. Counting votes instead ran past the total
+    (votes on gold items, or on hold-out items the total left out) and never saw the plan grow
+    (an aggregation reopening uncertain items) or shrink."""
+
+    def __init__(self, project: Project, enabled: bool):
+        self.project = project
+        self.start, left = vote_slots(project)
+        self.bar = tqdm(
+            total=left, unit="vote", desc="simulated votes", disable=not enabled, dynamic_ncols=True
+        )
+
+    def refresh(self) -> None:
+        filled, left = vote_slots(self.project)
+        done = max(0, filled - self.start)
+        self.bar.total = done + left
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.refresh()
+        self.bar.close()
 
 
 def _reopened(project: Project) -> bool:
@@ -125,7 +158,25 @@ def simulate(
     rng = np.random.default_rng(seed)
     gold_rng = random.Random(seed)
     summary = SimulationSummary()
-    bar = tqdm(total=open_slots_left(project), unit="vote", disable=not progress, desc="simulated votes")
+    # Log lines (a blocked worker, an aggregation run) are written above the bar, not into it.
+    with logging_redirect_tqdm():
+        _vote_until_done(
+            project, workers, classes, truth, rng, gold_rng, summary, SlotProgress(project, progress)
+        )
+    summary.blocked = sorted(
+        Membership.objects.filter(
+            project=project, is_simulated=True, is_blocked=True, user__in=[w.user for w in workers]
+        ).values_list("user__username", flat=True)
+    )
+    return summary
+
+
+def _vote_until_done(
+    project: Project, workers: list[SimulatedWorker], classes: list[str], truth: dict[int, int],
+    rng: np.random.Generator, gold_rng: random.Random, summary: SimulationSummary,
+    bar: SlotProgress,
+) -> None:
+    """Workers take turns until a whole round hands nobody an item."""
     active = list(workers)
     while active:
         summary.rounds += 1
@@ -159,21 +210,15 @@ def simulate(
                 continue
             worker.refusals = 0
             cast += 1
-            bar.update(1)
             archetype = worker.profile.archetype
             summary.votes_by_archetype[archetype] += 1
             summary.correct_by_archetype[archetype] += int(label is not None and label == classes[true_class])
         summary.votes += cast
+        bar.refresh()
         active = [w for w in active if w.refusals < MAX_REFUSALS]
         if not cast and not _reopened(project):
             break
     bar.close()
-    summary.blocked = sorted(
-        Membership.objects.filter(
-            project=project, is_simulated=True, is_blocked=True, user__in=[w.user for w in workers]
-        ).values_list("user__username", flat=True)
-    )
-    return summary
 
 
 class Command(BaseCommand):
