@@ -101,3 +101,25 @@ def test_pyproject_builds_without_setuptools_warnings():
         dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
     assert [str(w.message).splitlines()[0] for w in caught] == []
     assert dist.metadata.license_expression == "MIT"
+
+
+def test_seed_demo_import_bar_follows_the_import_to_its_total(capsys):
+    import logging
+
+    from labeling.management.commands.seed_demo import _import_bar
+
+    console = logging.StreamHandler(sys.stderr)  # as settings.LOGGING's, on the captured stderr
+    root = logging.getLogger()
+    root.addHandler(console)
+    try:
+        with _import_bar("demo images") as progress:
+            for done in range(1, 4):
+                progress(done, 3, f"image{done}.png")
+                logging.getLogger("tests.seed").warning("image%d read", done)
+    finally:
+        root.removeHandler(console)
+    err = capsys.readouterr().err
+    states = [(int(n), int(total)) for n, total in re.findall(r"(\d+)/(\d+) \[", err)]
+    assert states[-1] == (3, 3) and all(n <= total for n, total in states)
+    for segment in re.split(r"[\r\n]", err):
+        assert not ("importing demo images" in segment and "read" in segment), segment

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import tempfile
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import BaseCommand, CommandError, call_command
 from django.db import transaction
 from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from labeling.models import ExpertLabel, ImportBatch, Item, Membership, Project, Region
 from labeling.services.gold import draw_gold
@@ -42,6 +45,20 @@ SIMULATED_CROWD = "accurate:4,noisy:4,class_biased:2,spammer:2"
 GOLD_FRACTION = 0.1
 # Hold-out items left for the demo experts to label blind (the rest keep the dataset's label).
 BLIND_HOLDOUT_ITEMS = 12
+
+
+@contextmanager
+def _import_bar(what: str):
+    """A progress bar for an import, moved by the import's own (done, total) callback so it
+    ends at its total; log lines are written above it."""
+    bar = tqdm(unit="file", desc=f"importing {what}", dynamic_ncols=True)
+    with logging_redirect_tqdm(), bar:
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        yield progress
 
 
 class Command(BaseCommand):
@@ -104,8 +121,9 @@ class Command(BaseCommand):
                 patch_stride=160,
             )
             self._members(project, users)
-        import_files(project, [folder / r["image"] for r in labelled], user=users["admin"],
-                     source=ImportBatch.Source.DEMO, labels=labels, seed=seed)
+        with _import_bar("BCCD images") as progress:
+            import_files(project, [folder / r["image"] for r in labelled], user=users["admin"],
+                         source=ImportBatch.Source.DEMO, labels=labels, seed=seed, progress=progress)
         self._bccd_regions(project, folder / "Annotations")
         self._crowd(project, seed)
 
@@ -151,8 +169,9 @@ class Command(BaseCommand):
                 name = f"pneumoniamnist_train_{index:05d}.png"
                 Image.fromarray(data["train_images"][index]).save(Path(tmp) / name)
                 labels[name] = PNEUMONIA_CLASSES[int(data["train_labels"][index][0])]
-            import_path(project, Path(tmp), user=users["admin"], source=ImportBatch.Source.DEMO,
-                        labels=labels, seed=seed)
+            with _import_bar("PneumoniaMNIST images") as progress:
+                import_path(project, Path(tmp), user=users["admin"], source=ImportBatch.Source.DEMO,
+                            labels=labels, seed=seed, progress=progress)
         self._crowd(project, seed)
 
     def _crowd(self, project: Project, seed: int) -> None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.core.management import BaseCommand, CommandError
-from django.db.models import F, IntegerField, Sum
-from django.db.models.functions import Greatest, Least
+from django.db.models import F, Sum
+from django.db.models.functions import Greatest
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -78,39 +78,39 @@ def simulated_workers(project: Project, mix: str, seed: int) -> list[SimulatedWo
     return workers
 
 
-def vote_slots(project: Project) -> tuple[int, int]:
-    """(filled, left): vote slots of the items the crowd fills, hold-out included, gold aside
-    (a gold item is served beyond its plan)."""
-    slots = Item.objects.filter(project=project, is_gold=False).aggregate(
-        filled=Sum(Least(F("vote_count"), F("votes_wanted"), output_field=IntegerField())),
-        left=Sum(Greatest(F("votes_wanted") - F("vote_count"), 0)),
-    )
-    return int(slots["filled"] or 0), int(slots["left"] or 0)
-
-
 def open_slots_left(project: Project) -> int:
-    """Votes the items still want."""
-    return vote_slots(project)[1]
+    """Votes the items still want: hold-out included, gold aside (a gold item is served beyond
+    its plan)."""
+    left = Item.objects.filter(project=project, is_gold=False).aggregate(
+        n=Sum(Greatest(F("votes_wanted") - F("vote_count"), 0))
+    )["n"]
+    return int(left or 0)
 
 
 class SlotProgress:
-    """The progress bar: vote slots filled since the start out of those filled plus those still
-    wanted, read from the items after each round. Counting votes instead ran past the total
-    (votes on gold items, or on hold-out items the total left out) and never saw the plan grow
-    (an aggregation reopening uncertain items) or shrink."""
+    """The progress bar: this run's votes on planned (non-gold) items, out of those plus the
+    votes the items still want, read after each round. The count only grows; the total grows
+    when a blocked worker's votes are set aside or an aggregation reopens uncertain items, and
+    shrinks when it closes confident ones. Counting every vote against the regular items' slots
+    at the start ran past the total (gold and hold-out votes) and never saw the plan change."""
 
     def __init__(self, project: Project, enabled: bool):
         self.project = project
-        self.start, left = vote_slots(project)
+        gold = Item.objects.filter(project=project, is_gold=True).values_list("id", flat=True)
+        self.gold = set(gold)
+        self.done = 0
         self.bar = tqdm(
-            total=left, unit="vote", desc="simulated votes", disable=not enabled, dynamic_ncols=True
+            total=open_slots_left(project), unit="vote", desc="simulated votes",
+            disable=not enabled, dynamic_ncols=True,
         )
 
+    def voted(self, item_id: int) -> None:
+        if item_id not in self.gold:
+            self.done += 1
+
     def refresh(self) -> None:
-        filled, left = vote_slots(self.project)
-        done = max(0, filled - self.start)
-        self.bar.total = done + left
-        self.bar.n = done
+        self.bar.total = self.done + open_slots_left(self.project)
+        self.bar.n = self.done
         self.bar.refresh()
 
     def close(self) -> None:
@@ -210,6 +210,7 @@ def _vote_until_done(
                 continue
             worker.refusals = 0
             cast += 1
+            bar.voted(lease.item_id)
             archetype = worker.profile.archetype
             summary.votes_by_archetype[archetype] += 1
             summary.correct_by_archetype[archetype] += int(label is not None and label == classes[true_class])
