@@ -32,6 +32,7 @@ from django.db import connection, transaction
 from django.db.models import Case, F, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.aggregation import METHODS, Aggregator, VoteMatrix, fleiss_kappa, krippendorff_alpha
 from labeling.aggregation.adaptive import votes_wanted as more_votes_wanted
@@ -367,12 +368,35 @@ def in_flight(project_id: int, method: str) -> QuerySet:
     )
 
 
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
+
+
 def _dispatch(run: AggregationRun) -> None:
     from labeling.tasks import aggregate_project_task
 
-    run_id = run.pk
-    # Named here rather than as a task attribute, which Celery deprecates in favour of routes.
-    transaction.on_commit(lambda: aggregate_project_task.apply_async((run_id,), queue=TASK_QUEUE))
+    run_id, automatic = run.pk, run.trigger == "auto"
+
+    def send() -> None:
+        try:
+            # Named here rather than as a task attribute, which Celery deprecates for routes.
+            # One immediate retry (a pooled connection may predate a broker restart), not
+            # kombu's default three with pauses: a vote waits on this (0.65 s a vote when down).
+            aggregate_project_task.apply_async(
+                (run_id,), queue=TASK_QUEUE, retry_policy=PUBLISH_RETRY_POLICY
+            )
+        except (KombuOperationalError, OSError) as exc:
+            # The broker is down. A queued run no worker will hear of would hold the trigger
+            # (in_flight) for STALE_AFTER: an automatic one is forgotten, so a vote after the
+            # broker is back asks again; a requested one fails with the reason.
+            logger.warning("aggregation run %s not queued, broker unreachable: %s", run_id, exc)
+            queued = AggregationRun.objects.filter(pk=run_id, status=Status.QUEUED)
+            if automatic:
+                queued.delete()
+            else:
+                queued.update(status=Status.FAILED, finished_at=timezone.now(),
+                              failure_reason=f"the task queue (broker) was unreachable: {exc}")
+
+    transaction.on_commit(send)
 
 
 @transaction.atomic
