@@ -127,9 +127,11 @@ def mask_methods(with_peers: bool = True) -> dict:
 def score_masks(name: str, frame: pd.DataFrame, truth: dict, methods: dict) -> list[dict]:
     rows = []
     n = frame["task"].nunique()
+    first_task = frame[frame["task"] == frame["task"].iloc[0]]
     for method, fn in methods.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            fn(first_task)  # warm-up: numba's cache load, lazy imports
             segs, seconds = timed(lambda fn=fn: fn(frame))
         d = [dice(segs[t], truth[t] > 0) for t in truth]
         j = [iou(segs[t], truth[t] > 0) for t in truth]
@@ -198,6 +200,7 @@ def lidc_part(args) -> pd.DataFrame:
     for method, fn in methods.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            fn(frame[frame["task"] == 0])  # warm-up
             segs, seconds = timed(lambda fn=fn: fn(frame))
             loo_segs = fn(loo)
         rows.append(
@@ -226,6 +229,7 @@ def detections_part(args) -> pd.DataFrame:
     n = len(boxes)
     rows = []
     points = simulate_points(truth_points, annotators, PER_ITEM, BCCD_SIZE, seed=4)
+    PointConsensus(radius=15).fit(points[points["task"] == 0])  # warm-up
     for method, model in (
         ("ours PointConsensus (EM)", PointConsensus(radius=15)),
         ("majority vote + median", PointMajorityVote(radius=15)),
