@@ -52,6 +52,15 @@ def test_staple_matches_simpleitk_on_radiologists_contours():
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     assert len(nodules) == 6
+    assert all(3 <= len(n.masks) <= 4 and n.masks.any(axis=(1, 2)).all() for n in nodules)
+    # radiologists outlining one nodule mostly agree (a wrong polygon fill gave ~0.4)
+    from labeling.aggregation.regions.agreement import mask_agreement
+
+    frame = pd.DataFrame(
+        [(k, r, m) for k, n in enumerate(nodules) for r, m in enumerate(n.masks)],
+        columns=["task", "worker", "segmentation"],
+    )
+    assert mask_agreement(frame)[0].mean() > 0.7
     for nodule in nodules:
         expected, f = sitk_staple(nodule.masks)
         model = STAPLE().fit(nodule.masks)
