@@ -334,11 +334,13 @@ class _MaskAggregator:
         self._store(coded, post)
         return self
 
-    def fit_predict(self, data: MaskInput, prior_maps: Any = None) -> pd.Series:
-        return self.fit(data, prior_maps).segmentations_
+    def fit_predict(self, data: MaskInput, prior_maps: Any = None, known: Any = None) -> pd.Series:
+        return self.fit(data, prior_maps=prior_maps, known=known).segmentations_
 
-    def fit_predict_proba(self, data: MaskInput, prior_maps: Any = None) -> pd.Series:
-        return self.fit(data, prior_maps).probas_
+    def fit_predict_proba(
+        self, data: MaskInput, prior_maps: Any = None, known: Any = None
+    ) -> pd.Series:
+        return self.fit(data, prior_maps=prior_maps, known=known).probas_
 
     def _unit_posteriors(self, coded: CodedMasks) -> np.ndarray:
         raise NotImplementedError
