@@ -355,7 +355,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gold", type=int, default=200)
     parser.add_argument("--gold-rate", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--history", type=int, default=0)
+    parser.add_argument("--history", type=int, default=20_000,
+                        help="Finished items from earlier days (see serving.py).")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/quorum_soak")
