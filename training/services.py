@@ -739,6 +739,7 @@ def _finish(run_id: int, status: str, **values: Any) -> None:
 def failure_reason(error: BaseException, run: TrainingRun) -> str:
     """A sentence an admin can act on, for every way a run fails."""
     from training.engine import CheckpointError, WeightsError
+    from training.engine.data import TooFewItems
 
     if _is_out_of_memory(error):
         return (
@@ -746,7 +747,7 @@ def failure_reason(error: BaseException, run: TrainingRun) -> str:
             f"{run.image_size} px: lower the batch size or the image size, or pick a smaller "
             f"backbone ({error})"
         )
-    if isinstance(error, NoLabelledItems):
+    if isinstance(error, (NoLabelledItems, TooFewItems)):
         return str(error)
     if isinstance(error, WeightsError):
         return f"bad weights ({run.weights}): {error}"

@@ -133,6 +133,15 @@ def test_no_labelled_items_fails_with_its_reason(project):
     assert run.finished_at is not None
 
 
+def test_one_training_item_fails_with_its_reason(project):
+    make_training_set(project, n_train=1)
+    run = new_run(project)
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert run.failure_reason.startswith("training needs at least 2 training items, this run has 1")
+
+
 def test_bad_weights_file_fails_with_its_reason(project, tmp_path):
     make_training_set(project)
     garbage = tmp_path / "weights.pth"

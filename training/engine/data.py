@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torchvision.transforms import v2
 
 from training.engine.backbones import DataConfig
@@ -31,6 +31,10 @@ __all__ = [
     "ItemDataset",
     "ItemSet",
     "Preprocessing",
+    "TooFewItems",
+    "TrainingBatches",
+    "batches_per_epoch",
+    "check_trainable",
     "load_image",
     "make_loader",
 ]
@@ -332,17 +336,78 @@ def make_loader(
     drop_last: bool = False,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose order and worker RNG depend only on ``seed``."""
+    """A training DataLoader whose order and worker RNG depend only on ``seed``; its batches are
+    :class:`TrainingBatches` (a last batch of one joins the one before it)."""
     generator = torch.Generator()
     generator.manual_seed(seed)
+    # what DataLoader(shuffle=...) would build: the same order from the same seed
+    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+        batch_sampler=TrainingBatches(sampler, batch_size, drop_last=drop_last),
         num_workers=num_workers,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         generator=generator,
-        drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+class TrainingBatches(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices drawn from ``sampler``, where a last batch of one item
+    joins the batch before it.
+
+    BatchNorm in training mode cannot normalise one sample whose feature map is 1x1 ("Expected
+    more than 1 value per channel when training"), so whether a run works would otherwise hang
+    on ``len(sampler) % batch_size``. Joining (rather than dropping) keeps every item in every
+    epoch. A training set of one item has no batch to join; the trainers refuse it.
+    ``drop_last`` drops any incomplete last batch instead.
+    """
+
+    def __init__(self, sampler: Sampler | Sequence[int], batch_size: int, *,
+                 drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def __iter__(self):
+        batch: list[int] = []
+        previous: list[int] | None = None  # held back until we know whether a lone item follows
+        for index in self.sampler:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                if previous is not None:
+                    yield previous
+                previous, batch = batch, []
+        if self.drop_last:
+            batch = []
+        elif len(batch) == 1 and previous is not None:
+            previous, batch = previous + batch, []
+        if previous is not None:
+            yield previous
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        return batches_per_epoch(len(self.sampler), self.batch_size, drop_last=self.drop_last)
+
+
+def batches_per_epoch(n_items: int, batch_size: int, *, drop_last: bool = False) -> int:
+    """How many batches :class:`TrainingBatches` makes of ``n_items`` (the LR schedule's steps)."""
+    full, rest = divmod(n_items, batch_size)
+    if drop_last:
+        return full
+    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
+class TooFewItems(ValueError):
+    """Training needs at least two items: BatchNorm cannot learn from a batch of one."""
+
+
+def check_trainable(n_items: int, what: str = "training items") -> None:
+    """Raise :class:`TooFewItems` for fewer than two items (nothing to normalise a batch over)."""
+    if n_items < 2:
+        raise TooFewItems(
+            f"training needs at least 2 {what}, this run has {n_items}: label more items, or "
+            f"move some out of the hold-out"
+        )

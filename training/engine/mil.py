@@ -22,7 +22,6 @@ cosine schedule, CUDA autocast + GradScaler, one atomic checkpoint per epoch and
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import tempfile
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from training.engine.backbones import build_model
 from training.engine.checkpoints import (
@@ -50,7 +49,10 @@ from training.engine.crowd_layer import CrowdLayer
 from training.engine.data import (
     CrowdVotes,
     ItemSet,
+    TrainingBatches,
     as_probabilities,
+    batches_per_epoch,
+    check_trainable,
     load_image,
     match_channels,
 )
@@ -358,6 +360,7 @@ def train_mil(
     evaluation = preprocessing.without_augmentation()
 
     n_bags = len(train_data)
+    check_trainable(n_bags, "training bags")
     if votes is not None:
         votes.check(n_bags, config.num_classes)
     targets = _bag_targets(config, train_data, votes, init_posteriors)
@@ -379,7 +382,7 @@ def train_mil(
         )
 
     optimizer, scheduler, scaler = build_optimization(
-        config, model, crowd_layer, math.ceil(n_bags / config.bags_per_batch), use_amp
+        config, model, crowd_layer, batches_per_epoch(n_bags, config.bags_per_batch), use_amp
     )
     history: list[EpochRecord] = []
     start_epoch = 0
@@ -597,10 +600,11 @@ def load_mil_model(
 def _loader(dataset: BagDataset, bags_per_batch: int, *, shuffle: bool, seed: int) -> DataLoader:
     generator = torch.Generator()
     generator.manual_seed(seed)
+    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    # a last batch of one bag joins the one before it (TrainingBatches: BatchNorm)
     return DataLoader(
         dataset,
-        batch_size=bags_per_batch,
-        shuffle=shuffle,
+        batch_sampler=TrainingBatches(sampler, bags_per_batch),
         generator=generator,
         collate_fn=collate_bags,
     )

@@ -16,7 +16,6 @@ an atomic checkpoint after every epoch, cancellation between batches, and exact 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import tempfile
@@ -39,7 +38,15 @@ from training.engine.checkpoints import (
     save_model_file,
 )
 from training.engine.crowd_layer import CrowdLayer
-from training.engine.data import CrowdVotes, ItemDataset, ItemSet, Preprocessing, make_loader
+from training.engine.data import (
+    CrowdVotes,
+    ItemDataset,
+    ItemSet,
+    Preprocessing,
+    batches_per_epoch,
+    check_trainable,
+    make_loader,
+)
 from training.engine.inference import predict
 
 __all__ = [
@@ -209,6 +216,7 @@ def train(
     evaluation = preprocessing.without_augmentation()
 
     n_items = len(train_data)
+    check_trainable(n_items)
     if votes is not None:
         votes.check(n_items, config.num_classes)
     targets = _initial_targets(config, train_data, votes, init_posteriors)
@@ -239,7 +247,7 @@ def train(
         )  # fmt: skip
 
     optimizer, scheduler, scaler = build_optimization(
-        config, model, crowd_layer, math.ceil(n_items / config.batch_size), use_amp
+        config, model, crowd_layer, batches_per_epoch(n_items, config.batch_size), use_amp
     )
     history: list[EpochRecord] = []
     start_epoch = 0
