@@ -64,3 +64,18 @@ def test_empty_dashboard_still_draws_every_chart(project, admin_user, page, logi
     # No item yet: the histogram says so instead of drawing bars.
     assert page.locator("[data-testid=chart-votes] g[id^=data-]").count() == 0
     assert "No aggregation run has finished yet" in page.inner_text("[data-testid=methods]")
+
+
+def test_dash_without_holdout_items_is_explained(admin_user, page, login, live_server, artifacts_dir):
+    from labeling.models import Membership as Member
+    from tests.factories import MembershipFactory, ProjectFactory
+
+    three = ProjectFactory(name="Three classes", classes=["normal", "pneumonia", "other"])
+    MembershipFactory(project=three, user=admin_user, role=Member.Role.ADMIN)
+    build_scene(three)
+    login(page, admin_user.username)
+    page.goto(f"{live_server.url}/projects/{three.id}/")
+    dash = page.locator("[data-testid=method-dawid_skene] [data-testid=no-holdout-other]")
+    assert "No hold-out item has the expert answer other" in dash.get_attribute("title")
+    assert "no hold-out item with that expert answer" in page.inner_text("[data-testid=methods-footnote]")
+    page.locator("[data-testid=methods]").screenshot(path=str(artifacts_dir / "dashboard_methods_dash.png"))
