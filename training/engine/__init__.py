@@ -7,6 +7,7 @@ on the hold-out predictions it gets back.
 
 from training.engine.aggnet import AggNetEM, sensitivity_specificity
 from training.engine.backbones import DataConfig, build_model
+from training.engine.balance import BALANCE_MODES, ClassBalance, plan_class_balance
 from training.engine.checkpoints import CheckpointError
 from training.engine.crowd_layer import CrowdLayer
 from training.engine.data import CrowdVotes, ItemDataset, ItemSet, Preprocessing, make_loader
@@ -47,6 +48,9 @@ from training.engine.trainer import (
 from training.engine.weights import WeightsError, converted_weights_path
 
 __all__ = [
+    "BALANCE_MODES",
+    "ClassBalance",
+    "plan_class_balance",
     "LABEL_SOURCES",
     "MIL_LABEL_SOURCES",
     "AggNetEM",

@@ -75,8 +75,11 @@ class CrowdLayer(nn.Module):
         vote_workers: torch.Tensor,
         vote_labels: torch.Tensor,
         trace_weight: float = 0.0,
+        item_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy of the observed votes plus ``trace_weight`` x the mean trace.
+
+        ``item_weights`` ``[B]`` (class balancing) scale the votes on each item.
 
         ``vote_workers``/``vote_labels`` are ``[B, V]`` padded with -1 where no vote exists.
         The trace is averaged over the votes in the batch (each vote contributes its
@@ -92,7 +95,11 @@ class CrowdLayer(nn.Module):
         labels = vote_labels[rows]
         confusions = self.confusions()[workers]  # [n_votes, K, K]
         observed = torch.bmm(probabilities[rows[0]].unsqueeze(1), confusions).squeeze(1)
-        vote_loss = F.nll_loss(observed.clamp_min(1e-8).log(), labels)
+        if item_weights is None:
+            vote_loss = F.nll_loss(observed.clamp_min(1e-8).log(), labels)
+        else:
+            per_vote = F.nll_loss(observed.clamp_min(1e-8).log(), labels, reduction="none")
+            vote_loss = (per_vote * item_weights[rows[0]]).mean()
         if trace_weight == 0.0:
             return vote_loss
         trace = confusions.diagonal(dim1=1, dim2=2).sum(dim=1).mean()

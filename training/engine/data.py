@@ -335,13 +335,18 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """A training DataLoader whose order and worker RNG depend only on ``seed``; its batches are
-    :class:`TrainingBatches` (a last batch of one joins the one before it)."""
+    :class:`TrainingBatches` (a last batch of one joins the one before it).
+
+    A ``sampler`` (e.g. the balanced one of :mod:`training.engine.balance`) replaces shuffling.
+    """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    # what DataLoader(shuffle=...) would build: the same order from the same seed
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    if sampler is None:
+        # what DataLoader(shuffle=...) would build: the same order from the same seed
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
         batch_sampler=TrainingBatches(sampler, batch_size, drop_last=drop_last),

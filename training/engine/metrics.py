@@ -41,23 +41,33 @@ __all__ = [
 class EvaluationReport:
     """Scores of probabilities ``[N, K]`` against expert classes ``[N]``.
 
-    Per-class lists are indexed by class. ``roc_auc`` is the binary AUC for two classes and the
-    one-vs-rest macro average otherwise, over the classes that occur in the hold-out; a class
-    absent from it (or the only one present) has ``None`` in ``roc_auc_per_class``.
+    Per-class lists are indexed by class. A score that has no value is ``None``, never a 0
+    that reads like a failure: ``recall`` and ``f1`` of a class with no hold-out item,
+    ``precision`` of a class the model never predicted. ``roc_auc`` is the binary AUC for two
+    classes and the one-vs-rest macro average otherwise, over the classes that occur in the
+    hold-out; a class absent from it (or the only one present) has ``None`` in
+    ``roc_auc_per_class``. ``predicted`` counts the hold-out items predicted as each class.
     """
 
     n_items: int
     class_names: list[str]
     accuracy: float
     balanced_accuracy: float
-    precision: list[float]
-    recall: list[float]
-    f1: list[float]
+    precision: list[float | None]
+    recall: list[float | None]
+    f1: list[float | None]
     support: list[int]
     roc_auc: float | None
     roc_auc_per_class: list[float | None]
     confusion_matrix: list[list[int]]  # [expert class][predicted class]
     expected_calibration_error: float
+    predicted: list[int] | None = None
+
+    @property
+    def macro_f1(self) -> float | None:
+        """Mean F1 over the classes the hold-out has."""
+        present = [f for f in self.f1 if f is not None]
+        return float(np.mean(present)) if present else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (for a JSONField)."""
@@ -125,19 +135,21 @@ def evaluate(
     else:
         present = [a for a in per_class_auc if a is not None]
         auc = float(np.mean(present)) if present else None
+    predicted_counts = np.bincount(predicted, minlength=num_classes)
     return EvaluationReport(
         n_items=int(y_true.size),
         class_names=names,
         accuracy=float(accuracy_score(y_true, predicted)),
         balanced_accuracy=float(_balanced_accuracy(y_true, predicted)),
-        precision=[float(v) for v in precision],
-        recall=[float(v) for v in recall],
-        f1=[float(v) for v in f1],
+        precision=[float(v) if n else None for v, n in zip(precision, predicted_counts, strict=True)],
+        recall=[float(v) if n else None for v, n in zip(recall, support, strict=True)],
+        f1=[float(v) if n else None for v, n in zip(f1, support, strict=True)],
         support=[int(v) for v in support],
         roc_auc=auc,
         roc_auc_per_class=per_class_auc,
         confusion_matrix=confusion_matrix(y_true, predicted, labels=labels).tolist(),
         expected_calibration_error=expected_calibration_error(y_true, probabilities, n_bins),
+        predicted=[int(v) for v in predicted_counts],
     )
 
 

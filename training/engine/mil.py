@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from training.engine.backbones import build_model
+from training.engine.balance import BALANCE_MODES, plan_class_balance
 from training.engine.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -65,6 +66,7 @@ from training.engine.trainer import (
     build_optimization,
     restore_state,
     seed_everything,
+    soft_cross_entropy,
     stop_check,
 )
 
@@ -133,6 +135,8 @@ class MILConfig:
     cache_dir: str | None = None
     crowd_layer_trace_weight: float = 0.01
     crowd_layer_lr_scale: float = 10.0
+    class_balance: str = "auto"  # as TrainConfig.class_balance, over bags
+    class_balance_threshold: float = 1.5
     cancel_check_every: int = 10
 
     def __post_init__(self) -> None:
@@ -148,6 +152,8 @@ class MILConfig:
             raise ValueError("need patch_size >= 1 and 1 <= patch_stride <= patch_size")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError("schedule must be 'cosine' or 'constant'")
+        if self.class_balance not in BALANCE_MODES:
+            raise ValueError(f"class_balance must be one of {BALANCE_MODES}")
 
 
 @dataclass(frozen=True)
@@ -293,6 +299,7 @@ class MILResult:
     holdout_targets: np.ndarray | None = None
     holdout_probabilities: np.ndarray | None = None  # [n_holdout, K]
     holdout_attention: list[np.ndarray] = field(default_factory=list)  # each [rows, cols]
+    class_balance: dict[str, Any] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -364,6 +371,8 @@ def train_mil(
     if votes is not None:
         votes.check(n_bags, config.num_classes)
     targets = _bag_targets(config, train_data, votes, init_posteriors)
+    balance = plan_class_balance(config.class_balance, targets, config.class_balance_threshold)
+    class_weights, item_weights = balance.loss_class_weights(device), balance.loss_item_weights()
     train_dataset = BagDataset(
         ItemSet(train_data.images, targets, train_data.ids), config.num_classes, preprocessing
     )
@@ -421,6 +430,7 @@ def train_mil(
             ),
             holdout_probabilities=probabilities,
             holdout_attention=attention,
+            class_balance=balance.summary(),
         )
 
     autocast = (
@@ -435,7 +445,10 @@ def train_mil(
         # each epoch reseeds from (seed, epoch): a resumed run replays exactly the same stream
         epoch_seed = config.seed * 100_003 + epoch
         seed_everything(epoch_seed)
-        loader = _loader(train_dataset, config.bags_per_batch, shuffle=True, seed=epoch_seed)
+        loader = _loader(
+            train_dataset, config.bags_per_batch, shuffle=True, seed=epoch_seed,
+            sampler=balance.sampler(epoch_seed),
+        )
         model.train()
         loss_sum = torch.zeros((), device=device)
         bags_seen = patches_seen = 0
@@ -452,10 +465,11 @@ def train_mil(
                     vote_workers[indices].to(device),
                     vote_labels[indices].to(device),
                     config.crowd_layer_trace_weight,
+                    item_weights[indices].to(device) if item_weights is not None else None,
                 )
             else:
                 batch_targets = batch_targets.to(device, non_blocking=True)
-                loss = -(batch_targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+                loss = soft_cross_entropy(logits, batch_targets, class_weights)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -597,10 +611,13 @@ def load_mil_model(
     return model.to(device).eval(), preprocessing
 
 
-def _loader(dataset: BagDataset, bags_per_batch: int, *, shuffle: bool, seed: int) -> DataLoader:
+def _loader(
+    dataset: BagDataset, bags_per_batch: int, *, shuffle: bool, seed: int, sampler=None
+) -> DataLoader:
     generator = torch.Generator()
     generator.manual_seed(seed)
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     # a last batch of one bag joins the one before it (TrainingBatches: BatchNorm)
     return DataLoader(
         dataset,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from training.engine.aggnet import AggNetEM, confusions_from_posteriors
 from training.engine.backbones import build_model
+from training.engine.balance import BALANCE_MODES, plan_class_balance
 from training.engine.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -109,6 +110,10 @@ class TrainConfig:
     crowd_layer_trace_weight: float = 0.01
     crowd_layer_lr_scale: float = 10.0  # confusions start near a good value and need to move fast
     aggnet_smoothing: float = 1.0
+    # class imbalance: "auto" (weighted loss when the classes are skewed), "none", "loss",
+    # "sampler"; see training/engine/balance.py
+    class_balance: str = "auto"
+    class_balance_threshold: float = 1.5  # auto: largest / smallest class mass above this
     cancel_check_every: int = 10  # batches between should_stop() calls
 
     def __post_init__(self) -> None:
@@ -122,6 +127,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be positive")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError("schedule must be 'cosine' or 'constant'")
+        if self.class_balance not in BALANCE_MODES:
+            raise ValueError(f"class_balance must be one of {BALANCE_MODES}")
 
 
 @dataclass
@@ -166,6 +173,7 @@ class TrainingResult:
     holdout_ids: list[Any] = field(default_factory=list)
     holdout_targets: np.ndarray | None = None
     holdout_probabilities: np.ndarray | None = None  # [n_holdout, K], from the final model
+    class_balance: dict[str, Any] | None = None  # the imbalance remedy applied (balance.py)
 
     @property
     def cancelled(self) -> bool:
@@ -220,6 +228,9 @@ def train(
     if votes is not None:
         votes.check(n_items, config.num_classes)
     targets = _initial_targets(config, train_data, votes, init_posteriors)
+    # weights come from the starting targets (for AggNet: before its first E-step)
+    balance = plan_class_balance(config.class_balance, targets, config.class_balance_threshold)
+    class_weights, item_weights = balance.loss_class_weights(device), balance.loss_item_weights()
     train_set = ItemSet(train_data.images, targets, train_data.ids)
     train_dataset = ItemDataset(train_set, config.num_classes, preprocessing)
     train_eval_dataset = ItemDataset(train_set, config.num_classes, evaluation)
@@ -295,6 +306,7 @@ def train(
                 else None
             ),
             holdout_probabilities=holdout_probabilities,
+            class_balance=balance.summary(),
         )
 
     autocast = (
@@ -316,6 +328,7 @@ def train(
             seed=epoch_seed,
             num_workers=config.num_workers,
             pin_memory=device.type == "cuda",
+            sampler=balance.sampler(epoch_seed),
         )
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -332,10 +345,11 @@ def train(
                     vote_workers[indices].to(device, non_blocking=True),
                     vote_labels[indices].to(device, non_blocking=True),
                     config.crowd_layer_trace_weight,
+                    item_weights[indices].to(device) if item_weights is not None else None,
                 )
             else:
                 batch_targets = batch_targets.to(device, non_blocking=True)
-                loss = -(batch_targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+                loss = soft_cross_entropy(logits, batch_targets, class_weights)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -476,6 +490,16 @@ def restore_state(
     if crowd_layer is not None:
         crowd_layer.load_state_dict(resumed["crowd_layer"])
     return [EpochRecord(**record) for record in resumed["history"]], int(resumed["epoch"])
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over the batch of ``-sum_k w_k t_k log p_k`` (``w`` = 1 without class weights)."""
+    terms = targets * F.log_softmax(logits.float(), dim=-1)
+    if class_weights is not None:
+        terms = terms * class_weights
+    return -terms.sum(dim=-1).mean()
 
 
 def stop_check(callbacks: Any) -> Any:

@@ -50,7 +50,23 @@ def test_multiclass_report_with_a_class_absent_from_the_holdout():
     assert report.confusion_matrix == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
     assert report.roc_auc_per_class == [pytest.approx(0.75), pytest.approx(0.75), None]
     assert report.roc_auc == pytest.approx(0.75)
-    assert report.precision[2] == 0.0 and report.support[2] == 0
+    # class 2: no hold-out item and never predicted, so none of its scores exists (not 0)
+    assert report.support[2] == 0 and report.predicted == [2, 2, 0]
+    assert report.precision[2] is None and report.recall[2] is None and report.f1[2] is None
+    assert report.macro_f1 == pytest.approx(0.5)  # over the two classes the hold-out has
+
+
+def test_a_model_that_predicts_one_class_on_a_skewed_holdout():
+    # 13 of 15 items are pneumonia and the model says pneumonia every time: accuracy 0.867
+    # looks good, balanced accuracy (0.5) and normal's recall (0) tell the truth
+    truth = np.array([0] * 2 + [1] * 13)
+    probabilities = np.tile([0.3, 0.7], (15, 1))
+    report = evaluate(truth, probabilities, ["normal", "pneumonia"])
+    assert report.accuracy == pytest.approx(13 / 15)
+    assert report.balanced_accuracy == pytest.approx(0.5)
+    assert report.recall == [0.0, 1.0] and report.predicted == [0, 15]
+    assert report.precision[0] is None  # never predicted: undefined, not 0
+    assert report.f1[0] == 0.0  # recall 0 makes F1 0 whatever the precision
 
 
 def test_single_class_holdout_has_no_auc():
