@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -97,3 +98,17 @@ def reliability_rows(run: TrainingRun) -> list[dict]:
             }
         )
     return rows
+
+
+def interruption_rows(run: TrainingRun) -> list[dict[str, Any]]:
+    """Each death of the run's worker, oldest first, with its times as datetimes for the page."""
+    from django.utils.dateparse import parse_datetime
+
+    return [
+        {
+            **row,
+            "at": parse_datetime(row["at"]),
+            "resumed_at": parse_datetime(row["resumed_at"]) if row.get("resumed_at") else None,
+        }
+        for row in run.interruptions or []
+    ]

@@ -104,6 +104,7 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             "class_names": list(evaluation.per_class) if evaluation else [],
             "comparison": selectors.comparison_rows(project),
             "reliability": selectors.reliability_rows(run),
+            "interruptions": selectors.interruption_rows(run),
             "api_url": reverse("training-run-detail", args=[run.pk]),
             "localisation": extra.get("localisation"),
             "heatmaps": _heatmaps(run, extra.get("mil", {}).get("gallery", [])),

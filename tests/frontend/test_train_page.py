@@ -84,3 +84,25 @@ def test_running_run_page_follows_progress(project, live_server, browser_page, a
     assert run.cancel_requested and run.status == "running"
     # the reload may abort a poll in flight; only script errors count here
     assert [e for e in errors if e.startswith("page error")] == []
+
+
+def test_an_interruption_appears_on_the_open_run_page(project, live_server, browser_page):
+    page, errors = browser_page
+    run = new_run(project, status="running", epochs=4, current_epoch=2, progress=0.5)
+    page.goto(f"{live_server.url}/runs/{run.pk}/")
+    assert page.locator("[data-testid=interruptions]").is_hidden()
+    TrainingRun.objects.filter(pk=run.pk).update(interruptions=[{
+        "at": "2026-12-03T10:31:02+00:00", "noticed_at": "2026-12-03T10:31:03+00:00", "epoch": 2,
+        "worker": "gpu-1 pid 41", "resumed_at": "2026-12-03T10:31:03+00:00",
+        "resumed_by": "gpu-1 pid 57", "resumed_from_epoch": 2,
+    }])
+    page.wait_for_selector("[data-testid=interruptions] li", timeout=10_000)
+    assert page.inner_text("[data-testid=interruptions]") == (
+        "Interrupted at epoch 2: gpu-1 pid 41 stopped (last sign of life 2026-12-03 10:31:02 UTC);"
+        " resumed from the checkpoint of epoch 2 on gpu-1 pid 57 at 2026-12-03 10:31:03 UTC."
+    )
+    page.reload()  # the server renders the same sentence
+    assert "gpu-1 pid 41 stopped (last sign of life 2026-12-03 10:31:02 UTC); resumed from the " \
+        "checkpoint of epoch 2 on gpu-1 pid 57 at 2026-12-03 10:31:03 UTC." in page.inner_text(
+            "[data-testid=interruptions]")
+    assert errors == []

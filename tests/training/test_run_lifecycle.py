@@ -373,3 +373,26 @@ def test_the_lease_thread_renews_until_released_and_notices_a_takeover(project, 
             lease.check()
     run.lease_until = timezone.now() + timedelta(seconds=30)
     assert leases.holder_alive(run) is False  # released: this process trains it no more
+
+
+def test_the_run_page_and_api_show_the_interruptions(project, admin_user, admin_page, monkeypatch):
+    make_training_set(project)
+    run = new_run(project, epochs=2)
+    _kill_at_epoch_end(monkeypatch, 2)
+    with pytest.raises(WorkerKilled):
+        run_training.apply(args=(run.pk,), throw=True)
+    monkeypatch.undo()
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    name = run.holder_name
+    page = admin_page.get(f"/runs/{run.pk}/").content.decode()
+    assert (
+        f"Interrupted at epoch 1: {name} stopped (last sign of life " in page
+        and f"resumed from the checkpoint of epoch 2 on {name} at " in page
+    )
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    [row] = api.get(f"/api/training-runs/{run.pk}/").json()["interruptions"]
+    assert (row["epoch"], row["resumed_from_epoch"], row["worker"]) == (1, 2, name)

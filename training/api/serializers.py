@@ -95,7 +95,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "augment", "seed", "params", "device", "progress", "current_epoch", "n_train_items",
             "n_holdout_items", "cancel_requested", "failure_reason", "annotator_reliability",
             "created_at", "started_at", "heartbeat_at", "finished_at", "epoch_metrics",
-            "evaluation", "checkpoint_url",
+            "evaluation", "checkpoint_url", "holder_name", "lease_until", "interruptions",
         ]
         read_only_fields = fields
 

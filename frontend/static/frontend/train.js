@@ -69,6 +69,27 @@
     ], epochs, 0, 1);
   }
 
+  // the same sentences as run.html's list of interruptions
+  function renderInterruptions(rows) {
+    const list = root.querySelector("[data-testid=interruptions]");
+    if (!list) return;
+    const time = (iso) => `${new Date(iso).toISOString().replace("T", " ").slice(0, 19)} UTC`;
+    list.replaceChildren(...rows.map((i) => {
+      let text = `Interrupted at epoch ${i.epoch}: ${i.worker} stopped (last sign of life ${time(i.at)})`;
+      if (i.resumed_at) {
+        const from = i.resumed_from_epoch ? `from the checkpoint of epoch ${i.resumed_from_epoch}`
+          : i.resumed_from_epoch === 0 ? "from the start (no checkpoint)" : "from its checkpoint";
+        text += `; resumed ${from} on ${i.resumed_by} at ${time(i.resumed_at)}`;
+      } else {
+        text += "; not resumed";
+      }
+      const item = document.createElement("li");
+      item.textContent = `${text}.`;
+      return item;
+    }));
+    list.hidden = !rows.length;
+  }
+
   function render(run) {
     const status = root.querySelector("[data-testid=run-status]");
     status.textContent = run.status;
@@ -80,6 +101,7 @@
     reason.hidden = !run.failure_reason;
     const cancel = root.querySelector("[data-action=cancel]");
     if (cancel) cancel.hidden = run.is_finished;
+    renderInterruptions(run.interruptions || []);
     drawCurves(run);
     // the report, the comparison and the resume button are rendered by the server
     if (run.is_finished && (!finishedAtLoad || run.status !== statusAtLoad)) window.location.reload();
