@@ -252,8 +252,8 @@ class CrowdLane:
         )  # fmt: skip
         if row.outcome != "recorded":
             return None  # a refusal or a retried key: the full stack answers (and replays) it
-        votes.after_recorded_vote(worker, row)
-        result = votes.recorded_result(row, assignment_id, kind, label)
+        standing = votes.after_recorded_vote(worker, row)
+        result = votes.recorded_result(row, assignment_id, kind, label, standing)
         return self._respond("crowd-vote", 201, vote_payload(result, result.progress))
 
     @staticmethod

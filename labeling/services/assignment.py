@@ -11,6 +11,9 @@ that item's row, so the capacity re-check after taking the row cannot race.
   fresh statement once the row is held (READ COMMITTED then sees every committed lease).
 - On PostgreSQL, the default ordering runs as the database function ``quorum_next_lease``
 (migration 0004): the same steps, in one round trip (see :func:`database_functions_enabled`).
+- Gold questions come on a per-worker schedule (labeling.services.gold.is_gold_slot), placed
+  by the worker's votes today plus the live leases they are shown: at the project's rate,
+  spread out, never a run of them when the regular items run out.
 - SQLite has no row locks but one writer at a time. Every write transaction here starts with a
   no-op write (``write_transaction``), which takes the database write lock the way ``BEGIN
   IMMEDIATE`` would: the reads that follow cannot be overtaken by another writer, and a waiting
@@ -20,7 +23,6 @@ that item's row, so the capacity re-check after taking the row cannot race.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -43,6 +45,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from labeling.models import UNCERTAINTY_RANK, Assignment, Item, Membership, Project, Vote
+from labeling.services.gold import gold_schedule_key, is_gold_slot
 
 # The page holds the shown assignment and one prefetched; more would hoard slots.
 MAX_LIVE_LEASES = 2
@@ -237,17 +240,19 @@ def next_item(
     *,
     exclude: Iterable[int] = (),
     ordering: str = DEFAULT_ORDERING,
-    rng: random.Random | None = None,
+    votes_today: int | None = None,
 ) -> Assignment | None:
     """The worker's next lease in the project, or None when nothing is left for them.
 
     A live lease the worker already holds is returned again (a page refresh is idempotent);
     ``exclude`` names leases the caller already shows, so that the page can prefetch a second.
-    With probability ``project.gold_rate`` a gold item comes first, ignoring capacity.
+    A gold item, ignoring capacity, when the worker's gold schedule says so for this place in
+    their stream (:func:`labeling.services.gold.is_gold_slot`: today's votes plus the live
+    leases they are shown); ``votes_today`` is that count when the caller has it.
     The lease comes with ``item`` (only :data:`SERVED_ITEM_FIELDS` loaded) and ``project``.
     """
     if _in_database(ordering):
-        return _serve_in_database(worker, project, exclude, rng)[0]
+        return _serve_in_database(worker, project, exclude)[0]
     check_not_blocked(worker, project)
     now = timezone.now()
     exclude = {int(pk) for pk in exclude}
@@ -274,7 +279,13 @@ def next_item(
             status=Assignment.Status.RELEASED
         )
 
-    if project.gold_rate > 0 and (rng or random).random() < project.gold_rate:
+    if project.gold_rate > 0:
+        if votes_today is None:
+            votes_today = _votes_today(worker, project)
+        gold_due = is_gold_slot(votes_today + len(held), project.gold_rate, _gold_key(worker.pk, project.pk))
+    else:
+        gold_due = False
+    if gold_due:
         lease = _take_gold(worker, project, now)
         if lease is not None:
             return lease
@@ -286,7 +297,6 @@ def serve_next(
     project: Project,
     *,
     exclude: Iterable[int] = (),
-    rng: random.Random | None = None,
     block_checked: bool = False,
 ) -> tuple[Assignment | None, Progress]:
     """:func:`next_item` in the default ordering and the worker's :func:`progress` after it,
@@ -296,9 +306,10 @@ def serve_next(
     read the membership (the Python path checks again; it has no round trip to save).
     """
     if _in_database(DEFAULT_ORDERING):
-        return _serve_in_database(worker, project, exclude, rng, block_checked=block_checked)
-    lease = next_item(worker, project, exclude=exclude, rng=rng)
-    return lease, progress(worker, project)
+        return _serve_in_database(worker, project, exclude, block_checked=block_checked)
+    # Read first (a lease changes neither count): today's votes also place the gold schedule.
+    counts = progress(worker, project)
+    return next_item(worker, project, exclude=exclude, votes_today=counts.votes_today), counts
 
 
 def _in_database(ordering: str) -> bool:
@@ -316,29 +327,28 @@ _LEASE_FIELDS = ["id", "project_id", "item_id", "worker_id", "status", "expires_
 # numeric by its size, and the function is found by its argument types.
 _NEXT_LEASE_SQL = (
     "SELECT * FROM quorum_next_lease(%s::integer, %s::bigint, %s::timestamptz, %s::timestamptz, "
-    "%s::bigint[], %s::boolean, %s::integer, %s::integer, %s::timestamptz)"
+    "%s::bigint[], %s::double precision, %s::text, %s::integer, %s::integer, %s::timestamptz)"
 )
 _SERVE_NEXT_SQL = (
     "SELECT * FROM quorum_serve_next(%s::integer, %s::bigint, %s::boolean, %s::timestamptz, "
-    "%s::bigint[], %s::double precision, %s::integer, %s::integer, %s::timestamptz)"
+    "%s::bigint[], %s::text, %s::integer, %s::integer, %s::timestamptz)"
 )
 
 
 def _serve_in_database(
-    worker, project: Project, exclude: Iterable[int], rng: random.Random | None, *,
-    block_checked: bool = False,
+    worker, project: Project, exclude: Iterable[int], *, block_checked: bool = False,
 ) -> tuple[Assignment | None, Progress]:
     """next_item's steps as ``quorum_next_lease`` (the same order and rows), plus progress."""
     if not block_checked:
         check_not_blocked(worker, project)
     now = timezone.now()
-    # Drawn before the function knows whether a held lease comes back: the rate is the same.
-    draw_gold = project.gold_rate > 0 and (rng or random).random() < project.gold_rate
+    midnight = start_of_today()
     (outcome, detail, lease_id, expires_at, item_id, width, height, channels, is_gold,
      votes_today, voted_open) = fetch_function_row(
         _NEXT_LEASE_SQL,
         [worker.pk, project.pk, now, _expiry(project, now), sorted({int(pk) for pk in exclude}),
-         draw_gold, MAX_LIVE_LEASES, MAX_TAKE_ATTEMPTS, start_of_today()],
+         project.gold_rate, gold_schedule_key(project.pk, worker.pk, midnight), MAX_LIVE_LEASES,
+         MAX_TAKE_ATTEMPTS, midnight],
     )  # fmt: skip
     if outcome == "too_many":
         raise LeaseConflict(
@@ -380,15 +390,16 @@ class ServedNext(NamedTuple):
 
 def serve_next_row(
     worker_id: int, project_id: int, *, site_admin: bool, exclude: Iterable[int] = (),
-    rng: random.Random | None = None,
 ) -> ServedNext:
     """GET next as one call on PostgreSQL (migration 0009): crowd_context's reads, the
     IsProjectCrowd and block checks, and :func:`serve_next`'s steps, for a caller that has only
     the worker's id (the crowd lane). Refusals are outcomes here, with nothing written."""
+    midnight = start_of_today()
     row = fetch_function_row(
         _SERVE_NEXT_SQL,
         [worker_id, project_id, site_admin, timezone.now(), sorted({int(pk) for pk in exclude}),
-         (rng or random).random(), MAX_LIVE_LEASES, MAX_TAKE_ATTEMPTS, start_of_today()],
+         gold_schedule_key(project_id, worker_id, midnight), MAX_LIVE_LEASES, MAX_TAKE_ATTEMPTS,
+         midnight],
     )  # fmt: skip
     return ServedNext._make(row)
 
@@ -589,6 +600,14 @@ def progress(worker, project: Project) -> Progress:
     votes_today = mine.filter(created_at__gte=start_of_today()).count()
     voted_open = mine.filter(item_open=True).count()
     return progress_from_counts(project.pk, project.created_at, votes_today, voted_open)
+
+
+def _votes_today(worker, project: Project) -> int:
+    return Vote.objects.filter(project=project, worker=worker, created_at__gte=start_of_today()).count()
+
+
+def _gold_key(worker_id: int, project_id: int) -> str:
+    return gold_schedule_key(project_id, worker_id, start_of_today())
 
 
 def start_of_today() -> datetime:

@@ -9,7 +9,7 @@ trigger); only that worker's requests take it, and never while waiting for anoth
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
 
@@ -46,6 +46,7 @@ from labeling.services.assignment import (
     start_of_today,
     write_transaction,
 )
+from labeling.services.gold import GoldStanding, gold_record, gold_standing
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class GoldFeedback:
     correct: bool
     expert_label: str
     gold: bool = True
+    # The worker's gold record after this answer and the rule's verdict (a scored answer only).
+    standing: GoldStanding | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,12 @@ def _result(vote: Vote, *, created: bool) -> VoteResult:
     )
 
 
-def _replay(worker, idempotency_key: str, assignment_id: int) -> VoteResult | None:
+KEY_REUSED = "This idempotency key was already used for another answer."
+
+
+def _replay(worker, idempotency_key: str, assignment_id: int, kind: str, label: str | None) -> VoteResult | None:
+    """The first result of a true retry (the same key, lease and answer); LeaseConflict for a
+    key already used for another assignment or another answer."""
     vote = (
         Vote.objects.select_related("label", "item__expert_answer")
         .filter(worker=worker, idempotency_key=idempotency_key)
@@ -120,6 +128,9 @@ def _replay(worker, idempotency_key: str, assignment_id: int) -> VoteResult | No
         return None
     if vote.assignment_id != assignment_id:
         raise LeaseConflict("This idempotency key was already used for another assignment.")
+    first_label = vote.label.name if vote.label_id else None
+    if vote.kind != kind or first_label != (label if kind == Vote.Kind.LABEL else None):
+        raise LeaseConflict(KEY_REUSED)
     return _result(vote, created=False)
 
 
@@ -165,7 +176,7 @@ def submit_vote(
     except CrowdError:
         # A retried key gets its first result whatever has changed since (a block, an expiry):
         # looked up only on a refusal, so an accepted vote costs no extra read.
-        replayed = _replay(worker, idempotency_key, assignment_id)
+        replayed = _replay(worker, idempotency_key, assignment_id, kind, label)
         if replayed is not None:
             return replayed
         raise
@@ -186,7 +197,8 @@ def _submit_in_python(
     project_id = vote.project_id
     transaction.on_commit(lambda: _trigger_aggregation(project_id), robust=True)
     if vote.was_gold and vote.gold_correct is not None:
-        evaluate_worker(worker, Project.objects.get(pk=project_id))
+        standing = judge_worker(worker, Project.objects.get(pk=project_id))
+        feedback = replace(feedback, standing=standing)
     return VoteResult(
         vote_id=vote.pk,
         assignment_id=assignment_id,
@@ -216,7 +228,19 @@ class RecordedVote(NamedTuple):
     project_created: datetime | None
     votes_today: int | None
     voted_open: int | None
-    gold_below_threshold: bool | None
+    gold_answered: list[int] | None
+    gold_right: list[int] | None
+    gold_min_answers: int | None
+    gold_threshold: float | None
+
+    def standing(self) -> GoldStanding | None:
+        """The rule's verdict on the gold record the function counted (a scored answer only)."""
+        if self.gold_answered is None:
+            return None
+        return gold_standing(
+            zip(self.gold_answered, self.gold_right, strict=True),
+            min_answers=self.gold_min_answers, threshold=self.gold_threshold,
+        )  # fmt: skip
 
 
 # Every parameter cast (see assignment._SERVE_NEXT_SQL).
@@ -240,27 +264,35 @@ def record_vote_row(
     return RecordedVote._make(row)
 
 
-def after_recorded_vote(worker, row: RecordedVote) -> None:
+def after_recorded_vote(worker, row: RecordedVote) -> GoldStanding | None:
     """What follows a recorded vote: the aggregation check after the commit, from the counters
-    the vote just updated (no read), and the block when the gold score fell under the bar."""
+    the vote just updated (no read), and the block when the rule fails the worker's gold
+    record, which the function counted. Returns the worker's gold standing (scored gold only)."""
     every, since, project_id = row.aggregate_every, row.votes_since, row.project_id
     due = bool(every and since and (since >= every or not row.work_left))
     transaction.on_commit(lambda: _trigger_aggregation(project_id, due), robust=True)
-    if row.gold_below_threshold:
-        # The function scored the worker's gold answers as evaluate_worker does; it blocks.
-        evaluate_worker(worker, Project.objects.get(pk=project_id))
+    standing = row.standing()
+    if standing is not None and standing.blocks:
+        membership = Membership.objects.filter(project_id=project_id, user_id=worker.pk).first()
+        if membership is not None:
+            block_worker(membership, reason=standing.reason())
+    return standing
 
 
-def recorded_result(row: RecordedVote, assignment_id: int, kind: str, label: str | None) -> VoteResult:
+def recorded_result(
+    row: RecordedVote, assignment_id: int, kind: str, label: str | None,
+    standing: GoldStanding | None = None,
+) -> VoteResult:
     """The VoteResult of a recorded vote, from its row: the gold feedback and the progress
-    line came with it."""
+    line came with it (``standing``: after_recorded_vote's)."""
     return VoteResult(
         vote_id=row.vote_id,
         assignment_id=assignment_id,
         kind=kind,
         label=label if row.label_id else None,
         created=True,
-        feedback=GoldFeedback(correct=bool(row.gold_correct), expert_label=row.expert_label or "")
+        feedback=GoldFeedback(correct=bool(row.gold_correct), expert_label=row.expert_label or "",
+                              standing=standing)
         if row.was_gold else None,
         progress=progress_from_counts(row.project_id, row.project_created, row.votes_today, row.voted_open),
     )  # fmt: skip
@@ -279,8 +311,8 @@ def _submit_in_database(
     )  # fmt: skip
     if row.outcome != "recorded":
         raise _refusal(row.outcome, row.detail, row.project_id, label)
-    after_recorded_vote(worker, row)
-    return recorded_result(row, assignment_id, kind, label)
+    standing = after_recorded_vote(worker, row)
+    return recorded_result(row, assignment_id, kind, label, standing)
 
 
 def _refusal(outcome: str, detail: str | None, project_id: int | None, label: str | None) -> CrowdError:
@@ -468,27 +500,33 @@ def gold_accuracy(worker, project: Project, *, since: datetime | None = None) ->
 
 
 def evaluate_worker(worker, project: Project) -> bool:
-    """Block the worker when enough gold answers put them under the project's threshold.
-
-    After an admin unblocks someone, only gold answers given since their last block count,
-    so the same old mistakes do not block them again at once. Returns whether they are blocked.
-    """
+    """Block the worker when the project's rule fails their gold record
+    (:func:`labeling.services.gold.gold_standing`). Returns whether they are blocked."""
     membership = Membership.objects.filter(project=project, user=worker).first()
     if membership is None:
         return False
     if membership.is_blocked:
         return True
-    score = gold_accuracy(worker, project, since=membership.blocked_at)
-    if score.answered < project.gold_min_answers:
-        return False
-    if score.accuracy is None or score.accuracy >= project.gold_accuracy_threshold:
-        return False
-    reason = (
-        f"gold accuracy {score.accuracy:.0%} over {score.answered} gold questions is below "
-        f"the project's {project.gold_accuracy_threshold:.0%}"
-    )
-    block_worker(membership, reason=reason)
-    return True
+    standing = judge_worker(worker, project, membership)
+    return standing is not None and standing.blocks
+
+
+def judge_worker(worker, project: Project, membership: Membership | None = None) -> GoldStanding | None:
+    """The worker's gold standing in the project, blocking them when the rule says so.
+
+    After an admin unblocks someone, only gold answers given since their last block count,
+    so the same old mistakes do not block them again at once. None for a non-member.
+    """
+    membership = membership or Membership.objects.filter(project=project, user=worker).first()
+    if membership is None:
+        return None
+    standing = gold_standing(
+        gold_record(worker, project, since=membership.blocked_at),
+        min_answers=project.gold_min_answers, threshold=project.gold_accuracy_threshold,
+    )  # fmt: skip
+    if standing.blocks and not membership.is_blocked:
+        block_worker(membership, reason=standing.reason())
+    return standing
 
 
 @write_transaction()

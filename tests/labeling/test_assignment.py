@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from datetime import timedelta
 
 import pytest
@@ -158,7 +157,7 @@ def test_gold_rate_one_serves_gold_even_when_full_and_never_twice(project, crowd
 def test_gold_rate_zero_never_serves_gold(project, crowd_user):
     gold = ItemFactory(project=project)
     give_expert_answer(gold, "normal", gold=True)
-    assert next_item(crowd_user, project, rng=random.Random(1)) is None
+    assert next_item(crowd_user, project) is None
 
 
 def test_gold_mixed_in_at_about_its_rate(project):
@@ -168,10 +167,9 @@ def test_gold_mixed_in_at_about_its_rate(project):
     for item in golds:
         give_expert_answer(item, "normal", gold=True)
     ItemFactory.create_batch(30, project=project)
-    rng = random.Random(7)
     served_gold = 0
     for worker in workers(40):
-        served_gold += next_item(worker, project, rng=rng).item.is_gold
+        served_gold += next_item(worker, project).item.is_gold
     assert 5 <= served_gold <= 20
 
 

@@ -146,7 +146,15 @@ def test_gold_and_regular_look_the_same_until_answered(crowd_client, project):
     assert "is_gold" not in text
 
     answered = vote(crowd_client, gold_lease.json()["id"], label="normal", idempotency_key="g")
-    assert answered.json()["feedback"] == {"gold": True, "correct": False, "expert_label": "pneumonia"}
+    feedback = answered.json()["feedback"]
+    assert {k: feedback[k] for k in ("gold", "correct", "expert_label")} == {
+        "gold": True, "correct": False, "expert_label": "pneumonia"
+    }
+    # The worker's own gold score: one miss is not yet a warning (see test_gold.py).
+    assert feedback["standing"] == {
+        "status": "ok", "accuracy": 0.0, "answered": 1, "threshold": 0.5, "min_answers": 5,
+        "message": None,
+    }
     regular_lease = next_of(crowd_client, project).json()
     assert regular_lease["item"]["id"] == regular.id
     assert set(regular_lease) == set(gold_lease.json())

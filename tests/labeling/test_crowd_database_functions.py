@@ -166,6 +166,7 @@ def test_functions_are_installed_by_the_migration():
         names = [row[0] for row in cursor.fetchall()]
     assert names == [
         "quorum_daily_vote_count",
+        "quorum_gold_slot",
         "quorum_item_open_changed",
         "quorum_next_lease",
         "quorum_record_vote",

@@ -114,6 +114,10 @@ def test_the_lane_answers_as_the_full_stack(settings, lane_answers, crowd_client
     assert created.status_code == 201 and created.json()["label"] == "normal"
     assert Vote.objects.get(assignment_id=lease).idempotency_key == "k1"
     both_ways(settings, _vote(crowd_client, lease, label="normal", idempotency_key="k1"))  # retry, 200
+    # The same key for another answer (issue 19): 409, on both ways, nothing written.
+    reused, _ = both_ways(settings, _vote(crowd_client, lease, label="pneumonia", idempotency_key="k1"))
+    assert reused.status_code == 409 and "another answer" in reused.json()["detail"]
+    assert Vote.objects.get(assignment_id=lease).label.name == "normal"
     both_ways(settings, _vote(crowd_client, lease, kind="unsure", idempotency_key="k2"))  # 409
 
     stranger = ServerAPIClient()
@@ -131,7 +135,9 @@ def test_the_lane_answers_as_the_full_stack(settings, lane_answers, crowd_client
     assert gold_lease.json()["item"]["id"] == gold.id
     feedback, _ = both_ways(settings, _vote(crowd_client, gold_lease.json()["id"], label="normal",
                                             idempotency_key="g"))  # fmt: skip
-    assert feedback.json()["feedback"] == {"gold": True, "correct": False, "expert_label": "pneumonia"}
+    answer = feedback.json()["feedback"]
+    assert (answer["gold"], answer["correct"], answer["expert_label"]) == (True, False, "pneumonia")
+    assert answer["standing"]["answered"] == 1 and answer["standing"]["status"] == "ok"
 
     project.gold_rate = 0.0
     project.save()

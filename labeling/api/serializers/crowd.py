@@ -87,10 +87,29 @@ class VoteRequestSerializer(serializers.Serializer):
         return attrs
 
 
+class GoldStandingSerializer(serializers.Serializer):
+    """The worker's own gold score and what the project's rule makes of it."""
+
+    status = serializers.ChoiceField(
+        choices=["ok", "warning", "blocked"],
+        help_text="'warning' as the score nears the project's bar; 'blocked' once under it.",
+    )
+    accuracy = serializers.FloatField(
+        allow_null=True, help_text="Share right per expert class, averaged over the classes."
+    )
+    answered = serializers.IntegerField(help_text="Gold questions scored since the last block.")
+    threshold = serializers.FloatField()
+    min_answers = serializers.IntegerField()
+    message = serializers.CharField(allow_null=True, help_text="The warning or the block, to show.")
+
+
 class GoldFeedbackSerializer(serializers.Serializer):
     gold = serializers.BooleanField()
     correct = serializers.BooleanField()
     expert_label = serializers.CharField()
+    standing = GoldStandingSerializer(
+        allow_null=True, help_text="After a scored answer (not unsure or skip); null otherwise."
+    )
 
 
 class VoteResponseSerializer(serializers.Serializer):

@@ -28,6 +28,7 @@ from labeling.models import Assignment, LabelClass, Membership, Project, Vote
 from labeling.selectors import crowd_context
 from labeling.services import assignment as assignments
 from labeling.services import votes
+from labeling.services.gold import GoldStanding
 
 # One HTTP status per refusal the services can give.
 STATUS_OF = {
@@ -123,8 +124,27 @@ def vote_payload(result: votes.VoteResult, progress: assignments.Progress) -> di
             "gold": feedback.gold,
             "correct": feedback.correct,
             "expert_label": feedback.expert_label,
+            "standing": standing_payload(feedback.standing),
         },
         "progress": vars(progress),
+    }
+
+
+def standing_payload(standing: GoldStanding | None) -> dict | None:
+    """GoldStandingSerializer's shape: the worker's own gold score, the bar, and what the rule
+    makes of it (a warning, or the block's message)."""
+    if standing is None:
+        return None
+    message = (
+        assignments.blocked_message(standing.reason()) if standing.blocks else standing.warning()
+    )
+    return {
+        "status": standing.status,
+        "accuracy": standing.accuracy,
+        "answered": standing.answered,
+        "threshold": standing.threshold,
+        "min_answers": standing.min_answers,
+        "message": message,
     }
 
 

@@ -11,7 +11,6 @@ want them.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -156,12 +155,11 @@ def simulate(
         ).update(votes_wanted=votes_per_item)
     workers = simulated_workers(project, mix, seed)
     rng = np.random.default_rng(seed)
-    gold_rng = random.Random(seed)
     summary = SimulationSummary()
     # Log lines (a blocked worker, an aggregation run) are written above the bar, not into it.
     with logging_redirect_tqdm():
         _vote_until_done(
-            project, workers, classes, truth, rng, gold_rng, summary, SlotProgress(project, progress)
+            project, workers, classes, truth, rng, summary, SlotProgress(project, progress)
         )
     summary.blocked = sorted(
         Membership.objects.filter(
@@ -173,7 +171,7 @@ def simulate(
 
 def _vote_until_done(
     project: Project, workers: list[SimulatedWorker], classes: list[str], truth: dict[int, int],
-    rng: np.random.Generator, gold_rng: random.Random, summary: SimulationSummary,
+    rng: np.random.Generator, summary: SimulationSummary,
     bar: SlotProgress,
 ) -> None:
     """Workers take turns until a whole round hands nobody an item."""
@@ -184,7 +182,7 @@ def _vote_until_done(
         for index in rng.permutation(len(active)):
             worker = active[index]
             try:
-                lease = next_item(worker.user, project, rng=gold_rng)
+                lease = next_item(worker.user, project)
             except WorkerBlocked:
                 worker.refusals = MAX_REFUSALS
                 continue
