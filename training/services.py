@@ -30,7 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from labeling.models import Item, Project, Region
-from training import leases, selectors
+from training import devices, leases, selectors
 from training.datasets import (
     MIL_LABELS,
     NoLabelledItems,
@@ -67,11 +67,17 @@ PARAM_FIELDS = {
     "patch_stride": "patch_stride",
     "patch_input_size": "patch_input_size",
     "attention_dim": "attention_dim",
+    # class imbalance (training/engine/balance.py), and the score the report leads with (no
+    # TrainConfig field: the report reads it)
+    "class_balance": "class_balance",
+    "class_balance_threshold": "class_balance_threshold",
+    "lead_metric": "lead_metric",
 }
 MIL_PARAMS = ("mil_labels", "patch_size", "patch_stride", "patch_input_size", "attention_dim")
 PARAM_TYPES = {"schedule": str, "mil_labels": str, "amp": bool, "num_workers": int} | {
     key: int for key in MIL_PARAMS[1:]
-}
+} | {"class_balance": str, "lead_metric": str}
+BALANCE_MODES = ("auto", "none", "loss", "sampler")  # training.engine.balance's, without torch
 # hold-out heatmaps rendered as PNGs for the run page's gallery
 GALLERY_SIZE = 12
 
@@ -93,11 +99,10 @@ class LaunchError(ValueError):
 
 def check_launch_settings(project: Project, values: dict[str, Any]) -> None:
     """Raise :class:`LaunchError` for a backbone, weights, label source or params that cannot work."""
-    import timm  # imported here: the web process only needs it to validate a launch
-
     backbone = values.get("backbone") or ""
-    if not timm.is_model(backbone):
-        close = timm.list_models(f"*{backbone.split('.')[0][:12]}*")[:5] if backbone else []
+    # checked against the training workers' timm (their report), so the web imports no torch
+    close = devices.check_backbone(backbone)
+    if close is not None:
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise LaunchError("backbone", f"unknown timm model {backbone!r}{hint}")
     weights, path = values.get("weights"), (values.get("weights_path") or "").strip()
@@ -122,6 +127,12 @@ def check_launch_settings(project: Project, values: dict[str, Any]) -> None:
             raise LaunchError("params", f"method option {key!r} has the wrong type: {value!r}")
     if params.get("schedule", "cosine") not in ("cosine", "constant"):
         raise LaunchError("params", "schedule must be 'cosine' or 'constant'")
+    if params.get("class_balance", "auto") not in BALANCE_MODES:
+        raise LaunchError("params", f"class_balance must be one of {list(BALANCE_MODES)}")
+    if params.get("class_balance_threshold", 1.5) < 1:
+        raise LaunchError("params", "class_balance_threshold must be at least 1")
+    if params.get("lead_metric", selectors.DEFAULT_LEAD_METRIC) not in selectors.LEAD_METRICS:
+        raise LaunchError("params", f"lead_metric must be one of {list(selectors.LEAD_METRICS)}")
     if source == TrainingRun.LabelSource.MIL:
         _check_mil_params(project, params)
     elif set(params) & set(MIL_PARAMS):
@@ -152,8 +163,11 @@ def launch_run(project: Project, user, **values: Any) -> TrainingRun:
             "patch_stride": project.patch_stride,
             **(values.get("params") or {}),
         }
+    # counted now (three count queries), so the run shows them from the start; the worker
+    # builds the data itself and records what it actually trained on
+    counts = selectors.run_item_counts(project, values.get("label_source"), values.get("params"))
     with transaction.atomic():
-        run = TrainingRun.objects.create(project=project, created_by=user, **values)
+        run = TrainingRun.objects.create(project=project, created_by=user, **values, **counts)
         _dispatch(run)
     return run
 
@@ -571,6 +585,8 @@ def _build_report(run: TrainingRun, data: TrainingData, result) -> dict[str, Any
         )
         if run.label_source == TrainingRun.LabelSource.MIL:
             report["extra"] = _mil_report(run, result)
+        if getattr(result, "class_balance", None) is not None:
+            report["extra"] = {**report.get("extra", {}), "class_balance": result.class_balance}
 
     review = list(
         Item.objects.filter(project=run.project, needs_review=True, is_holdout=False).order_by("id")

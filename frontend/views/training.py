@@ -12,24 +12,26 @@ from rest_framework.fields import empty
 from frontend.access import project_role_required
 from labeling.models import Membership, Project
 from labeling.selectors import has_role
-from training import selectors, services
-from training.api.serializers import LaunchRunSerializer
+from training import devices, selectors, services
+from training.api.serializers import CLASS_BALANCE_CHOICES, PARAM_CHOICES, LaunchRunSerializer
 from training.models import Prediction, TrainingRun
 
 Role = Membership.Role
 LAUNCH_FIELDS = ("label_source", "backbone", "weights", "weights_path", "image_size", "epochs",
-                 "batch_size", "learning_rate", "seed")
+                 "batch_size", "learning_rate", "seed", "class_balance", "lead_metric")
 
 
 @project_role_required(Role.EXPERT)
 def train(request: HttpRequest, project: Project) -> HttpResponse:
     is_admin = has_role(request.user, project, Role.ADMIN)
-    values = {"label_source": "dawid_skene", **_defaults()}
+    device = devices.training_device()
+    values = {"label_source": "dawid_skene", **_defaults(), **devices.launch_defaults(device)}
     errors: dict = {}
     if request.method == "POST":
         if not is_admin:
             raise PermissionDenied("Only the project's admins launch training runs.")
-        values = {name: request.POST.get(name, "") for name in LAUNCH_FIELDS}
+        # a field the form did not send takes its default (the device's, or the serializer's)
+        values = {name: request.POST[name] for name in LAUNCH_FIELDS if name in request.POST}
         values["augment"] = request.POST.get("augment") == "on"
         trace = request.POST.get("trace_lambda", "").strip()
         values["params"] = {"trace_lambda": _number(trace)} if trace else {}
@@ -38,6 +40,7 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
             run = services.launch_run(project, request.user, **launch.validated_data)
             return redirect("training-run-page", run_id=run.pk)
         errors = launch.errors
+    counts = selectors.item_counts(project)
     return render(
         request,
         "frontend/train.html",
@@ -52,6 +55,19 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
                 if value != TrainingRun.LabelSource.MIL or project.task_type == Project.TaskType.BAG
             ],
             "weights_choices": TrainingRun.Weights.choices,
+            "class_balance_choices": CLASS_BALANCE_CHOICES,
+            "lead_metric_choices": list(selectors.LEAD_METRICS.items()),
+            "device": device,
+            "counts": counts,
+            # what train.js needs to estimate a run's time as the form changes
+            "estimate": {
+                **devices.estimate_basis(project, device),
+                "n_train": {
+                    source: counts["expert" if source == TrainingRun.LabelSource.EXPERT else "crowd"]
+                    for source in TrainingRun.LabelSource.values
+                },
+                "n_holdout": counts["holdout"],
+            },
             "runs": selectors.project_runs(project),
             "comparison": selectors.comparison_rows(project),
         },
@@ -62,9 +78,12 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
 def _defaults() -> dict:
     fields = LaunchRunSerializer().fields
     return {
-        name: f.default() if callable(f.default) else f.default
-        for name, f in fields.items()
-        if f.default is not empty
+        **PARAM_CHOICES,
+        **{
+            name: f.default() if callable(f.default) else f.default
+            for name, f in fields.items()
+            if f.default is not empty
+        },
     }
 
 
@@ -84,11 +103,7 @@ def run_page(request: HttpRequest, run_id: int) -> HttpResponse:
 def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpResponse:
     run = services.fail_if_worker_gone(run)
     evaluation = selectors.evaluation_of(run)
-    per_class = (
-        [{"name": name, **scores} for name, scores in evaluation.per_class.items()]
-        if evaluation
-        else []
-    )
+    summary = selectors.report_summary(run, evaluation) if evaluation else None
     extra = evaluation.extra if evaluation else {}
     return render(
         request,
@@ -100,8 +115,9 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             "can_resume": run.status in ("failed", "cancelled")
             and selectors.checkpoint_file(run) is not None,
             "evaluation": evaluation,
-            "per_class": per_class,
-            "class_names": list(evaluation.per_class) if evaluation else [],
+            "summary": summary,
+            "per_class": summary["classes"] if summary else [],
+            "class_names": [c["name"] for c in summary["classes"]] if summary else [],
             "comparison": selectors.comparison_rows(project),
             "reliability": selectors.reliability_rows(run),
             "interruptions": selectors.interruption_rows(run),

@@ -207,3 +207,28 @@ def test_a_running_run_whose_worker_stopped_is_marked_failed(project):
     assert failed.status == "failed"
     assert failed.failure_reason.startswith("the worker running it stopped (no sign of life since")
     assert "no checkpoint" in failed.failure_reason
+
+
+@pytest.mark.django_db
+def test_launch_records_counts_and_the_report_records_the_remedy(project, admin_user):
+    from unittest import mock
+
+    from training.tasks import run_training
+
+    make_training_set(project, experts=False)
+    with mock.patch("training.tasks.run_training.apply_async"):
+        run = services.launch_run(
+            project, admin_user, label_source="crowd_layer",
+            params={"class_balance": "loss", "lead_metric": "macro_f1"}, **TINY,
+        )
+    # counted at launch, before any worker saw the run
+    stored = TrainingRun.objects.get(pk=run.pk)
+    assert (stored.status, stored.n_train_items, stored.n_holdout_items) == ("queued", 8, 4)
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.failure_reason
+    assert (run.n_train_items, run.n_holdout_items) == (8, 4)  # the worker agrees
+    balance = run.evaluation.extra["class_balance"]
+    assert (balance["requested"], balance["applied"]) == ("loss", "loss")
+    assert len(balance["class_weights"]) == 2
+    assert selectors.report_summary(run, run.evaluation)["lead"]["metric"] == "macro_f1"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -9,8 +14,8 @@ from django.core.files.base import ContentFile
 
 from tests.conftest import _api_client, _page_client
 from tests.factories import MembershipFactory, UserFactory
-from tests.training.test_runs import TINY, new_run
-from training import selectors
+from tests.training.test_runs import TINY, make_training_set, new_run
+from training import devices, selectors
 from training.models import Evaluation, TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -99,9 +104,14 @@ def test_launch_with_a_weights_file_and_defaults(project, admin_client, tmp_path
         )
     assert response.status_code == 201, response.content
     run = TrainingRun.objects.get()
-    assert (run.backbone, run.image_size, run.epochs, run.params) == (
-        "tf_efficientnet_lite0", 224, 10, {"trace_lambda": 0.05}
+    # no worker has reported a device: the CPU defaults, and the report leads with balanced
+    # accuracy; the class-imbalance remedy is auto
+    assert (run.backbone, run.image_size, run.epochs, run.batch_size) == (
+        "tf_efficientnet_lite0", 64, 3, 32
     )
+    assert run.params == {
+        "trace_lambda": 0.05, "class_balance": "auto", "lead_metric": "balanced_accuracy"
+    }
 
 
 READ = {"admin": 200, "expert": 200, "crowd": 403, "outsider": 404, "anonymous": 401}
@@ -175,7 +185,10 @@ def test_admin_launches_from_the_page(project, admin_page):
         )
     run = TrainingRun.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/runs/{run.id}/"
-    assert run.augment is False and run.params == {"trace_lambda": 0.02}
+    assert run.augment is False
+    assert run.params == {
+        "trace_lambda": 0.02, "class_balance": "auto", "lead_metric": "balanced_accuracy"
+    }
     refused = admin_page.post(f"/projects/{project.id}/train/", {**LAUNCH, "backbone": "nope"})
     assert refused.status_code == 400 and b"unknown timm model" in refused.content
 
@@ -188,3 +201,215 @@ def test_expert_cannot_launch_from_the_page(project, expert_page):
 def test_site_staff_are_admins(project, staff_client):
     run = new_run(project)
     assert staff_client.post(f"/api/training-runs/{run.id}/cancel/").status_code == 200
+
+
+# -- issue 18: counts from the start, device defaults, the remedy and the lead metric ---------
+
+
+def write_worker_report(device: str = "cuda", backbones=("test_resnet", "resnet18")) -> None:
+    """What a training worker's report says (training.devices.write_worker_report's format)."""
+    path = devices.report_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(
+        {"device": device, "device_name": "NVIDIA H200" if device == "cuda" else "x86_64",
+         "backbones": list(backbones)}
+    ))
+
+
+def test_launch_counts_items_from_the_start(project, admin_client):
+    make_training_set(project, experts=False)  # 8 voted training items, 4 hold-out
+    with mock.patch("training.tasks.run_training.apply_async"):
+        crowd = admin_client.post(
+            f"/api/projects/{project.id}/training-runs/", {**LAUNCH, "label_source": "dawid_skene"},
+            format="json",
+        )
+        expert = admin_client.post(f"/api/projects/{project.id}/training-runs/", LAUNCH, format="json")
+    assert crowd.status_code == 201, crowd.content
+    assert (crowd.json()["status"], crowd.json()["n_train_items"]) == ("queued", 8)
+    assert crowd.json()["n_holdout_items"] == 4
+    # no training item has an expert answer: nothing to train on with that source
+    assert (expert.json()["n_train_items"], expert.json()["n_holdout_items"]) == (0, 4)
+
+
+def test_backbones_are_checked_against_the_workers_report(project, admin_client):
+    write_worker_report(backbones=["test_resnet", "test_efficientnet"])
+    with mock.patch("training.tasks.run_training.apply_async"):
+        known = admin_client.post(
+            f"/api/projects/{project.id}/training-runs/",
+            {**LAUNCH, "backbone": "test_resnet.r160_in1k"}, format="json",
+        )
+        # a real timm model, but the workers' timm cannot build it: refused, with the names
+        # the report has
+        unknown = admin_client.post(
+            f"/api/projects/{project.id}/training-runs/", {**LAUNCH, "backbone": "test_vit"},
+            format="json",
+        )
+        misspelt = admin_client.post(
+            f"/api/projects/{project.id}/training-runs/",
+            {**LAUNCH, "backbone": "test_efficientnet_b9"}, format="json",
+        )
+    assert known.status_code == 201, known.content
+    assert (unknown.status_code, misspelt.status_code) == (400, 400)
+    assert unknown.json()["backbone"] == ["unknown timm model 'test_vit'"]
+    assert misspelt.json()["backbone"] == [
+        "unknown timm model 'test_efficientnet_b9'; similar: test_efficientnet"
+    ]
+
+
+def test_the_web_process_launches_without_importing_torch(project, tmp_path):
+    """The launch's own work (settings check, counts) imports neither torch nor timm, which
+    took 6 of the 7 s a launch used to take; the worker's report stands in for timm."""
+    write_worker_report()
+    script = (
+        "import sys, django; django.setup()\n"
+        "from labeling.models import Project\n"
+        "from training import services\n"
+        "project = Project(name='p', task_type='image')\n"
+        "services.check_launch_settings(project, {'backbone': 'resnet18', 'weights': 'none',"
+        " 'label_source': 'expert', 'params': {'class_balance': 'auto'}})\n"
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))\n"
+    )
+    from django.conf import settings
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "quorum.settings",
+             "MEDIA_ROOT": str(settings.MEDIA_ROOT)},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "report, expected",
+    [("cuda", (224, 10, "CUDA (NVIDIA H200), reported by the worker")),
+     ("cpu", (64, 3, "CPU (x86_64), reported by the worker")),
+     (None, (64, 3, "CPU assumed: no training worker has reported yet"))],
+)
+def test_form_defaults_follow_the_workers_device(project, admin_page, report, expected):
+    if report:
+        write_worker_report(report)
+    page = admin_page.get(f"/projects/{project.id}/train/")
+    size, epochs, label = expected
+    assert f'name="image_size" type="number" min="16" value="{size}"'.encode() in page.content
+    assert f'name="epochs" type="number" min="1" value="{epochs}"'.encode() in page.content
+    assert label.encode() in page.content
+    basis = page.context["estimate"]
+    assert basis["device"] == ("cuda" if report == "cuda" else "cpu")
+    assert basis["n_holdout"] == 0 and basis["n_train"]["dawid_skene"] == 0
+
+
+def test_without_a_report_the_newest_runs_device_decides(project):
+    new_run(project, status="succeeded", device="cuda:0")
+    assert devices.training_device().kind == "cuda"
+    assert devices.launch_defaults()["image_size"] == 224
+
+
+def test_estimate_uses_the_rate_measured_on_the_device(project):
+    run = new_run(project, status="succeeded", device="cpu", backbone="resnet18.a1_in1k",
+                  image_size=64, n_train_items=300, n_holdout_items=90)
+    # 20 s for 300 + 90/3 = 330 item-passes: 60.6 ms each, of which 1.5 ms is the overhead
+    run.epoch_metrics.create(epoch=1, train_loss=1, seconds=20.0, images_per_second=20)
+    basis = devices.estimate_basis(project, devices.training_device())
+    assert basis["rates"]["resnet18"] == pytest.approx((20 / 330 - 1.5e-3) / 64**2)
+    seconds, measured = devices.estimate_seconds(basis, "resnet18", 64, 2, 300, 90)
+    assert measured and seconds == pytest.approx(basis["startup_seconds"] + 40.0)
+    # four times the area: the area part four times, the overhead the same
+    bigger, _ = devices.estimate_seconds(basis, "resnet18", 128, 2, 300, 90)
+    assert bigger == pytest.approx(basis["startup_seconds"] + 2 * 330 * (1.5e-3 + 4 * (20 / 330 - 1.5e-3)))
+    guess, measured = devices.estimate_seconds(basis, "convnext_tiny", 64, 2, 300, 90)
+    assert not measured and guess != seconds
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"class_balance": "oversample"}, "is not a valid choice"),
+     ({"lead_metric": "f2"}, "is not a valid choice"),
+     ({"params": {"class_balance": "oversample"}}, "class_balance must be one of"),
+     ({"params": {"lead_metric": "f2"}}, "lead_metric must be one of")],
+)
+def test_remedy_and_lead_metric_are_validated(project, admin_client, change, message):
+    response = admin_client.post(
+        f"/api/projects/{project.id}/training-runs/", {**LAUNCH, **change}, format="json"
+    )
+    assert response.status_code == 400
+    assert message in json.dumps(response.json())
+    assert not TrainingRun.objects.exists()
+
+
+def test_remedy_and_lead_metric_land_in_params(project, admin_client):
+    with mock.patch("training.tasks.run_training.apply_async"):
+        response = admin_client.post(
+            f"/api/projects/{project.id}/training-runs/",
+            {**LAUNCH, "class_balance": "sampler", "lead_metric": "macro_f1"}, format="json",
+        )
+    assert response.status_code == 201, response.content
+    assert response.json()["params"] == {"class_balance": "sampler", "lead_metric": "macro_f1"}
+    run = TrainingRun.objects.get()
+    from training.services import train_config
+
+    config = train_config(run, mock.Mock(class_names=["a", "b"]))
+    assert config.class_balance == "sampler"
+
+
+def one_class_evaluation(project, **run_values) -> TrainingRun:
+    """The issue's run: a skewed hold-out (2 normal, 13 pneumonia) and a model that always says
+    pneumonia; a third class has no hold-out item."""
+    run = new_run(project, status="succeeded", **run_values)
+    Evaluation.objects.create(
+        run=run, n_items=15, accuracy=13 / 15, balanced_accuracy=0.5, roc_auc=0.5, ece=0.2,
+        per_class={
+            "normal": {"precision": None, "recall": 0.0, "f1": 0.0, "support": 2, "roc_auc": 0.5},
+            "pneumonia": {"precision": 13 / 15, "recall": 1.0, "f1": 0.93, "support": 13,
+                          "roc_auc": 0.5},
+            "other": {"precision": None, "recall": None, "f1": None, "support": 0, "roc_auc": None},
+        },
+        confusion=[[0, 2, 0], [0, 13, 0], [0, 0, 0]],
+        extra={"class_names": ["normal", "pneumonia", "other"],
+               "class_balance": {"requested": "auto", "applied": "loss", "ratio": 2.878,
+                                 "threshold": 1.5, "class_counts": [1214, 3494, 0],
+                                 "class_weights": [1.94, 0.67, 0.0]}},
+    )
+    return run
+
+
+def test_report_leads_with_balanced_accuracy_and_flags_the_classes(project, admin_client, expert_page):
+    run = one_class_evaluation(project)
+    summary = admin_client.get(f"/api/training-runs/{run.id}/").json()["evaluation"]["summary"]
+    assert summary["lead"] == {"metric": "balanced_accuracy", "label": "Balanced accuracy",
+                               "value": 0.5}
+    assert [f["kind"] for f in summary["flags"]] == ["one_class", "zero_recall", "no_holdout"]
+    assert [f["class"] for f in summary["flags"]] == ["pneumonia", "normal", "other"]
+    rows = {row["name"]: row for row in summary["classes"]}
+    assert rows["other"]["recall"] is None and rows["normal"]["precision"] is None
+    assert rows["normal"]["predicted"] == 0 and rows["pneumonia"]["predicted"] == 15
+
+    page = expert_page.get(f"/runs/{run.id}/").content.decode()
+    lead = page.index('data-testid="lead-metric"')
+    assert page.index("Balanced accuracy", lead) < page.index('data-testid="accuracy"')
+    assert 'data-testid="flag-zero-recall"' not in page  # kinds keep their underscore
+    assert 'data-testid="flag-zero_recall"' in page and 'data-testid="flag-no_holdout"' in page
+    assert "Recall of normal is 0: the model found none of its 2 hold-out items." in page
+    assert "No hold-out item is labelled other" in page
+    assert "class-weighted loss (auto: largest/smallest class 2.88, threshold 1.5)" in page
+
+
+def test_report_of_an_older_run_shows_undefined_scores_as_dashes(project, expert_page):
+    run = new_run(project, status="succeeded", params={"lead_metric": "accuracy"})
+    # stored before undefined scores were None: zeros for a class with no hold-out item
+    Evaluation.objects.create(
+        run=run, n_items=4, accuracy=0.75, balanced_accuracy=0.75, roc_auc=None, ece=0.1,
+        per_class={"normal": {"precision": 1, "recall": 0.5, "f1": 0.67, "support": 2},
+                   "pneumonia": {"precision": 0.67, "recall": 1.0, "f1": 0.8, "support": 2},
+                   "other": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}},
+        confusion=[[1, 1, 0], [0, 2, 0], [0, 0, 0]],
+    )
+    summary = selectors.report_summary(run, run.evaluation)
+    assert summary["lead"]["metric"] == "accuracy"
+    other = summary["classes"][2]
+    assert (other["precision"], other["recall"], other["f1"]) == (None, None, None)
+    assert [f["kind"] for f in summary["flags"]] == ["no_holdout"]
+    page = expert_page.get(f"/runs/{run.id}/").content.decode()
+    assert 'data-metric="accuracy"' in page
+    assert 'title="no hold-out item of this class: recall undefined">–</span>' in page

@@ -5,15 +5,31 @@ from __future__ import annotations
 from django.urls import reverse
 from rest_framework import serializers
 
-from training import selectors, services
+from training import devices, selectors, services
 from training.models import EpochMetric, Evaluation, TrainingRun
+
+CLASS_BALANCE_CHOICES = [
+    ("auto", "Auto: class-weighted loss when the classes are skewed (largest/smallest > 1.5)"),
+    ("loss", "Class-weighted loss (inverse class frequency)"),
+    ("sampler", "Balanced sampling (inverse class frequency)"),
+    ("none", "None"),
+]
+# stored in the run's params, with these defaults when the request leaves them out
+PARAM_CHOICES = {"class_balance": "auto", "lead_metric": selectors.DEFAULT_LEAD_METRIC}
+# left out of a request: the defaults for the device the training workers run on
+DEVICE_DEFAULTS = ("backbone", "image_size", "epochs", "batch_size")
 
 
 class LaunchRunSerializer(serializers.Serializer):
-    """What an admin chooses when launching a run; the project comes from the URL."""
+    """What an admin chooses when launching a run; the project comes from the URL.
+
+    ``backbone``, ``image_size``, ``epochs`` and ``batch_size`` default to what suits the
+    training workers' device (``training.devices``): 224 px for 10 epochs on a GPU, 64 px for
+    3 on a CPU.
+    """
 
     label_source = serializers.ChoiceField(choices=TrainingRun.LabelSource.choices)
-    backbone = serializers.CharField(max_length=100, default="tf_efficientnet_lite0")
+    backbone = serializers.CharField(max_length=100, required=False)
     weights = serializers.ChoiceField(
         choices=TrainingRun.Weights.choices, default=TrainingRun.Weights.IMAGENET
     )
@@ -21,17 +37,35 @@ class LaunchRunSerializer(serializers.Serializer):
         max_length=500, required=False, allow_blank=True, default="",
         help_text="weights=file: a checkpoint path on the worker; weights=hub: the timm tag.",
     )
-    image_size = serializers.IntegerField(min_value=16, max_value=2048, default=224)
-    epochs = serializers.IntegerField(min_value=1, max_value=1000, default=10)
-    batch_size = serializers.IntegerField(min_value=1, max_value=4096, default=32)
+    image_size = serializers.IntegerField(min_value=16, max_value=2048, required=False)
+    epochs = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+    batch_size = serializers.IntegerField(min_value=1, max_value=4096, required=False)
     learning_rate = serializers.FloatField(min_value=1e-8, max_value=1.0, default=1e-3)
     augment = serializers.BooleanField(default=True)
     seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
     params = serializers.DictField(
         required=False, default=dict, help_text=f"Method options: {sorted(services.PARAM_FIELDS)}."
     )
+    class_balance = serializers.ChoiceField(
+        choices=CLASS_BALANCE_CHOICES, required=False,
+        help_text="Remedy for skewed classes (default auto); stored in params.",
+    )
+    lead_metric = serializers.ChoiceField(
+        choices=list(selectors.LEAD_METRICS.items()), required=False,
+        help_text="The score the report leads with (default balanced accuracy); stored in params.",
+    )
 
     def validate(self, attrs: dict) -> dict:
+        for name, value in devices.launch_defaults().items():
+            if name in DEVICE_DEFAULTS:
+                attrs.setdefault(name, value)
+        params = dict(attrs.get("params") or {})
+        for name, default in PARAM_CHOICES.items():
+            if name in attrs:
+                params[name] = attrs.pop(name)
+            else:
+                params.setdefault(name, default)
+        attrs["params"] = params
         try:
             services.check_launch_settings(self.context["project"], attrs)
         except services.LaunchError as error:
@@ -48,11 +82,18 @@ class EpochMetricSerializer(serializers.ModelSerializer):
 
 class EvaluationSerializer(serializers.ModelSerializer):
     plots = serializers.SerializerMethodField()
+    summary = serializers.SerializerMethodField(
+        help_text="The lead metric (the run's choice), the others, per-class scores with "
+        "undefined ones as null, and warnings (zero recall, no hold-out items, one class)."
+    )
 
     class Meta:
         model = Evaluation
         fields = ["n_items", "accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class",
-                  "confusion", "extra", "plots"]
+                  "confusion", "extra", "plots", "summary"]
+
+    def get_summary(self, evaluation: Evaluation) -> dict:
+        return selectors.report_summary(evaluation.run, evaluation)
 
     def get_plots(self, evaluation: Evaluation) -> dict[str, str]:
         return {

@@ -1,7 +1,53 @@
+// Launch form: show the training items of the chosen label source and estimate the run's time
+// as the fields change (the basis, measured rates per backbone on the workers' device, comes
+// from the server; the model is training.devices.estimate_seconds).
 // Run page: poll GET /api/training-runs/<id>/ every 2 s while the run is unfinished, move the
 // progress bar, draw loss and hold-out accuracy as small SVG line charts, cancel and resume.
 (function () {
   "use strict";
+
+  function duration(seconds) {
+    if (seconds < 90) return `${Math.max(1, Math.round(seconds / 5) * 5)} s`;
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 90) return `${minutes} min`;
+    return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+  }
+
+  function launchPlan() {
+    const form = document.getElementById("launch-form");
+    const data = document.getElementById("estimate-basis");
+    if (!form || !data) return;
+    const basis = JSON.parse(data.textContent);
+    const device = basis.device.toUpperCase();
+    const nTrainOut = form.querySelector("[data-testid=n-train]");
+    const valueOut = form.querySelector("[data-testid=estimate-value]");
+    const noteOut = form.querySelector("[data-testid=estimate-basis]");
+    function update() {
+      const nTrain = basis.n_train[form.elements.label_source.value] || 0;
+      nTrainOut.textContent = nTrain.toLocaleString("en");
+      const size = Number(form.elements.image_size.value);
+      const epochs = Number(form.elements.epochs.value);
+      const backbone = form.elements.backbone.value.trim().split(".")[0];
+      if (!(size > 0 && epochs > 0) || !nTrain) {
+        valueOut.textContent = "–";
+        noteOut.textContent = nTrain ? "" : "(no training item has this kind of label yet)";
+        return;
+      }
+      const measured = basis.rates[backbone];
+      const rate = measured === undefined ? basis.default_rate : measured;
+      const items = nTrain + basis.holdout_cost * basis.n_holdout;
+      const seconds = basis.startup_seconds + epochs * items * (basis.item_overhead + rate * size * size);
+      valueOut.textContent = `about ${duration(seconds)}`;
+      noteOut.textContent = measured === undefined
+        ? `on ${device}; a rough default, no ${backbone} run measured there yet`
+        : `on ${device}, from the last ${backbone} run measured there`;
+    }
+    form.addEventListener("input", update);
+    form.addEventListener("change", update);
+    update();
+  }
+  launchPlan();
+
   const root = document.getElementById("run");
   if (!root) return;
   const api = root.dataset.runApi;
@@ -95,6 +141,8 @@
     status.textContent = run.status;
     status.className = `status status-${run.status}`;
     root.querySelector("[data-testid=run-epoch]").textContent = run.current_epoch;
+    root.querySelector("[data-testid=n-train-items]").textContent = run.n_train_items;
+    root.querySelector("[data-testid=n-holdout-items]").textContent = run.n_holdout_items;
     root.querySelector(".progress .bar").style.width = `${Math.round(run.progress * 100)}%`;
     const reason = root.querySelector("[data-testid=failure-reason]");
     reason.textContent = run.failure_reason;
