@@ -106,3 +106,90 @@ def test_an_interruption_appears_on_the_open_run_page(project, live_server, brow
         "checkpoint of epoch 2 on gpu-1 pid 57 at 2026-12-03 10:31:03 UTC." in page.inner_text(
             "[data-testid=interruptions]")
     assert errors == []
+
+
+# -- issue 18: numbers that tell the truth, as each role sees them ---------------------------
+
+
+def _member(project, role: str):
+    user = UserFactory(username=f"train-{role}")
+    MembershipFactory(project=project, user=user, role=role)
+    return user
+
+
+def test_launch_form_shows_device_counts_and_estimate_then_launches_at_once(
+    project, live_server, browser_page, artifacts_dir
+):
+    from unittest import mock
+
+    page, errors = browser_page
+    make_training_set(project, experts=False)  # 8 voted training items, 4 hold-out
+    page.goto(f"{live_server.url}/projects/{project.pk}/train/")
+    assert "CPU assumed" in page.inner_text("[data-testid=training-device]")
+    assert page.input_value("input[name=image_size]") == "64"
+    assert page.input_value("input[name=epochs]") == "3"
+    assert page.input_value("select[name=class_balance]") == "auto"
+    assert page.input_value("select[name=lead_metric]") == "balanced_accuracy"
+    assert page.inner_text("[data-testid=n-train]") == "8"
+    first = page.inner_text("[data-testid=estimate-value]")
+    assert first.startswith("about ")
+    assert "rough default" in page.inner_text("[data-testid=estimate-basis]")
+    page.select_option("select[name=label_source]", "expert")
+    assert page.inner_text("[data-testid=n-train]") == "0"  # no expert answer on training items
+    assert page.inner_text("[data-testid=estimate-value]") == "–"
+    page.select_option("select[name=label_source]", "dawid_skene")
+    page.fill("input[name=backbone]", "test_resnet")
+    page.fill("input[name=epochs]", "400")
+    page.fill("input[name=image_size]", "512")
+    assert page.inner_text("[data-testid=estimate-value]") not in ("–", first)
+    page.fill("input[name=epochs]", "1")
+    page.fill("input[name=image_size]", "16")
+    page.screenshot(path=str(artifacts_dir / "training-launch-form-estimate.png"), full_page=True)
+
+    page.select_option("select[name=weights]", "none")
+    page.select_option("select[name=class_balance]", "sampler")
+    with mock.patch("training.tasks.run_training.apply_async") as apply_async:
+        page.click("button[type=submit]:has-text('Launch run')")
+        page.wait_for_url(lambda url: "/runs/" in url)
+    assert apply_async.called  # dispatched; the worker does the rest
+    run = TrainingRun.objects.get()
+    assert run.params["class_balance"] == "sampler"
+    assert page.inner_text("[data-testid=run-status]") == "queued"
+    assert page.inner_text("[data-testid=n-train-items]") == "8"
+    assert page.inner_text("[data-testid=n-holdout-items]") == "4"
+    page.screenshot(path=str(artifacts_dir / "training-run-queued-counts.png"), full_page=True)
+    assert [e for e in errors if e.startswith("page error")] == []
+
+
+@pytest.mark.parametrize("role", ["admin", "expert", "crowd"])
+def test_report_of_a_one_class_model_per_role(project, live_server, new_page, login, browser_errors,
+                                             artifacts_dir, role):
+    from tests.training.test_training_api import one_class_evaluation
+
+    run = one_class_evaluation(project)
+    page = new_page()
+    login(page, _member(project, role).username)
+    response = page.goto(f"{live_server.url}/runs/{run.pk}/")
+    if role == "crowd":
+        assert response.status == 403
+        assert page.locator("[data-testid=report]").count() == 0
+        page.screenshot(path=str(artifacts_dir / f"training-report-{role}.png"), full_page=True)
+        return
+    lead = page.locator("[data-testid=lead-metric]")
+    assert "Balanced accuracy" in lead.inner_text() and "0.500" in lead.inner_text()
+    lead_size = lead.locator("b").evaluate("(b) => parseFloat(getComputedStyle(b).fontSize)")
+    accuracy_size = page.locator("[data-testid=accuracy]").evaluate(
+        "(b) => parseFloat(getComputedStyle(b).fontSize)"
+    )
+    assert page.inner_text("[data-testid=accuracy]") == "0.867" and lead_size > accuracy_size
+    flags = page.locator("[data-testid=report-flags]")
+    assert flags.is_visible()
+    assert "predicted pneumonia for every hold-out item" in flags.inner_text()
+    assert "Recall of normal is 0" in flags.inner_text()
+    assert "No hold-out item is labelled other" in flags.inner_text()
+    other = page.locator("[data-testid=per-class] tr[data-class=other]")
+    assert other.locator("td").nth(2).inner_text() == "–"
+    assert page.locator("[data-testid=per-class] tr[data-class=normal] td.flagged").count() == 1
+    assert "class-weighted loss" in page.inner_text("[data-testid=class-balance]")
+    page.screenshot(path=str(artifacts_dir / f"training-report-{role}.png"), full_page=True)
+    assert browser_errors == []
