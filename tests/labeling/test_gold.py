@@ -1,12 +1,35 @@
-"""Gold: an explicit subset of expert-labelled items, never from the hold-out."""
+"""Gold: an explicit subset of expert-labelled items, never from the hold-out; the rule that
+judges workers on it, and the schedule that serves it."""
 
 from __future__ import annotations
 
-import pytest
+import math
+from datetime import UTC, datetime, timedelta
 
-from labeling.models import Item
-from labeling.services.gold import GoldError, draw_gold, set_gold
-from tests.factories import ItemFactory, give_expert_answer
+import numpy as np
+import pytest
+from django.db import connection
+from django.test import Client
+
+from labeling.models import Item, Membership
+from labeling.services.assignment import next_item, serve_next, start_of_today
+from labeling.services.gold import (
+    GoldError,
+    draw_gold,
+    gold_record,
+    gold_schedule_key,
+    gold_standing,
+    is_gold_slot,
+    set_gold,
+)
+from labeling.services.votes import submit_vote
+from tests.factories import (
+    ItemFactory,
+    MembershipFactory,
+    ProjectFactory,
+    UserFactory,
+    give_expert_answer,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -80,3 +103,190 @@ def test_gold_api_is_for_admins(project, admin_client, expert_client):
         f"/api/projects/{project.id}/gold/", {"items": [held[0].pk], "is_gold": True}, format="json"
     )
     assert refused.status_code == 400 and "Hold-out" in refused.json()["detail"]
+
+
+# --- Judging workers on gold (issue 18) ---------------------------------------------------------
+
+BCCD = ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "BASOPHIL"]
+# The BCCD demo's gold by expert class (27 items): 59 in 100 are neutrophils.
+BCCD_GOLD = [16, 5, 3, 2, 1]
+
+
+def test_answering_the_commonest_class_no_longer_passes_the_rule():
+    # The demo crowd account answered '1' (NEUTROPHIL) to everything: raw accuracy 59%, over
+    # the 50% bar, so it was never blocked. Balanced, it scores 1/5.
+    record = [(n, n if k == 0 else 0) for k, n in enumerate(BCCD_GOLD)]
+    standing = gold_standing(record, min_answers=5, threshold=0.5)
+    assert standing.correct / standing.answered == pytest.approx(16 / 27)
+    assert standing.accuracy == pytest.approx(0.2) and standing.blocks
+    assert "20% over 27 gold questions is below the project's 50%" in standing.reason()
+    # Two classes: 50% is chance, whatever the threshold; blocked as one answer for everything.
+    binary = gold_standing([(7, 7), (3, 0)], min_answers=5, threshold=0.5)
+    assert binary.accuracy == 0.5 and binary.blocks
+    assert "no better than giving one answer to every question" in binary.reason()
+
+
+def test_good_workers_pass_and_a_worker_near_the_bar_is_warned():
+    good = gold_standing([(16, 15), (5, 4), (3, 3)], min_answers=5, threshold=0.5)
+    assert good.status == "ok" and good.warning() is None
+    near = gold_standing([(4, 3), (5, 2)], min_answers=5, threshold=0.5)  # 57.5%, within 10 points
+    assert near.status == "warning" and "over 9 gold questions" in near.warning()
+    # Failing with too few answers to block yet: warned, not blocked.
+    early = gold_standing([(2, 2), (1, 0)], min_answers=5, threshold=0.5)
+    assert early.status == "warning" and not early.blocks
+    assert "no better than giving one answer" in early.warning()
+    assert gold_standing([(1, 0)], min_answers=5, threshold=0.5).status == "ok"  # one miss alone
+    assert gold_standing([], min_answers=5, threshold=0.5).accuracy is None
+
+
+def _bccd_project(**kwargs):
+    defaults = dict(name="Blood smears", classes=BCCD, gold_rate=1.0, gold_min_answers=5,
+                    gold_accuracy_threshold=0.5)  # fmt: skip
+    return ProjectFactory(**{**defaults, **kwargs})
+
+
+def _bccd_gold(project) -> None:
+    for k, n in enumerate(BCCD_GOLD):
+        for _ in range(n):
+            give_expert_answer(ItemFactory(project=project), BCCD[k], gold=True)
+
+
+@pytest.mark.parametrize("functions", [True, False], ids=["db-functions", "python"])
+def test_a_one_class_worker_is_blocked_through_the_browser_path(settings, functions):
+    """The demo's case, through the label page's requests (session, CSRF-exempt test client):
+    '1' to every gold question of a BCCD-like gold set is blocked after gold_min_answers, with
+    a warning before; on PostgreSQL both with the database functions and without."""
+    settings.QUORUM_CROWD_DB_FUNCTIONS = functions
+    project = _bccd_project()
+    _bccd_gold(project)
+    worker = UserFactory(username="one-class")
+    MembershipFactory(project=project, user=worker, role=Membership.Role.CROWD)
+    page = Client()
+    page.force_login(worker)
+    statuses = []
+    for n in range(len(BCCD_GOLD) * 10):
+        served = page.get(f"/api/projects/{project.id}/next/", HTTP_ACCEPT="application/json")
+        if served.status_code == 403:
+            assert "You are blocked from this project: gold accuracy" in served.json()["detail"]
+            break
+        body = {"label": "NEUTROPHIL", "idempotency_key": f"k{n}"}
+        answered = page.post(f"/api/assignments/{served.json()['id']}/vote/", body,
+                             content_type="application/json")  # fmt: skip
+        assert answered.status_code == 201
+        statuses.append(answered.json()["feedback"]["standing"]["status"])
+    assert statuses[-1] == "blocked" and len(statuses) <= 27
+    assert "warning" in statuses[:-1] and statuses.index("blocked") >= 4
+    assert Membership.objects.get(project=project, user=worker).is_blocked
+
+
+def test_gold_record_is_counted_the_same_by_the_vote_function_and_python(settings):
+    project = _bccd_project()
+    _bccd_gold(project)
+    worker = UserFactory(username="recorded")
+    MembershipFactory(project=project, user=worker, role=Membership.Role.CROWD)
+    answers = ["NEUTROPHIL", "EOSINOPHIL", "NEUTROPHIL", "LYMPHOCYTE"]
+    for n, label in enumerate(answers):
+        lease = next_item(worker, project)
+        result = submit_vote(worker, lease.pk, label=label, idempotency_key=f"r{n}")
+        counted = gold_standing(gold_record(worker, project), min_answers=5, threshold=0.5)
+        assert result.feedback.standing == counted
+    assert counted.answered == 4
+
+
+# --- When gold is served ------------------------------------------------------------------------
+
+
+def _slots(key: str, rate: float, n: int = 400) -> list[bool]:
+    return [is_gold_slot(p, rate, key) for p in range(n)]
+
+
+def _gaps(slots: list[bool]) -> list[int]:
+    places = [p for p, gold in enumerate(slots) if gold]
+    return [b - a for a, b in zip(places, places[1:], strict=False)]
+
+
+def test_gold_schedule_is_spread_at_the_rate_neither_bunched_nor_periodic():
+    """400 positions per worker at rate 0.1, 200 workers (fixed keys): the count per worker is
+    the rate's, gold never more than twice in a row nor more than 19 apart (the demo saw none
+    in 21 and then 7 in a row), the gaps follow the schedule's distribution (chi-square), runs
+    of gold and regular are no fewer than for independent draws (Wald-Wolfowitz), and the gaps
+    are not one period."""
+    from scipy import stats
+
+    all_gaps: list[int] = []
+    for w in range(200):
+        key = gold_schedule_key(1, w, datetime(2026, 1, 1, tzinfo=UTC))
+        slots = _slots(key, 0.1)
+        assert 39 <= sum(slots) <= 41
+        assert "111" not in "".join("1" if s else "0" for s in slots)
+        gaps = _gaps(slots)
+        assert max(gaps) <= 19 and slots.index(True) <= 19
+        assert len(set(gaps)) >= 6  # not periodic
+        all_gaps += gaps
+        # Runs test: bunching gives fewer runs than independent draws with the same counts.
+        n1, n0 = sum(slots), len(slots) - sum(slots)
+        runs = 1 + sum(a != b for a, b in zip(slots, slots[1:], strict=False))
+        expected = 1 + 2 * n1 * n0 / (n1 + n0)
+        sd = math.sqrt(2 * n1 * n0 * (2 * n1 * n0 - n1 - n0) / ((n1 + n0) ** 2 * (n1 + n0 - 1)))
+        assert (runs - expected) / sd > -2.5
+    # Next gold = 10 + (offset in the next block - offset in this one): triangular on 1..19.
+    observed = np.bincount(all_gaps, minlength=20)[1:20]
+    expected = np.array([10 - abs(g - 10) for g in range(1, 20)]) / 100 * len(all_gaps)
+    assert stats.chisquare(observed, expected).pvalue > 0.001
+    assert np.mean(all_gaps) == pytest.approx(10, abs=0.2)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.15, 0.3333, 0.5, 0.8, 1.0])
+def test_gold_schedule_keeps_any_rate(rate):
+    key = gold_schedule_key(3, 4, datetime(2026, 5, 6, tzinfo=UTC))
+    slots = _slots(key, rate, 2000)
+    assert abs(sum(slots) - rate * 2000) <= 1
+    if 0 < rate <= 0.5:
+        assert max(_gaps(slots)) < 2 / rate and "111" not in "".join(map(str, map(int, slots)))
+
+
+def test_gold_schedules_differ_by_worker_project_and_day():
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    keys = [gold_schedule_key(1, 1, day), gold_schedule_key(1, 2, day), gold_schedule_key(2, 1, day),
+            gold_schedule_key(1, 1, day + timedelta(days=1))]  # fmt: skip
+    assert len({tuple(_slots(key, 0.1, 100)) for key in keys}) == 4
+    assert gold_schedule_key(1, 1, day) == keys[0]  # deterministic
+
+
+@pytest.mark.parametrize("functions", [True, False], ids=["db-functions", "python"])
+def test_served_gold_follows_the_schedule_and_stops_with_the_regular_items(settings, functions):
+    """Through serve_next and submit_vote: item n of the worker's day is gold exactly when the
+    schedule says so; when the regular items run out, no run of gold follows (the demo's 7)."""
+    settings.QUORUM_CROWD_DB_FUNCTIONS = functions
+    project = ProjectFactory(name="schedule", classes=["normal", "pneumonia"], gold_rate=0.2)
+    for _ in range(30):
+        give_expert_answer(ItemFactory(project=project), "normal", gold=True)
+    ItemFactory.create_batch(60, project=project)
+    worker = UserFactory(username="scheduled")
+    MembershipFactory(project=project, user=worker, role=Membership.Role.CROWD)
+    key = gold_schedule_key(project.pk, worker.pk, start_of_today())
+    served = []
+    while (lease := serve_next(worker, project)[0]) is not None:
+        served.append(lease.item.is_gold)
+        submit_vote(worker, lease.pk, label="normal", idempotency_key=f"s{len(served)}")
+    regular = served.count(False)
+    assert regular == 60
+    assert served == [is_gold_slot(n, 0.2, key) for n in range(len(served))]
+    # After the last regular item, at most the gold slots before the next regular one.
+    tail = len(served) - 1 - max(n for n, gold in enumerate(served) if not gold)
+    assert tail <= 2
+
+
+def test_database_gold_slots_match_python(db):
+    if connection.vendor != "postgresql":
+        pytest.skip("quorum_gold_slot exists on PostgreSQL only; set DATABASE_URL")
+    day = datetime(2026, 2, 3, tzinfo=UTC)
+    with connection.cursor() as cursor:
+        for rate in (0.0, 0.01, 0.1, 0.15, 1 / 3, 0.5, 0.77, 1.0):
+            for worker in range(3):
+                key = gold_schedule_key(9, worker, day)
+                cursor.execute(
+                    "SELECT array_agg(quorum_gold_slot(n, %s, %s) ORDER BY n) "
+                    "FROM generate_series(0, 999) n", [rate, key],
+                )  # fmt: skip
+                assert cursor.fetchone()[0] == _slots(key, rate, 1000), (rate, worker)
