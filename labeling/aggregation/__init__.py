@@ -33,6 +33,7 @@ from labeling.aggregation.glad import GLAD
 from labeling.aggregation.mace import MACE
 from labeling.aggregation.majority_vote import MajorityVote, WeightedMajorityVote
 from labeling.aggregation.one_coin import OneCoinDawidSkene
+from labeling.aggregation.selection import AutoSelect, Selection, select_method
 from labeling.aggregation.simulation import (
     WorkerProfile,
     confusions_from_accuracy,
@@ -49,6 +50,8 @@ METHODS: dict[str, type[Aggregator]] = {
     "one_coin": OneCoinDawidSkene,
     "glad": GLAD,
     "mace": MACE,
+    # picks one of the above per project (labeling.aggregation.selection)
+    "auto": AutoSelect,
 }
 
 __all__ = [
@@ -57,9 +60,11 @@ __all__ = [
     "METHODS",
     "AdaptiveResult",
     "Aggregator",
+    "AutoSelect",
     "DawidSkene",
     "MajorityVote",
     "OneCoinDawidSkene",
+    "Selection",
     "VoteMatrix",
     "WeightedMajorityVote",
     "WorkerProfile",
@@ -68,6 +73,7 @@ __all__ = [
     "fleiss_kappa",
     "krippendorff_alpha",
     "make_profiles",
+    "select_method",
     "simulate_adaptive",
     "simulate_crowd",
     "simulate_votes",
