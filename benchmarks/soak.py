@@ -125,7 +125,8 @@ async def careful_annotator(index: int, port: int, project_id: int, token: str, 
             t0 = perf()
             try:
                 status, body = await conn.send(next_req, timeout)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError) as exc:
                 ledger.errors[f"next {type(exc).__name__}"] += 1
                 await asyncio.sleep(0.05)
                 continue
@@ -137,7 +138,11 @@ async def careful_annotator(index: int, port: int, project_id: int, token: str, 
                 await asyncio.sleep(0.05)
                 continue
             ledger.next_ms.append((perf() - t0) * 1000)
-            assignment = _assignment_id(body)
+            try:
+                assignment = _assignment_id(body)
+            except (ValueError, KeyError):
+                ledger.errors["next unreadable body"] += 1
+                continue
             if think_ms > 0:
                 await asyncio.sleep(min(think(1000 / think_ms), max(0.0, stop_at - perf())))
             key = f"soak-{index}-{assignment}"
@@ -149,7 +154,8 @@ async def careful_annotator(index: int, port: int, project_id: int, token: str, 
                 t1 = perf()
                 try:
                     status, body = await conn.send(vote_req, timeout)
-                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                except (TimeoutError, OSError, asyncio.IncompleteReadError,
+                        asyncio.LimitOverrunError, ValueError) as exc:
                     status, kind = None, type(exc).__name__
                 else:
                     kind = str(status)
@@ -251,7 +257,18 @@ def granian_command(port: int, workers: int, threads: int) -> list[str]:
 
 def terminate_backends(database_url: str, spare: tuple[int, ...] = ()) -> int:
     """pg_terminate_backend on every connection to the database but ``spare``; returns how many."""
-    with _admin_conn(database_url) as conn:
+    import psycopg
+
+    for attempt in range(20):
+        try:
+            conn = _admin_conn(database_url)
+            break
+        except psycopg.OperationalError:
+            # A shared server can be at max_connections for a moment (seen under load).
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+    with conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid() AND NOT pid = ANY(%s)",
