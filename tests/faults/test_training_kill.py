@@ -6,6 +6,10 @@ holds the run, never the parent. The parent redelivers the message (``reject_on_
 to its replacement child, which finds the holder dead, records the interruption and trains on
 from the last checkpoint. The run must end as an uninterrupted one does: succeeded, every epoch
 exactly once.
+
+If the whole worker dies (parent and child), nothing redelivers the run soon (Redis only after
+its visibility timeout); beat's sweep fails it with the reason once its holder is dead and
+silent for ``STALE_AFTER``, and a person resumes it from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
 from tests.training.test_celery_worker import tail, worker_process
 from tests.training.test_runs import TINY, make_training_set
 from training import services
 from training.models import EpochMetric, TrainingRun
+from training.tasks import sweep_training_runs
 
 pytestmark = [
     pytest.mark.celery_worker,
@@ -83,3 +89,36 @@ def test_a_run_whose_worker_process_is_killed_finishes_all_its_epochs(
         f"{(resumed.created_at - killed).total_seconds():.2f} s after, all {EPOCHS} epochs "
         f"{(finished - killed).total_seconds():.2f} s after"
     )
+
+
+def test_a_run_whose_whole_worker_vanished_is_swept_to_failed_then_resumed(
+    project, settings, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(services, "STALE_AFTER", timedelta(seconds=2))
+    make_training_set(project, n_train=16, n_holdout=4)
+    admin = UserFactory(username="launcher", is_staff=True)
+    with worker_process(settings, tmp_path / "first", pool="prefork") as (process, log_path):
+        run = services.launch_run(project, admin, label_source="expert", **{**TINY, "epochs": 4})
+        run = _wait_for(run, process, log_path, lambda r: r.current_epoch >= 1, "epoch 1")
+        child = int(run.holder.rsplit("/", 2)[1])
+        os.kill(process.pid, signal.SIGKILL)  # the worker first, so it cannot redeliver
+        os.kill(child, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    deadline = time.monotonic() + 30
+    while not sweep_training_runs.apply().get():
+        assert time.monotonic() < deadline, "the sweep never failed the orphaned run"
+        time.sleep(0.5)
+    run.refresh_from_db()
+    assert run.status == "failed" and "no worker took the run up again" in run.failure_reason
+    assert f"resume it from its checkpoint after epoch {run.current_epoch}" in run.failure_reason
+
+    api = APIClient()
+    api.force_authenticate(admin)
+    with worker_process(settings, tmp_path / "second", pool="prefork") as (process, log_path):
+        assert api.post(f"/api/training-runs/{run.pk}/resume/").status_code == 200
+        run = _wait_for(run, process, log_path, lambda r: r.is_finished, "the end")
+    assert run.status == "succeeded", f"{run.failure_reason}\n{tail(log_path)}"
+    assert list(run.epoch_metrics.values_list("epoch", flat=True)) == [1, 2, 3, 4]
+    [interruption] = run.interruptions
+    assert interruption["resumed_at"] and interruption["resumed_from_epoch"] >= 1

@@ -82,7 +82,7 @@ def worker_process(settings, tmp_path: Path, *, pool: str = "solo", env: dict | 
     """
     settings.CELERY_TASK_ALWAYS_EAGER = False
     var_dir = tmp_path / "var"
-    var_dir.mkdir(exist_ok=True)
+    var_dir.mkdir(parents=True, exist_ok=True)
     broker_url = django_settings.CELERY_BROKER_URL
     if broker_url.startswith("filesystem://"):
         _fresh_filesystem_broker(settings, var_dir)
