@@ -286,3 +286,33 @@ def test_blocked_worker_cannot_vote_on_a_lease_held_before(strict_project, crowd
     )
     with pytest.raises(WorkerBlocked):
         submit_vote(crowd_user, lease.pk, label="normal", idempotency_key="k")
+
+
+@pytest.mark.parametrize("functions", [True, False], ids=["db-functions", "python"])
+def test_a_key_reused_for_another_answer_conflicts(settings, project, crowd_user, functions):
+    """Issue 19: a retry with the same key but another answer is a 409 (LeaseConflict), not the
+    first vote; a true retry still gets it (on PostgreSQL through quorum_record_vote too)."""
+    settings.QUORUM_CROWD_DB_FUNCTIONS = functions
+    ItemFactory(project=project)
+    lease = next_item(crowd_user, project)
+    first = submit_vote(crowd_user, lease.pk, label="normal", idempotency_key="same")
+    for other in ({"label": "pneumonia"}, {"label": None, "kind": "unsure"}):
+        with pytest.raises(LeaseConflict, match="already used for another answer"):
+            submit_vote(crowd_user, lease.pk, idempotency_key="same", **other)
+    again = submit_vote(crowd_user, lease.pk, label="normal", idempotency_key="same")
+    assert again.vote_id == first.vote_id and not again.created
+    assert Vote.objects.get().label.name == "normal"
+
+
+def test_a_key_reused_for_another_answer_is_409_on_the_label_page_path(project, crowd_user, crowd_page):
+    ItemFactory(project=project)
+    lease = next_item(crowd_user, project)
+    url = f"/api/assignments/{lease.pk}/vote/"
+    post = lambda label: crowd_page.post(  # noqa: E731
+        url, {"label": label, "idempotency_key": "k"}, content_type="application/json"
+    )
+    assert post("normal").status_code == 201
+    assert post("normal").status_code == 200
+    reused = post("pneumonia")
+    assert reused.status_code == 409
+    assert reused.json() == {"detail": "This idempotency key was already used for another answer."}
