@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import Client
 
 from labeling.models import Item, Membership
-from labeling.services.assignment import next_item, serve_next, start_of_today
+from labeling.services.assignment import CrowdError, next_item, serve_next, start_of_today
 from labeling.services.gold import (
     GoldError,
     draw_gold,
@@ -290,3 +290,74 @@ def test_database_gold_slots_match_python(db):
                     "FROM generate_series(0, 999) n", [rate, key],
                 )  # fmt: skip
                 assert cursor.fetchone()[0] == _slots(key, rate, 1000), (rate, worker)
+
+
+@pytest.mark.slow
+def test_spammers_are_caught_by_gold_and_by_the_aggregations_reliability(capsys):
+    """A worker answering one class to everything and one answering at random, among three
+    accurate ones, all through serve_next and submit_vote on a BCCD-like project (gold drawn
+    10% of the items, gold rate 0.1): both are blocked within 100 votes, and Dawid-Skene on
+    every label vote (the blocked workers' set-aside ones too) rates both far below the rest
+    (mean of the confusion diagonal: a spammer's is 1/5 whatever they answer)."""
+    from labeling.aggregation.base import VoteMatrix
+    from labeling.aggregation.dawid_skene import DawidSkene
+    from labeling.models import Vote
+
+    rng = np.random.default_rng(18)
+    project = _bccd_project(gold_rate=0.1, overlap=3)
+    truth = rng.choice(5, size=200, p=np.array([205, 87, 33, 20, 3]) / 348)
+    items = ItemFactory.create_batch(200, project=project, votes_wanted=3)
+    for item, k in zip(items, truth, strict=True):
+        give_expert_answer(item, BCCD[k])
+    draw_gold(project, fraction=0.1, seed=18)
+    truth_of = {item.pk: k for item, k in zip(items, truth, strict=True)}
+    answer = {
+        "accurate": lambda k: k if rng.random() < 0.9 else int(rng.choice([c for c in range(5) if c != k])),
+        "one-class": lambda k: 0,
+        "random": lambda k: int(rng.integers(5)),
+    }
+    workers = {}
+    for name in ["accurate-1", "accurate-2", "accurate-3", "one-class", "random"]:
+        workers[name] = UserFactory(username=name)
+        MembershipFactory(project=project, user=workers[name], role=Membership.Role.CROWD)
+    cast = dict.fromkeys(workers, 0)
+    blocked_after: dict[str, int] = {}
+    active = list(workers)
+    while active:
+        for name in list(active):
+            worker = workers[name]
+            try:
+                lease = serve_next(worker, project)[0]
+            except CrowdError:
+                blocked_after[name] = cast[name]
+                active.remove(name)
+                continue
+            if lease is None:
+                active.remove(name)
+                continue
+            label = BCCD[answer[name.split("-")[0] if name.startswith("accurate") else name](
+                truth_of[lease.item_id]
+            )]
+            submit_vote(worker, lease.pk, label=label, idempotency_key=f"{name}-{lease.pk}")
+            cast[name] += 1
+    with capsys.disabled():
+        print(f"\nvotes until blocked: {blocked_after}; votes cast: {cast}")
+    assert set(blocked_after) == {"one-class", "random"}
+    assert all(n <= 100 for n in blocked_after.values())
+
+    rows = Vote.objects.filter(project=project, kind=Vote.Kind.LABEL).values_list(
+        "item_id", "worker__username", "label__index"
+    )
+    tasks, who, labels = zip(*rows, strict=True)
+    names = sorted(workers)
+    votes = VoteMatrix.from_codes(
+        np.unique(tasks, return_inverse=True)[1], np.array([names.index(w) for w in who]),
+        np.array(labels), tasks=np.unique(tasks), workers=np.array(names), classes=BCCD,
+    )  # fmt: skip
+    model = DawidSkene().fit(votes)
+    reliability = dict(zip(names, np.diagonal(model.confusions_, axis1=1, axis2=2).mean(axis=1), strict=True))
+    with capsys.disabled():
+        print("Dawid-Skene reliability (mean confusion diagonal):",
+              {k: round(float(v), 2) for k, v in reliability.items()})  # fmt: skip
+    assert max(reliability["one-class"], reliability["random"]) < 0.45
+    assert min(reliability[f"accurate-{i}"] for i in (1, 2, 3)) > 0.6
