@@ -8,14 +8,17 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from frontend.access import project_role_required
 from labeling.models import Membership, Project
+from labeling.services.gold import gold_warning
 
 
 @ensure_csrf_cookie
 @project_role_required(Membership.Role.CROWD)
 def label(request: HttpRequest, project: Project) -> HttpResponse:
-    """The page itself is static; label.js drives it through the crowd API."""
+    """The page itself is static; label.js drives it through the crowd API. A gold warning the
+    worker is under shows from the start (their own score; the vote answers keep it current)."""
     return render(
         request,
         "frontend/label.html",
-        {"project": project, "classes": project.label_classes.all()},
-    )
+        {"project": project, "classes": project.label_classes.all(),
+         "gold_warning": gold_warning(request.user, project)},
+    )  # fmt: skip

@@ -223,3 +223,16 @@ def is_gold_slot(position: int, rate: float, key: str) -> bool:
     length = ((block + 1) * _RATE_SCALE + r - 1) // r - first
     offset = _hash32(hashlib.md5(f"{key}:{block}".encode(), usedforsecurity=False).hexdigest()) % length
     return v - first == offset
+
+
+def gold_warning(worker, project: Project) -> str | None:
+    """The warning the worker is under in the project now (read only: blocking is the votes')."""
+    from labeling.models import Membership
+
+    membership = Membership.objects.filter(project=project, user=worker).only("blocked_at").first()
+    if membership is None:
+        return None
+    record = gold_record(worker, project, since=membership.blocked_at)
+    return gold_standing(
+        record, min_answers=project.gold_min_answers, threshold=project.gold_accuracy_threshold
+    ).warning()

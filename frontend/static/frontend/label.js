@@ -103,6 +103,14 @@ function showFeedback(feedback) {
   bannerTimer = setTimeout(() => (banner.hidden = true), 5000);
 }
 
+// The worker's own gold score: a warning stays on screen while it holds (gold questions only).
+function showStanding(standing) {
+  if (!standing) return;
+  const note = $("standing");
+  note.textContent = standing.status === "warning" ? standing.message : "";
+  note.hidden = standing.status !== "warning";
+}
+
 function setButtons(enabled) {
   for (const button of app.querySelectorAll(".answers button, .secondary button")) {
     button.disabled = !enabled;
@@ -131,6 +139,12 @@ function stop(error) {
   $("done").hidden = true;
   setButtons(false);
   setStatus(error.message);
+  if (error.status === 403) {
+    // Blocked (or no longer a labeller here): say so where the image was.
+    $("blocked").textContent = error.message;
+    $("blocked").hidden = false;
+    $("standing").hidden = true;
+  }
 }
 
 async function answer(kind, label) {
@@ -147,6 +161,10 @@ async function answer(kind, label) {
     lastAnswered = answered;
     showFeedback(result.feedback);
     setProgress(result.progress);
+    const standing = result.feedback && result.feedback.standing;
+    showStanding(standing);
+    // This answer blocked the worker: stop now rather than show the item prefetched before.
+    if (standing && standing.status === "blocked") return stop(new ApiError(403, standing.message));
     setStatus("");
   } catch (error) {
     if (error.status === 403) return stop(error);
