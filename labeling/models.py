@@ -61,7 +61,8 @@ class Project(models.Model):
     aggregate_every = models.PositiveIntegerField(
         default=50, help_text="Re-aggregate automatically after this many new votes (0: never)."
     )
-    default_method = models.CharField(max_length=40, default="dawid_skene")
+    # "auto" picks a method per project from its own votes (labeling.aggregation.selection)
+    default_method = models.CharField(max_length=40, default="auto")
     window_preset = models.CharField(
         max_length=16, choices=WindowPreset.choices, default=WindowPreset.FROM_FILE
     )
@@ -485,6 +486,8 @@ class AggregationRun(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     failure_reason = models.TextField(blank=True)
     trigger = models.CharField(max_length=20, default="manual")
+    # an "auto" run's choice: chosen method, criterion, reason and every candidate's scores
+    selection = models.JSONField(default=dict, blank=True)
     n_votes = models.PositiveIntegerField(default=0)
     n_items = models.PositiveIntegerField(default=0)
     n_workers = models.PositiveIntegerField(default=0)

@@ -34,6 +34,8 @@ class ProjectFactory(factory.django.DjangoModelFactory):
     max_overlap = 5
     gold_rate = 0.0
     holdout_fraction = 0.0
+    # the model's default is "auto" (several fits per run); tests of one method's behaviour pin it
+    default_method = "dawid_skene"
 
     @factory.post_generation
     def classes(obj, create, extracted, **kwargs):

@@ -36,6 +36,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.aggregation import METHODS, Aggregator, VoteMatrix, fleiss_kappa, krippendorff_alpha
 from labeling.aggregation.adaptive import votes_wanted as more_votes_wanted
+from labeling.aggregation.selection import AutoSelect
 from labeling.models import (
     AggregationRun,
     ConsensusLabel,
@@ -216,7 +217,10 @@ def _execute(run: AggregationRun) -> AggregationRun:
     try:
         project = Project.objects.get(pk=run.project_id)
         data = load_votes(project)
-        model = build_aggregator(run.method, run.params).fit(data.votes, known_labels=data.known)
+        model = build_aggregator(run.method, run.params)
+        # auto may choose by the expert hold-out (never clamped: only compared against)
+        extra = {"holdout": data.holdout} if isinstance(model, AutoSelect) else {}
+        model.fit(data.votes, known_labels=data.known, **extra)
         with transaction.atomic():
             _store(run, project, data, model, started)
     except AggregationError as exc:
@@ -294,6 +298,8 @@ def _store(
     run.krippendorff_alpha = _agreement(krippendorff_alpha, votes)
     run.holdout_size = int(scored.sum())
     run.holdout_accuracy = float((labels[scored] == data.holdout[scored]).mean()) if scored.any() else None
+    if isinstance(model, AutoSelect):
+        run.selection = model.selection_.as_dict()
     if run.method == project.default_method:
         _steer_crowd(project, data, posteriors, entropy)
     run.status = Status.SUCCEEDED
