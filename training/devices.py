@@ -46,10 +46,12 @@ DEFAULTS = {
 }
 # Per item and epoch: seconds whatever the size (reading, resizing: on the CPU either way), and
 # seconds per pixel of area when no run measured the backbone on the device yet. CPU:
-# tf_efficientnet_lite0 on this project's 2-core reference machine; CUDA: a conservative guess
-# (224 px at ~1,000 items/s, single-process data loading being the bottleneck).
-ITEM_OVERHEAD = {"cpu": 1.5e-3, "cuda": 0.8e-3}
-DEFAULT_RATE = {"cpu": 1.0e-6, "cuda": 4e-9}
+# tf_efficientnet_lite0 on this project's shared 2-core machine took 6 ms per item and epoch at
+# 32 px (benchmarks/class_imbalance.py, 1 thread) and 50 ms at 64 px under a load of 9, so
+# these err on the slow side; CUDA: a guess (224 px at ~1,000 items/s, single-process data
+# loading being the bottleneck), replaced by the first measured run.
+ITEM_OVERHEAD = {"cpu": 3e-3, "cuda": 0.8e-3}
+DEFAULT_RATE = {"cpu": 1.5e-6, "cuda": 4e-9}
 HOLDOUT_COST = 1 / 3  # scoring an item (forward only) against training on it
 STARTUP_SECONDS = {"cpu": 15.0, "cuda": 20.0}  # building the data and the model, loading weights
 

@@ -309,15 +309,18 @@ def test_without_a_report_the_newest_runs_device_decides(project):
 def test_estimate_uses_the_rate_measured_on_the_device(project):
     run = new_run(project, status="succeeded", device="cpu", backbone="resnet18.a1_in1k",
                   image_size=64, n_train_items=300, n_holdout_items=90)
-    # 20 s for 300 + 90/3 = 330 item-passes: 60.6 ms each, of which 1.5 ms is the overhead
+    # 20 s for 300 + 90/3 = 330 item-passes: 60.6 ms each, some of it the per-item overhead
     run.epoch_metrics.create(epoch=1, train_loss=1, seconds=20.0, images_per_second=20)
     basis = devices.estimate_basis(project, devices.training_device())
-    assert basis["rates"]["resnet18"] == pytest.approx((20 / 330 - 1.5e-3) / 64**2)
+    overhead = devices.ITEM_OVERHEAD["cpu"]
+    assert basis["item_overhead"] == overhead
+    assert basis["rates"]["resnet18"] == pytest.approx((20 / 330 - overhead) / 64**2)
     seconds, measured = devices.estimate_seconds(basis, "resnet18", 64, 2, 300, 90)
     assert measured and seconds == pytest.approx(basis["startup_seconds"] + 40.0)
     # four times the area: the area part four times, the overhead the same
     bigger, _ = devices.estimate_seconds(basis, "resnet18", 128, 2, 300, 90)
-    assert bigger == pytest.approx(basis["startup_seconds"] + 2 * 330 * (1.5e-3 + 4 * (20 / 330 - 1.5e-3)))
+    area = 20 / 330 - overhead
+    assert bigger == pytest.approx(basis["startup_seconds"] + 2 * 330 * (overhead + 4 * area))
     guess, measured = devices.estimate_seconds(basis, "convnext_tiny", 64, 2, 300, 90)
     assert not measured and guess != seconds
 
