@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from django.db.models import Count, Q
@@ -47,6 +47,8 @@ class MethodScore:
     ci_high: float | None
     recall: dict[str, float | None]
     calibration: list[dict]
+    # an auto run's choice (chosen method, criterion, reason, scores); empty for other methods
+    selection: dict = field(default_factory=dict)
 
 
 def score_methods(project: Project) -> list[MethodScore]:
@@ -98,6 +100,7 @@ def score_methods(project: Project) -> list[MethodScore]:
                 ci_high=high,
                 recall=recall,
                 calibration=bins,
+                selection=run.selection,
             )
         )
     return scores

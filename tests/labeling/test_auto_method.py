@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from labeling.aggregation import METHODS
-from labeling.models import ConsensusLabel, Item, Project
+from labeling.models import ConsensusLabel, Item, Membership, Project
 from labeling.services.aggregation import aggregate_project
-from tests.factories import give_expert_answer
+from tests.factories import MembershipFactory, give_expert_answer
 from tests.labeling.test_aggregation_service import CLASSES, posteriors_of, simulated_project
 
 pytestmark = pytest.mark.django_db
@@ -60,3 +60,17 @@ def test_auto_chooses_by_the_expert_hold_out_when_it_is_big_enough():
     assert run.holdout_size == 35
     chosen_acc = run.selection["scores"][run.selection["chosen"]]["accuracy"]
     assert run.holdout_accuracy == pytest.approx(chosen_acc)
+
+
+def test_dashboard_says_what_auto_chose_and_why(client, django_user_model):
+    project, _, _ = simulated_project(n_items=40, votes_per_item=4, default_method="auto")
+    admin = django_user_model.objects.create(username="auto-admin")
+    MembershipFactory(project=project, user=admin, role=Membership.Role.ADMIN)
+    client.force_login(admin)
+    assert "auto chose" not in client.get(f"/projects/{project.pk}/").content.decode()
+    run = aggregate_project(project.pk, "auto")
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    chosen = run.selection["chosen"]
+    assert f"auto chose <strong>{chosen}</strong> because: best log-likelihood of held-out votes" in page
+    for name, score in run.selection["scores"].items():
+        assert f"{name} {score['log_likelihood']:.4f}" in page
