@@ -78,6 +78,7 @@ def test_embedded_run_serves_demo_and_stops_cleanly(tmp_path):
             time.sleep(1)
             worker_started = re.search(r"embedded@\S+ ready", (tmp_path / "run.log").read_text())
         assert worker_started, "the Celery worker did not start"
+        assert "beat: Starting" in (tmp_path / "run.log").read_text()  # the sweep's scheduler
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:
