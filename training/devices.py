@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -75,7 +74,7 @@ def write_worker_report() -> dict[str, Any]:
     names |= set(getattr(_registry, "_deprecated_models", {}) or {})
     report = {
         "device": "cuda" if cuda else "cpu",
-        "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "CPU",
+        "device_name": torch.cuda.get_device_name(0) if cuda else f"{os.cpu_count()} cores",
         "device_count": torch.cuda.device_count() if cuda else 0,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -98,8 +97,6 @@ def report_in_background(queues: list[str]) -> subprocess.Popen | None:
         return None
     return subprocess.Popen(
         [sys.executable, "-m", "training.devices"],
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get(
-            "DJANGO_SETTINGS_MODULE", "quorum.settings")},
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -227,6 +224,7 @@ def estimate_seconds(
 if __name__ == "__main__":  # python -m training.devices: what a training worker runs at start
     import django
 
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "quorum.settings")
     django.setup()
     written = write_worker_report()
     print(f"training worker: {written['device']} ({written['device_name']})")
