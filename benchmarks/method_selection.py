@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     warm_up()
     lines = [
         "| dataset | votes | auto's pick | auto acc | best crowd-kit (same run) | crowd-kit MV / DS / "
-        "OneCoin / GLAD / MACE | auto time (s) | held-out log-lik per vote (power) |",
+        "OneCoin / GLAD / MACE | auto time (s) | held-out log-lik per vote (power, ambiguity weight) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in args.datasets.split(","):
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         numeric = {m: a for m, a in peers.items() if isinstance(a, float)}
         best = max(numeric, key=numeric.get) if numeric else None
         scores = ", ".join(
-            f"{m} {s.log_likelihood:.4f} ({s.power})" if s.error is None else f"{m} error"
+            f"{m} {s.log_likelihood:.4f} ({s.power}, {s.mix})" if s.error is None else f"{m} error"
             for m, s in chosen.scores.items()
         )
         lines.append(

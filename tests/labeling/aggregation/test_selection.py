@@ -5,6 +5,8 @@ import pytest
 
 from labeling.aggregation import METHODS, DawidSkene, MajorityVote, VoteMatrix
 from labeling.aggregation.selection import (
+    AMBIGUITY,
+    POWERS,
     AutoSelect,
     held_out_folds,
     select_method,
@@ -71,6 +73,9 @@ def test_held_out_votes_pick_dawid_skene_where_majority_vote_is_fooled():
     record = chosen.as_dict()
     assert record["chosen"] == "dawid_skene"
     assert set(record["scores"]) == {"majority_vote", "dawid_skene"}
+    # each method's calibration (power) and vote-share weight are chosen on its hidden votes
+    assert record["scores"]["dawid_skene"]["power"] in POWERS
+    assert record["scores"]["majority_vote"]["ambiguity"] in AMBIGUITY
 
 
 def test_gold_answers_decide_once_there_are_enough_and_are_never_scored_while_clamped():
