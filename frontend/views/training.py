@@ -68,11 +68,24 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
                 },
                 "n_holdout": counts["holdout"],
             },
-            "runs": selectors.project_runs(project),
+            "runs": _with_flags(selectors.project_runs(project)),
             "comparison": selectors.comparison_rows(project),
         },
         status=400 if errors else 200,
     )
+
+
+def _with_flags(runs) -> list[TrainingRun]:
+    """The runs, each with its report's warnings (``report_flags``) for the list's ⚠ mark."""
+    runs = list(runs)
+    for run in runs:
+        evaluation = selectors.evaluation_of(run)
+        run.report_flags = (
+            [f["message"] for f in selectors.report_summary(run, evaluation)["flags"]]
+            if evaluation
+            else []
+        )
+    return runs
 
 
 def _defaults() -> dict:

@@ -396,6 +396,8 @@ def test_report_leads_with_balanced_accuracy_and_flags_the_classes(project, admi
     assert "Recall of normal is 0: the model found none of its 2 hold-out items." in page
     assert "No hold-out item is labelled other" in page
     assert "class-weighted loss (auto: largest/smallest class 2.88, threshold 1.5)" in page
+    listing = expert_page.get(f"/projects/{project.id}/train/").content.decode()
+    assert 'data-testid="run-flag" title="The model predicted pneumonia for every' in listing
 
 
 def test_report_of_an_older_run_shows_undefined_scores_as_dashes(project, expert_page):
