@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from labeling.aggregation import METHODS
+from labeling.api.serializers.aggregation import AggregationRunSerializer
 from labeling.models import ConsensusLabel, Item, Membership, Project
 from labeling.services.aggregation import aggregate_project
 from tests.factories import MembershipFactory, give_expert_answer
@@ -33,6 +34,7 @@ def test_auto_run_stores_its_choice_and_the_chosen_methods_labels():
     best = max(selection["scores"].values(), key=lambda s: s["log_likelihood"])
     assert selection["scores"][chosen] == best
     assert chosen in selection["reason"]
+    assert AggregationRunSerializer(run).data["selection"]["chosen"] == chosen  # in the API too
     # the labels stored are the chosen method's own run
     direct = aggregate_project(project.pk, chosen)
     assert direct.selection == {}

@@ -16,6 +16,7 @@ class AggregationRunSerializer(serializers.ModelSerializer):
             "project",
             "method",
             "params",
+            "selection",
             "status",
             "failure_reason",
             "trigger",
