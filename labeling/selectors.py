@@ -104,6 +104,8 @@ def crowd_context(user: AbstractBaseUser, project_id: int) -> CrowdContext | Non
     One statement (a row per class), since the crowd loop asks on every request; the ORM
     would build three queries.
     """
+    if not 0 < project_id < 2**63:  # no such id; SQLite cannot even bind one past int64
+        return None
     sql, fields = _crowd_context_sql()
     with connection.cursor() as cursor:
         cursor.execute(sql, [user.pk, project_id])
