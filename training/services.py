@@ -28,8 +28,10 @@ from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.models import Item, Project, Region
+from labeling.services.aggregation import PUBLISH_RETRY_POLICY
 from training import devices, leases, selectors
 from training.datasets import (
     MIL_LABELS,
@@ -179,7 +181,24 @@ def _dispatch(run: TrainingRun) -> None:
     task_id = str(uuid.uuid4())
     TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=task_id)
     run.celery_task_id = task_id
-    transaction.on_commit(lambda: run_training.apply_async((run.pk,), task_id=task_id))
+
+    def send() -> None:
+        try:
+            run_training.apply_async((run.pk,), task_id=task_id, retry_policy=PUBLISH_RETRY_POLICY)
+        except (KombuOperationalError, OSError) as exc:
+            # A queued run no worker will hear of would stay queued for good (the sweep looks
+            # at running runs): it fails with the reason instead.
+            logger.warning("training run %s not queued, broker unreachable: %s", run.pk, exc)
+            run.status, run.finished_at = Status.FAILED, timezone.now()
+            run.failure_reason = (
+                f"the task queue (broker) was unreachable: {exc}; once it is back, resume the "
+                "run (from its checkpoint) or launch it again"
+            )
+            TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
+                status=run.status, finished_at=run.finished_at, failure_reason=run.failure_reason
+            )
+
+    transaction.on_commit(send)
 
 
 def request_cancel(run: TrainingRun) -> TrainingRun:

@@ -177,10 +177,6 @@ def test_an_aggregation_requested_while_the_broker_is_down_fails_with_the_reason
     assert run.status == "failed" and "broker" in run.failure_reason and run.finished_at
     assert not AggregationRun.objects.filter(project=project, status="queued").exists()
 
-@pytest.mark.xfail(strict=True, reason=(
-    "training.services._dispatch publishes from a plain on_commit: with the broker down "
-    "launch_run raises kombu's OperationalError after the run row is committed as queued (the "
-    "API answers 500), and nothing ever sends its task, so the run stays queued for good"))
 def test_a_run_launched_while_the_broker_is_down_is_not_left_queued_for_good(own_redis, project):
     admin = UserFactory(username="outage-launcher", is_staff=True)
     own_redis.stop()
@@ -195,3 +191,10 @@ def test_a_run_launched_while_the_broker_is_down_is_not_left_queued_for_good(own
     messages = redis.Redis(port=own_redis.port).llen("gpu")
     # Either the launch was refused and left no queued run, or its task reached the broker.
     assert queued <= messages, f"{queued} queued run(s), {messages} message(s); raised {raised!r}"
+    assert raised is None, f"the launch raised {raised!r} instead of recording the failure"
+    run = TrainingRun.objects.get(project=project)
+    assert run.status == "failed" and "broker" in run.failure_reason and run.finished_at
+    # The broker is back: the same launch is queued and its task reaches the broker.
+    again = training.launch_run(project, admin, label_source="expert", **TINY)
+    again.refresh_from_db()
+    assert again.status == "queued" and redis.Redis(port=own_redis.port).llen("gpu") == messages + 1

@@ -16,6 +16,7 @@ from django.utils import timezone
 from PIL import Image
 
 from labeling.models import Item, Membership, Vote
+from labeling.services.aggregation import PUBLISH_RETRY_POLICY
 from tests.factories import MembershipFactory, UserFactory, label_of
 from training import selectors, services
 from training.datasets import NoLabelledItems, build_training_data
@@ -150,7 +151,9 @@ def test_launch_dispatches_after_commit(project, admin_user, django_capture_on_c
             run = services.launch_run(project, admin_user, label_source="expert", **TINY)
             assert not apply_async.called  # nothing leaves before the commit
     assert len(callbacks) == 1
-    apply_async.assert_called_once_with((run.pk,), task_id=run.celery_task_id)
+    apply_async.assert_called_once_with(
+        (run.pk,), task_id=run.celery_task_id, retry_policy=PUBLISH_RETRY_POLICY
+    )
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.QUEUED
 
 

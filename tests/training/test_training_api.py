@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 from django.core.files.base import ContentFile
 
+from labeling.services.aggregation import PUBLISH_RETRY_POLICY
 from tests.conftest import _api_client, _page_client
 from tests.factories import MembershipFactory, UserFactory
 from tests.training.test_runs import TINY, make_training_set, new_run
@@ -70,7 +71,9 @@ def test_only_admins_launch(role, project, user_for, django_capture_on_commit_ca
         body = response.json()
         assert body["status"] == "queued" and body["backbone"] == "test_resnet"
         run = TrainingRun.objects.get(pk=body["id"])
-        apply_async.assert_called_once_with((run.pk,), task_id=run.celery_task_id)
+        apply_async.assert_called_once_with(
+            (run.pk,), task_id=run.celery_task_id, retry_policy=PUBLISH_RETRY_POLICY
+        )
     else:
         assert not TrainingRun.objects.exists() and not apply_async.called
 
