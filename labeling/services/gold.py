@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
 
-from labeling.models import Item, Project
+from labeling.models import Item, Project, Vote
 
 
 class GoldError(Exception):
@@ -166,8 +166,6 @@ def gold_standing(
 def gold_record(worker, project: Project | int, *, since: datetime | None = None) -> list[tuple[int, int]]:
     """The worker's scored gold answers since ``since`` as (answered, right) per expert class,
     in class id order: quorum_record_vote's count (migration 0011), which tests compare."""
-    from labeling.models import Vote
-
     votes = Vote.objects.filter(project=project, worker=worker, was_gold=True, gold_correct__isnull=False)
     if since is not None:
         votes = votes.filter(created_at__gt=since)
