@@ -20,6 +20,9 @@ class Project(models.Model):
     class TaskType(models.TextChoices):
         IMAGE = "image", "Image classification"
         BAG = "bag", "Bag of patches (multiple-instance learning)"
+        POINTS = "points", "Points on each object"
+        BOXES = "boxes", "Boxes around each object"
+        MASKS = "masks", "Masks (polygons or brush)"
 
     class WindowPreset(models.TextChoices):
         FROM_FILE = "file", "From the DICOM file (else min-max)"
@@ -74,6 +77,17 @@ class Project(models.Model):
     )
     patch_size = models.PositiveIntegerField(default=128, help_text="Bag projects: patch side in px.")
     patch_stride = models.PositiveIntegerField(default=128, help_text="Bag projects: stride in px.")
+    # Region projects (points, boxes, masks): the match rule used by consensus, gold scoring,
+    # agreement and the report, so that all four count the same thing as one object.
+    region_match_distance = models.FloatField(
+        default=10.0, help_text="Points: two marks within this many pixels are one object."
+    )
+    region_match_iou = models.FloatField(
+        default=0.5, help_text="Boxes: two boxes overlapping at this IoU or more are one object."
+    )
+    max_regions = models.PositiveIntegerField(
+        default=300, help_text="Region projects: the most regions one answer may hold."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -95,6 +109,10 @@ class Project(models.Model):
         return self.name
 
     @property
+    def is_region_task(self) -> bool:
+        return self.task_type in REGION_TASK_TYPES
+
+    @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.label_classes.all()]
 
@@ -102,6 +120,10 @@ class Project(models.Model):
         """Votes since the last aggregation: the sum of the project's tally stripes."""
         return self.vote_tallies.aggregate(n=Sum("votes"))["n"] or 0
 
+
+REGION_TASK_TYPES = frozenset(
+    {Project.TaskType.POINTS, Project.TaskType.BOXES, Project.TaskType.MASKS}
+)
 
 # Stripes of a project's vote tally: votes of different workers rarely wait on the same row.
 TALLY_STRIPES = 16
@@ -261,6 +283,14 @@ class Item(models.Model):
         related_name="+",
         help_text="The final expert label (from import, hold-out or adjudication).",
     )
+    expert_regions = models.ForeignKey(
+        "RegionAnswer",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Region projects: the final expert set of regions (import, hold-out or review).",
+    )
     # Maintained by services so that assignment can pick an item with one indexed query.
     vote_count = models.PositiveIntegerField(default=0)
     votes_wanted = models.PositiveSmallIntegerField(default=0)
@@ -292,27 +322,6 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.pk}"
-
-
-class Region(models.Model):
-    """A point or box an expert marked on an item (e.g. a white cell); truth for localisation."""
-
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="regions")
-    label = models.ForeignKey(
-        LabelClass, null=True, blank=True, on_delete=models.RESTRICT, related_name="+"
-    )
-    name = models.CharField(max_length=100, blank=True, help_text="Free-text kind, e.g. WBC.")
-    x0 = models.FloatField()
-    y0 = models.FloatField()
-    x1 = models.FloatField(help_text="Equal to x0 for a point.")
-    y1 = models.FloatField(help_text="Equal to y0 for a point.")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-
-    @property
-    def is_point(self) -> bool:
-        return self.x0 == self.x1 and self.y0 == self.y1
 
 
 class Assignment(models.Model):
@@ -365,6 +374,7 @@ class Assignment(models.Model):
 class Vote(models.Model):
     class Kind(models.TextChoices):
         LABEL = "label", "Class label"
+        REGIONS = "regions", "Regions (points, boxes or masks)"
         UNSURE = "unsure", "Unsure"
         SKIP = "skip", "Skip"
 
@@ -391,6 +401,11 @@ class Vote(models.Model):
     label = models.ForeignKey(
         LabelClass, null=True, blank=True, on_delete=models.RESTRICT, related_name="votes",
         db_index=False, db_constraint=False,
+    )
+    regions = models.JSONField(
+        null=True, blank=True,
+        help_text='A region answer, possibly empty: [{"label": class index, "shape": "point" | '
+        '"box" | "polygon" | "mask", "points": [[x, y], ...] or "rle": {...}}] in image pixels.',
     )
     idempotency_key = models.CharField(max_length=100)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
@@ -421,6 +436,11 @@ class Vote(models.Model):
                 | (~Q(kind="label") & Q(label__isnull=True)),
                 name="vote_label_iff_kind_label",
             ),
+            models.CheckConstraint(
+                condition=(Q(kind="regions") & Q(regions__isnull=False))
+                | (~Q(kind="regions") & Q(regions__isnull=True)),
+                name="vote_regions_iff_kind_regions",
+            ),
         ]
         indexes = [
             # A worker's votes today (and all their votes: the prefix) ...
@@ -441,7 +461,7 @@ class Vote(models.Model):
     @property
     def counts(self) -> bool:
         """Whether this vote counts toward an item's overlap and aggregation."""
-        return self.kind == self.Kind.LABEL and not self.is_excluded
+        return self.kind in (self.Kind.LABEL, self.Kind.REGIONS) and not self.is_excluded
 
 
 class ExpertLabel(models.Model):
@@ -469,6 +489,70 @@ class ExpertLabel(models.Model):
                 name="expertlabel_one_per_expert_source",
             ),
         ]
+
+
+class RegionAnswer(models.Model):
+    """One expert's (or an import's) whole set of regions for an item; an empty set is an answer
+    ("nothing here"). The item's final one is ``Item.expert_regions``, as ``expert_answer`` is
+    for a class."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="region_answers")
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=10, choices=ExpertLabel.Source.choices)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["item", "expert", "source"],
+                condition=Q(expert__isnull=False),
+                name="regionanswer_one_per_expert_source",
+            ),
+        ]
+
+
+class Region(models.Model):
+    """A point, box or polygon an expert marked on an item, in image pixel coordinates.
+
+    Rows of a ``RegionAnswer`` are an expert's answer on a region project; rows without one are
+    localisation truth imported beside class labels (BCCD's white cells, read by MIL reports).
+    """
+
+    class Shape(models.TextChoices):
+        POINT = "point", "Point"
+        BOX = "box", "Box"
+        POLYGON = "polygon", "Polygon"
+        MASK = "mask", "Mask (run-length encoded)"
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="regions")
+    answer = models.ForeignKey(
+        RegionAnswer, null=True, blank=True, on_delete=models.CASCADE, related_name="regions"
+    )
+    label = models.ForeignKey(
+        LabelClass, null=True, blank=True, on_delete=models.RESTRICT, related_name="+"
+    )
+    name = models.CharField(max_length=100, blank=True, help_text="Free-text kind, e.g. WBC.")
+    shape = models.CharField(max_length=8, choices=Shape.choices, default=Shape.BOX)
+    # The bounding box of every shape (a point's is the point), so box and point code reads it.
+    x0 = models.FloatField()
+    y0 = models.FloatField()
+    x1 = models.FloatField(help_text="Equal to x0 for a point.")
+    y1 = models.FloatField(help_text="Equal to y0 for a point.")
+    geometry = models.JSONField(
+        default=dict, blank=True,
+        help_text='Polygon: {"points": [[x, y], ...]}; mask: {"rle": {"size": [h, w], "counts": [...]}}.',
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    @property
+    def is_point(self) -> bool:
+        return self.x0 == self.x1 and self.y0 == self.y1
 
 
 class AggregationRun(models.Model):
@@ -517,12 +601,35 @@ class ConsensusLabel(models.Model):
         ]
 
 
+class RegionConsensus(models.Model):
+    """A region run's fused answer for one item: consensus shapes, each with its confidence, and
+    for masks the soft probability map (STAPLE's or the vote share) as a PNG beside it."""
+
+    run = models.ForeignKey(AggregationRun, on_delete=models.CASCADE, related_name="region_consensus")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="region_consensus")
+    regions = models.JSONField(
+        default=list, help_text='[{"label": index, "shape": ..., "points" or "rle": ..., "confidence": p}]'
+    )
+    probability_map = models.FileField(upload_to="consensus/", max_length=300, blank=True)
+    confidence = models.FloatField(help_text="How sure the consensus is, 0..1 (review below the project's threshold).")
+    agreement = models.FloatField(null=True, blank=True, help_text="Mean pairwise F1 (points, boxes) or Dice (masks).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "item"], name="regionconsensus_unique_run_item"),
+        ]
+
+
 class WorkerReliability(models.Model):
     run = models.ForeignKey(AggregationRun, on_delete=models.CASCADE, related_name="reliabilities")
     worker = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     n_votes = models.PositiveIntegerField()
     accuracy = models.FloatField(help_text="Estimated probability of a correct vote.")
     confusion = models.JSONField(help_text="Row = true class, column = vote; rows sum to 1.")
+    detail = models.JSONField(
+        default=dict, blank=True,
+        help_text="Region runs: sensitivity, precision (points, boxes) or specificity (masks).",
+    )
 
     class Meta:
         constraints = [
