@@ -24,6 +24,8 @@ class TrainingRun(models.Model):
         AGGNET = "aggnet", "AggNet (EM with the CNN in the loop)"
         CROWD_LAYER = "crowd_layer", "Crowd layer (end to end on raw votes)"
         MIL = "mil", "Attention MIL on bags"
+        AUTO = "auto", "Picked by validation (gold or expert items outside the hold-out)"
+        CONSENSUS = "consensus", "Region consensus (STAPLE soft map, fused points or boxes)"
 
     class Weights(models.TextChoices):
         IMAGENET = "imagenet", "ImageNet-pretrained"
