@@ -6,8 +6,10 @@
     ties broken by the seed);
   - ``"dawid_skene"``: the soft Dawid-Skene posteriors passed as ``init_posteriors``;
   - ``"aggnet"``: EM with the CNN in the loop (see :mod:`training.engine.aggnet`);
-  - ``"crowd_layer"``: per-annotator confusions learned end to end
-    (see :mod:`training.engine.crowd_layer`).
+  - ``"crowd_layer"``: per-annotator confusions learned end to end, in the form
+    ``crowd_layer_form`` (Rodrigues & Pereira's MW/VW/VB/VW+B, the normalised confusion with
+    Tanno's trace penalty, or CoNAL) started per ``crowd_layer_init``
+    (see :mod:`training.engine.crowd_layer` and :mod:`training.engine.conal`).
 
 The loop is AdamW with a cosine schedule, mixed precision (autocast + GradScaler) on CUDA,
 an atomic checkpoint after every epoch, cancellation between batches, and exact resumption.
@@ -38,7 +40,12 @@ from training.engine.checkpoints import (
     save_checkpoint,
     save_model_file,
 )
-from training.engine.crowd_layer import CrowdLayer
+from training.engine.crowd_layer import (
+    CROWD_LAYER_FORMS,
+    CROWD_LAYER_INITS,
+    BaseCrowdLayer,
+    make_crowd_layer,
+)
 from training.engine.data import (
     CrowdVotes,
     ItemDataset,
@@ -79,7 +86,11 @@ _RESUME_MUST_MATCH = (
     "seed",
     "augment",
     "schedule",
+    "crowd_layer_form",
+    "crowd_layer_init",
 )
+# settings added after checkpoints already existed: a checkpoint without them used these
+_RESUME_DEFAULTS = {"crowd_layer_form": "confusion_trace", "crowd_layer_init": "dawid_skene"}
 
 
 @dataclass
@@ -107,7 +118,11 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     checkpoint_dir: str | None = None  # None: a fresh temporary folder
     cache_dir: str | None = None  # where converted pretrained weights are cached
-    crowd_layer_trace_weight: float = 0.01
+    # crowd layer: one of CROWD_LAYER_FORMS, started from "dawid_skene" (falls back to the
+    # identity when there is nothing to estimate it from) or "identity"
+    crowd_layer_form: str = "confusion_trace"
+    crowd_layer_init: str = "dawid_skene"
+    crowd_layer_trace_weight: float = 0.01  # Tanno's lambda, for the confusion_trace form
     crowd_layer_lr_scale: float = 10.0  # confusions start near a good value and need to move fast
     aggnet_smoothing: float = 1.0
     # class imbalance: "auto" (weighted loss when the classes are skewed), "none", "loss",
@@ -129,6 +144,14 @@ class TrainConfig:
             raise ValueError("schedule must be 'cosine' or 'constant'")
         if self.class_balance not in BALANCE_MODES:
             raise ValueError(f"class_balance must be one of {BALANCE_MODES}")
+        if self.crowd_layer_form not in CROWD_LAYER_FORMS:
+            raise ValueError(
+                f"crowd_layer_form must be one of {CROWD_LAYER_FORMS}, got {self.crowd_layer_form!r}"
+            )
+        if self.crowd_layer_init not in CROWD_LAYER_INITS:
+            raise ValueError(
+                f"crowd_layer_init must be one of {CROWD_LAYER_INITS}, got {self.crowd_layer_init!r}"
+            )
 
 
 @dataclass
@@ -241,7 +264,7 @@ def train(
     )
 
     aggnet: AggNetEM | None = None
-    crowd_layer: CrowdLayer | None = None
+    crowd_layer: BaseCrowdLayer | None = None
     vote_workers = vote_labels = None
     if config.label_source == "aggnet":
         aggnet = AggNetEM(
@@ -254,7 +277,8 @@ def train(
         assert votes is not None
         crowd_layer, vote_workers, vote_labels = build_crowd_layer(
             votes, n_items, config.num_classes, device, init_confusions, init_posteriors,
-            smoothing=config.aggnet_smoothing,
+            smoothing=config.aggnet_smoothing, form=config.crowd_layer_form,
+            init=config.crowd_layer_init, feature_dim=getattr(model, "num_features", None),
         )  # fmt: skip
 
     optimizer, scheduler, scaler = build_optimization(
@@ -283,7 +307,11 @@ def train(
             else None
         )
         confusions = (
-            crowd_layer.annotator_confusions()
+            crowd_layer_confusions(
+                crowd_layer, votes, model, train_eval_dataset, config.batch_size * 2, device
+            )
+            if crowd_layer is not None and status == "completed"
+            else crowd_layer.annotator_confusions()
             if crowd_layer is not None
             else aggnet.confusions_.copy()
             if aggnet is not None
@@ -337,8 +365,15 @@ def train(
             if step and step % config.cancel_check_every == 0 and stop_requested():
                 return result("cancelled", None)
             images = images.to(device, non_blocking=True, memory_format=memory_format)
+            features = None
             with autocast():
-                logits = model(images)
+                if crowd_layer is not None and crowd_layer.needs_features:
+                    # CoNAL mixes its confusions by the image: it reads the pooled features
+                    feature_maps = model.forward_features(images)
+                    features = model.forward_head(feature_maps, pre_logits=True)
+                    logits = model.forward_head(feature_maps)
+                else:
+                    logits = model(images)
             if crowd_layer is not None:
                 loss = crowd_layer.loss(
                     logits,
@@ -346,6 +381,7 @@ def train(
                     vote_labels[indices].to(device, non_blocking=True),
                     config.crowd_layer_trace_weight,
                     item_weights[indices].to(device) if item_weights is not None else None,
+                    features=features,
                 )
             else:
                 batch_targets = batch_targets.to(device, non_blocking=True)
@@ -440,22 +476,48 @@ def build_crowd_layer(
     init_confusions: np.ndarray | None,
     init_posteriors: np.ndarray | None,
     smoothing: float | None = None,
-) -> tuple[CrowdLayer, torch.Tensor, torch.Tensor]:
-    """The crowd layer (started from ``init_confusions``, or from the M-step of
-    ``init_posteriors`` with ``smoothing``, its default when None) and the padded vote tensors
-    its loss reads by item index."""
-    if init_confusions is None and init_posteriors is not None:
+    form: str = "confusion_trace",
+    init: str = "dawid_skene",
+    feature_dim: int | None = None,
+) -> tuple[BaseCrowdLayer, torch.Tensor, torch.Tensor]:
+    """The crowd layer ``form`` and the padded vote tensors its loss reads by item index.
+
+    ``init="dawid_skene"`` starts it from ``init_confusions``, or from the M-step of
+    ``init_posteriors`` with ``smoothing`` (its default when None), or, with neither, from the
+    identity (what the layer always did); ``feature_dim`` is needed by CoNAL only.
+    """
+    if init == "dawid_skene" and init_confusions is None and init_posteriors is not None:
         extra = {} if smoothing is None else {"smoothing": smoothing}
         init_confusions = confusions_from_posteriors(
             np.asarray(init_posteriors, dtype=np.float64), votes, **extra
         )
-    crowd_layer = CrowdLayer(votes.n_workers, num_classes, init_confusions).to(device)
+    if init_confusions is None:
+        init = "identity"
+    crowd_layer = make_crowd_layer(
+        form, init, votes.n_workers, num_classes, init_confusions, feature_dim=feature_dim
+    ).to(device)
     padded_workers, padded_labels = votes.padded(n_items)
     return crowd_layer, torch.from_numpy(padded_workers), torch.from_numpy(padded_labels)
 
 
+def crowd_layer_confusions(
+    crowd_layer: BaseCrowdLayer,
+    votes: CrowdVotes | None,
+    model: torch.nn.Module,
+    train_dataset: Any,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """The layer's annotator confusions; the vector forms' are estimated from the classifier's
+    probabilities on the training items (see :mod:`training.engine.crowd_layer`)."""
+    if crowd_layer.form not in ("vw", "vb", "vw+b") or votes is None:
+        return crowd_layer.annotator_confusions()
+    probabilities = predict(model, train_dataset, batch_size=batch_size, device=device)
+    return crowd_layer.annotator_confusions(probabilities.astype(np.float64), votes)
+
+
 def build_optimization(
-    config: Any, model: torch.nn.Module, crowd_layer: CrowdLayer | None, steps_per_epoch: int,
+    config: Any, model: torch.nn.Module, crowd_layer: BaseCrowdLayer | None, steps_per_epoch: int,
     use_amp: bool,
 ) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
     """AdamW (the crowd layer at ``lr * crowd_layer_lr_scale``, undecayed), the schedule over
@@ -480,7 +542,7 @@ def build_optimization(
 
 def restore_state(
     resumed: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, scaler: torch.amp.GradScaler, crowd_layer: CrowdLayer | None,
+    scheduler: Any, scaler: torch.amp.GradScaler, crowd_layer: BaseCrowdLayer | None,
 ) -> tuple[list[EpochRecord], int]:
     """Load a checkpoint's shared state; returns its history and the epoch to continue from."""
     model.load_state_dict(resumed["model"])
@@ -555,9 +617,10 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig) -> None:
         raise CheckpointError(f"unsupported checkpoint format {checkpoint.get('format')!r}")
     saved = checkpoint["config"]
     different = [
-        f"{key}: checkpoint {saved.get(key)!r} vs now {getattr(config, key)!r}"
+        f"{key}: checkpoint {saved.get(key, _RESUME_DEFAULTS.get(key))!r} "
+        f"vs now {getattr(config, key)!r}"
         for key in _RESUME_MUST_MATCH
-        if saved.get(key) != getattr(config, key)
+        if saved.get(key, _RESUME_DEFAULTS.get(key)) != getattr(config, key)
     ]
     if different:
         raise CheckpointError("cannot resume, the run's settings changed: " + "; ".join(different))
