@@ -28,7 +28,7 @@ def test_compose_has_the_production_services():
 
 def test_entrypoint_roles_consume_the_right_queues():
     entrypoint = (ROOT / "platform/docker/entrypoint.sh").read_text()
-    assert "granian --interface wsgi quorum.wsgi:application" in entrypoint
+    assert "granian --interface wsgi --respawn-failed-workers quorum.wsgi:application" in entrypoint
     assert "worker -Q default " in entrypoint
     assert "worker -Q gpu " in entrypoint
     assert "celery -A quorum beat " in entrypoint

@@ -8,7 +8,8 @@ case "$role" in
     python manage.py migrate --noinput
     python manage.py collectstatic --noinput -v 0
     # Workers, threads, host and port come from GRANIAN_* (platform/env.example).
-    exec granian --interface wsgi quorum.wsgi:application
+    # A killed worker process is replaced at once (tests/faults/test_serving_faults.py).
+    exec granian --interface wsgi --respawn-failed-workers quorum.wsgi:application
     ;;
   worker)
     exec celery -A quorum worker -Q default --loglevel INFO --concurrency "${WORKER_CONCURRENCY:-2}"
