@@ -6,6 +6,12 @@ Votes use crowd-kit's shape (``task``, ``worker``, ``label``): ``task`` is the i
 digits, an HMAC of the project and user ids under the site's secret key): the same person has
 the same id in every export of a project, but ids cannot be joined across projects or traced to
 an account without the key. No file names, DICOM or other item metadata are exported.
+
+Region projects export COCO JSON (the consensus of a region run with each object's confidence
+as ``score``; the final expert regions; every counted region vote with its worker's pseudonym
+as ``annotator``, which the COCO import reads back as crowd votes), the consensus masks as
+PNGs in a zip, and the votes as JSON Lines. COCO images are named by the stored rendering
+(content hash), never by the source file, and carry the item id as their ``id``.
 """
 
 from __future__ import annotations
@@ -13,13 +19,30 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+import io
 import json
+import zipfile
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from pathlib import PurePosixPath
 
+import numpy as np
 from django.conf import settings
+from django.utils.text import slugify
+from PIL import Image
 
-from labeling.models import AggregationRun, ConsensusLabel, ExpertLabel, Item, Project, Vote
+from labeling.aggregation.regions.answers import rle_decode
+from labeling.imports.coco import category_index, coco_annotation, coco_categories, coco_image
+from labeling.models import (
+    AggregationRun,
+    ConsensusLabel,
+    ExpertLabel,
+    Item,
+    Project,
+    Region,
+    RegionConsensus,
+    Vote,
+)
 
 CHUNK_SIZE = 2000
 
@@ -71,6 +94,12 @@ def votes_csv(project: Project) -> Iterator[str]:
 
 
 def votes_jsonl(project: Project) -> Iterator[str]:
+    """One object per counted vote: ``{task, worker, label}``, or for a region project
+    ``{task, worker, regions}`` with the regions in the wire format (class names)."""
+    if project.is_region_task:
+        for task, worker, regions in region_vote_rows(project):
+            yield json.dumps({"task": task, "worker": worker, "regions": regions}) + "\n"
+        return
     for task, worker, label in vote_rows(project):
         yield json.dumps({"task": task, "worker": worker, "label": label}) + "\n"
 
@@ -138,3 +167,224 @@ def holdout_csv(project: Project) -> Iterator[str]:
             for item_id, holdout, gold, answer in rows
         ),
     )
+
+
+# Region projects ---------------------------------------------------------------------------
+
+
+def _class_list(project: Project) -> list[str]:
+    return list(project.label_classes.order_by("index").values_list("name", flat=True))
+
+
+def wire_regions(stored: Iterable[dict], classes: list[str]) -> list[dict]:
+    """Stored shapes (label = class index) in the wire format (label = class name)."""
+    return [{**shape, "label": classes[int(shape["label"])]} for shape in stored]
+
+
+def region_vote_rows(project: Project) -> Iterator[tuple[int, str, list[dict]]]:
+    """(task, worker, regions) for every counted region vote, workers pseudonymised."""
+    classes = _class_list(project)
+    rows = (
+        Vote.objects.filter(project=project, kind=Vote.Kind.REGIONS, is_excluded=False)
+        .order_by("item_id", "id")
+        .values_list("item_id", "worker_id", "regions")
+        .iterator(chunk_size=CHUNK_SIZE)
+    )
+    for item_id, worker_id, regions in rows:
+        yield item_id, worker_pseudonym(project.id, worker_id), wire_regions(regions, classes)
+
+
+def latest_region_run(project: Project, method: str | None = None) -> AggregationRun | None:
+    """The newest succeeded run of ``method`` (any region method when None) with a consensus."""
+    runs = project.aggregation_runs.filter(
+        status=AggregationRun.Status.SUCCEEDED,
+        pk__in=RegionConsensus.objects.filter(run__project=project).values("run_id"),
+    )
+    if method:
+        runs = runs.filter(method=method)
+    return runs.order_by("-created_at", "-id").first()
+
+
+def _coco_image_of(item_id: int, image_name: str, width: int, height: int) -> dict:
+    return coco_image({"id": item_id, "file_name": PurePosixPath(image_name).name,
+                       "width": width, "height": height})
+
+
+def coco_json(
+    categories: list[str],
+    images: Iterable[dict],
+    annotated: Iterable[tuple[int, list[dict]]],
+    info: dict,
+) -> Iterator[str]:
+    """A COCO document streamed: ``images`` (COCO image objects) and ``annotated`` ((image id,
+    wire shapes) pairs) are each walked once, so neither is held in memory."""
+    ids = category_index(categories)
+    yield f'{{"info": {json.dumps(info)}, "categories": {json.dumps(coco_categories(categories))}, "images": ['
+    for k, image in enumerate(images):
+        yield ("," if k else "") + "\n" + json.dumps(image)
+    yield '],\n"annotations": ['
+    n = 0
+    for image_id, shapes in annotated:
+        for shape in shapes:
+            n += 1
+            yield ("," if n > 1 else "") + "\n" + json.dumps(coco_annotation(shape, image_id, n, ids))
+    yield "]}\n"
+
+
+def _items_info(queryset) -> Iterator[dict]:
+    rows = queryset.order_by("id").values_list("id", "image", "width", "height").iterator(chunk_size=CHUNK_SIZE)
+    for item_id, image, width, height in rows:
+        yield _coco_image_of(item_id, image, width, height)
+
+
+def consensus_coco(project: Project, run: AggregationRun) -> Iterator[str]:
+    """The run's consensus per item as COCO, each object's confidence as ``score``."""
+    classes = _class_list(project)
+    consensus = RegionConsensus.objects.filter(run=run)
+
+    def annotated():
+        rows = consensus.order_by("item_id").values_list("item_id", "regions").iterator(chunk_size=CHUNK_SIZE)
+        for item_id, regions in rows:
+            yield item_id, wire_regions(regions, classes)
+
+    items = Item.objects.filter(project=project, region_consensus__run=run)
+    info = {"description": f"{project.name}: consensus of aggregation run {run.pk} ({run.method})"}
+    return coco_json(classes, _items_info(items), annotated(), info)
+
+
+def region_answer_shapes(regions: Iterable[Region], classes_by_id: dict[int, str]) -> list[dict]:
+    """Wire shapes (class names) of an answer's Region rows."""
+    out = []
+    for r in regions:
+        label = classes_by_id[r.label_id]
+        if r.shape == Region.Shape.POINT:
+            out.append({"label": label, "shape": "point", "points": [[r.x0, r.y0]]})
+        elif r.shape == Region.Shape.BOX:
+            out.append({"label": label, "shape": "box", "points": [[r.x0, r.y0], [r.x1, r.y1]]})
+        elif r.shape == Region.Shape.POLYGON:
+            out.append({"label": label, "shape": "polygon", "points": r.geometry["points"]})
+        else:
+            out.append({"label": label, "shape": "mask", "rle": r.geometry["rle"]})
+    return out
+
+
+def expert_regions_coco(project: Project) -> Iterator[str]:
+    """Every item's final expert regions (import, hold-out or review) as COCO; an item whose
+    answer is "nothing here" is listed without annotations."""
+    classes = _class_list(project)
+    classes_by_id = _class_names(project)
+    items = Item.objects.filter(project=project, expert_regions__isnull=False)
+
+    def annotated():
+        answers = items.order_by("id").values_list("id", "expert_regions_id").iterator(chunk_size=CHUNK_SIZE)
+        batch: list[tuple[int, int]] = []
+        for row in answers:
+            batch.append(row)
+            if len(batch) == CHUNK_SIZE:
+                yield from _answer_shapes(batch, classes_by_id)
+                batch = []
+        yield from _answer_shapes(batch, classes_by_id)
+
+    info = {"description": f"{project.name}: final expert regions"}
+    return coco_json(classes, _items_info(items), annotated(), info)
+
+
+def _answer_shapes(rows: list[tuple[int, int]], classes_by_id: dict[int, str]) -> Iterator[tuple[int, list[dict]]]:
+    by_answer: dict[int, list[Region]] = {}
+    for region in Region.objects.filter(answer_id__in=[a for _, a in rows]).order_by("id"):
+        by_answer.setdefault(region.answer_id, []).append(region)
+    for item_id, answer_id in rows:
+        yield item_id, region_answer_shapes(by_answer.get(answer_id, []), classes_by_id)
+
+
+def region_votes_coco(project: Project) -> Iterator[str]:
+    """Every counted region vote as COCO annotations carrying the worker's pseudonym as
+    ``annotator``; each image lists in ``annotators`` everyone who answered it, so an empty
+    vote ("nothing here"), which has no annotation, is still there."""
+    classes = _class_list(project)
+    votes = Vote.objects.filter(project=project, kind=Vote.Kind.REGIONS, is_excluded=False)
+
+    def images():
+        rows = (
+            votes.order_by("item_id", "id")
+            .values_list("item_id", "worker_id", "item__image", "item__width", "item__height")
+            .iterator(chunk_size=CHUNK_SIZE)
+        )
+        current, annotators = None, []
+        for item_id, worker_id, image, width, height in rows:
+            if current is not None and current["id"] != item_id:
+                yield {**current, "annotators": annotators}
+                current = None
+            if current is None:
+                current, annotators = _coco_image_of(item_id, image, width, height), []
+            annotators.append(worker_pseudonym(project.id, worker_id))
+        if current is not None:
+            yield {**current, "annotators": annotators}
+
+    def annotated():
+        for task, worker, regions in region_vote_rows(project):
+            yield task, [{**shape, "annotator": worker} for shape in regions]
+
+    info = {"description": f"{project.name}: crowd region votes (pseudonymous annotators)"}
+    return coco_json(classes, images(), annotated(), info)
+
+
+class _ZipPipe:
+    """A write-only stream for ZipFile that hands out what was written since the last take."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def consensus_masks_zip(project: Project, run: AggregationRun) -> Iterator[bytes]:
+    """A zip streamed file by file: per item and class present, ``item-<id>/<class>.png`` (the
+    binarised consensus, 255 inside) and, where the run stored a soft map, ``<class>-p.png``
+    (probability x 255); ``masks.csv`` lists them with each mask's confidence."""
+    classes = _class_list(project)
+    pipe = _ZipPipe()
+    index_lines = [["task", "class", "mask", "probability", "confidence"]]
+    with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
+        rows = (
+            RegionConsensus.objects.filter(run=run).order_by("item_id")
+            .values_list("item_id", "regions", "probability_map").iterator(chunk_size=100)
+        )
+        storage = RegionConsensus._meta.get_field("probability_map").storage
+        for item_id, regions, probability_map in rows:
+            soft = None
+            if probability_map:
+                with storage.open(probability_map) as handle:
+                    soft = np.load(handle)
+            for shape in regions:
+                if shape.get("shape") != "mask":
+                    continue
+                k = int(shape["label"])
+                name = f"item-{item_id}/{slugify(classes[k]) or k}"
+                archive.writestr(f"{name}.png", _png(rle_decode(shape["rle"]).astype(np.uint8) * 255))
+                p_name = ""
+                if soft is not None and k < len(soft):
+                    p_name = f"{name}-p.png"
+                    probability = np.clip(np.asarray(soft[k], dtype=np.float32), 0, 1)
+                    archive.writestr(p_name, _png(np.round(probability * 255).astype(np.uint8)))
+                confidence = shape.get("confidence")
+                index_lines.append([item_id, classes[k], f"{name}.png", p_name,
+                                    "" if confidence is None else f"{confidence:.6g}"])
+                yield pipe.take()
+        archive.writestr("masks.csv", "".join(csv_lines(index_lines[0], index_lines[1:])))
+    yield pipe.take()

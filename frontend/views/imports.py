@@ -26,12 +26,13 @@ def import_page(request: HttpRequest, project: Project) -> HttpResponse:
     if request.method == "POST":
         files = request.FILES.getlist("files")
         labels = request.FILES.get("labels")
+        coco = request.FILES.get("coco")
         if not files:
             return _render(request, project, error="Choose at least one file.", status=400)
         try:
-            check_upload_sizes([*files, *([labels] if labels else [])])
+            check_upload_sizes([*files, *([labels] if labels else []), *([coco] if coco else [])])
             batch = import_files(project, files, user=request.user,
-                                 source=ImportBatch.Source.UPLOAD, labels=labels,
+                                 source=ImportBatch.Source.UPLOAD, labels=labels, coco=coco,
                                  stack=bool(request.POST.get("stack")))
         except ImportRefused as exc:
             return _render(request, project, error=str(exc), status=exc.status_code)

@@ -53,4 +53,8 @@ urlpatterns = [
     path("projects/<int:project_id>/exports/consensus.csv", exports.ConsensusCsvView.as_view(), name="export-consensus-csv"),
     path("projects/<int:project_id>/exports/expert_labels.csv", exports.ExpertLabelsCsvView.as_view(), name="export-expert-labels-csv"),
     path("projects/<int:project_id>/exports/holdout.csv", exports.HoldoutCsvView.as_view(), name="export-holdout-csv"),
+    path("projects/<int:project_id>/exports/consensus.coco.json", exports.ConsensusCocoView.as_view(), name="export-consensus-coco"),
+    path("projects/<int:project_id>/exports/expert_regions.coco.json", exports.ExpertRegionsCocoView.as_view(), name="export-expert-regions-coco"),
+    path("projects/<int:project_id>/exports/votes.coco.json", exports.RegionVotesCocoView.as_view(), name="export-votes-coco"),
+    path("projects/<int:project_id>/exports/consensus_masks.zip", exports.ConsensusMasksZipView.as_view(), name="export-consensus-masks"),
 ]

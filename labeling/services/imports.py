@@ -27,6 +27,12 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 
+from labeling.aggregation.regions.answers import (
+    RegionAnswerError,
+    Shape,
+    parse_regions,
+    parse_shape,
+)
 from labeling.imports import DecodedFile, ImportFileError, content_hash, decode_file
 from labeling.imports.archives import (
     SourceFile,
@@ -36,10 +42,19 @@ from labeling.imports.archives import (
     is_zip,
     zip_sources,
 )
+from labeling.imports.coco import CocoDataset, CocoFileError, parse_coco
 from labeling.imports.frames import stack_frames, stack_series
-from labeling.imports.labels import LabelFileError, parse_label_csv, resolve_labels
+from labeling.imports.labels import LabelFileError, match_class, parse_label_csv, resolve_labels
 from labeling.imports.rendering import encode_image, encode_npy, encode_thumbnail
-from labeling.models import ExpertLabel, ImportBatch, Item, LabelClass, Project
+from labeling.models import (
+    ExpertLabel,
+    ImportBatch,
+    Item,
+    LabelClass,
+    Project,
+    Region,
+    RegionAnswer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +63,9 @@ ProgressCallback = Callable[[int, int, str], None]
 
 LabelsInput = Mapping[str, str] | bytes | str | Path | Any
 """A ``{filename: class}`` dict, CSV bytes, a path to a CSV, or an open/uploaded CSV file."""
+
+CocoInput = Mapping[str, Any] | bytes | str | Path | Any
+"""A parsed COCO document, its bytes, a path to it, or an open/uploaded JSON file."""
 
 IMPORTED, DUPLICATE, FAILED = "imported", "duplicate", "failed"
 
@@ -91,18 +109,201 @@ def load_labels(labels: LabelsInput | None, project: Project) -> dict[str, str]:
     try:
         if isinstance(labels, Mapping):
             return resolve_labels(labels, class_names)
-        if isinstance(labels, str | Path):
-            try:
-                data = Path(labels).read_bytes()
-            except OSError as exc:
-                raise ImportRefused(f"cannot read the labels file {labels}: {exc}") from exc
-        elif isinstance(labels, bytes):
-            data = labels
-        else:
-            data = labels.read()
-        return parse_label_csv(data, class_names)
+        return parse_label_csv(_read_input(labels, "labels"), class_names)
     except LabelFileError as exc:
         raise ImportRefused(f"Labels refused, nothing was imported. {exc}") from exc
+
+
+def _read_input(value: bytes | str | Path | Any, what: str) -> bytes:
+    """The bytes of a side file (labels, COCO): given as bytes, a path, or an open file."""
+    if isinstance(value, str | Path):
+        try:
+            return Path(value).read_bytes()
+        except OSError as exc:
+            raise ImportRefused(f"cannot read the {what} file {value}: {exc}") from exc
+    if isinstance(value, bytes):
+        return value
+    return value.read()
+
+
+COCO_REFUSED = "COCO import refused, nothing was imported."
+
+
+def load_coco(coco: CocoInput, project: Project) -> CocoDataset:
+    """The COCO file read for ``project``'s task type and checked against its classes and
+    region limit, or ImportRefused naming what is wrong."""
+    if not project.is_region_task:
+        raise ImportRefused(
+            f"{COCO_REFUSED} COCO regions need a points, boxes or masks project; "
+            f"'{project.name}' is a {project.get_task_type_display().lower()} project."
+        )
+    data = coco if isinstance(coco, Mapping) else _read_input(coco, "COCO")
+    try:
+        dataset = parse_coco(data, project.task_type)
+    except CocoFileError as exc:
+        raise ImportRefused(f"{COCO_REFUSED} {exc}") from exc
+    class_names = project.class_names
+    for image in dataset.images:
+        for annotator, shapes in image.regions_by_annotator().items():
+            if len(shapes) > project.max_regions:
+                who = f" by '{annotator}'" if annotator is not None else ""
+                raise ImportRefused(
+                    f"{COCO_REFUSED} image '{image.file_name}' has {len(shapes)} regions{who}; "
+                    f"this project allows at most {project.max_regions} per answer."
+                )
+        for shape in image.shapes:
+            name = match_class(shape.shape["label"], class_names)
+            if name is None:
+                raise ImportRefused(
+                    f"{COCO_REFUSED} annotation {shape.annotation_id!r} on '{image.file_name}' "
+                    f"is of category '{shape.shape['label']}', not a class of this project "
+                    f"({', '.join(class_names)})."
+                )
+            shape.shape["label"] = name
+            # the rules every region answer meets (a polygon that crosses itself, ...)
+            try:
+                parse_shape(shape.shape, 0, task_type=project.task_type, classes=class_names,
+                            width=image.width, height=image.height)
+            except RegionAnswerError as exc:
+                problem = exc.message.partition(": ")[2] or exc.message
+                raise ImportRefused(
+                    f"{COCO_REFUSED} annotation {shape.annotation_id!r} on '{image.file_name}': "
+                    f"{problem}"
+                ) from exc
+    return dataset
+
+
+def _coco_among(files: list[SourceFile], project: Project) -> tuple[list[SourceFile], CocoDataset | None]:
+    """A region project's upload may carry its COCO file beside the images (or in the zip)."""
+    found = [f for f in files if f.name.lower().endswith(".json") and not f.error]
+    if not found:
+        return files, None
+    if len(found) > 1:
+        names = ", ".join(f"'{f.name}'" for f in found)
+        raise ImportRefused(f"{COCO_REFUSED} The upload holds {len(found)} JSON files ({names}); send one COCO file.")
+    return [f for f in files if f is not found[0]], load_coco(found[0].read(), project)
+
+
+def _import_with_coco(
+    run: _Run, files: list[SourceFile], coco: CocoDataset, progress: ProgressCallback | None
+) -> ImportBatch:
+    """Store the images and their COCO regions in one transaction: a file that fails, a COCO
+    image without its file, a size that differs or a shape the project refuses rolls every
+    row back and deletes every stored file (ImportRefused, so every entry point answers 400)."""
+    if run.stack:
+        raise ImportRefused(f"{COCO_REFUSED} A COCO import cannot stack frames.")
+    failed = [line for line in run.report if line["status"] == FAILED]
+    run.written = []
+    storage = Item._meta.get_field("image").storage
+    try:
+        with transaction.atomic():
+            for done, source_file in enumerate(files, start=1):
+                line = _import_one(run, source_file)
+                run.report.append(line)
+                if line["status"] == FAILED:
+                    failed.append(line)
+                if progress is not None:
+                    progress(done, len(files), source_file.name)
+            if failed:
+                more = f" ({len(failed) - 1} other files failed too)" if len(failed) > 1 else ""
+                raise ImportRefused(
+                    f"{COCO_REFUSED} '{failed[0]['name']}': {failed[0]['message']}{more}"
+                )
+            items = _coco_items(run, coco)
+            run.batch.n_labels = _record_coco_answers(run, coco, items)
+            batch = _finish(run)
+            if batch.pk is None:
+                raise ImportRefused(f"{COCO_REFUSED} There was no image to import.")
+    except BaseException:
+        _delete_files(storage, run.written)
+        run.batch.pk = None
+        raise
+    return batch
+
+
+def _coco_items(run: _Run, coco: CocoDataset) -> dict[int, Item]:
+    """The item of each COCO image (by its index in ``coco.images``), matched by file name:
+    the name as imported, or its end after a folder or archive name."""
+    lines = [line for line in run.report if line["status"] in (IMPORTED, DUPLICATE)]
+    matched: dict[int, int] = {}
+    for index, image in enumerate(coco.images):
+        wanted = image.file_name.replace("\\", "/").lstrip("./")
+        hits = [line for line in lines if line["name"] == wanted or line["name"].endswith("/" + wanted)]
+        if not hits:
+            base = Path(wanted).name
+            hits = [line for line in lines if Path(line["name"]).name == base]
+        if not hits:
+            raise ImportRefused(
+                f"{COCO_REFUSED} Image '{image.file_name}' of the COCO file is not among the "
+                "uploaded files."
+            )
+        if len(hits) > 1:
+            names = ", ".join(f"'{line['name']}'" for line in hits)
+            raise ImportRefused(f"{COCO_REFUSED} Image '{image.file_name}' matches {names}.")
+        if len(hits[0]["item_ids"]) != 1:
+            raise ImportRefused(
+                f"{COCO_REFUSED} '{hits[0]['name']}' has {len(hits[0]['item_ids'])} frames; a COCO "
+                "image is one picture."
+            )
+        matched[index] = hits[0]["item_ids"][0]
+    if len(set(matched.values())) < len(matched):
+        raise ImportRefused(f"{COCO_REFUSED} Two COCO images are the same picture.")
+    items = Item.objects.in_bulk(list(matched.values()))
+    out = {}
+    for index, item_id in matched.items():
+        image, item = coco.images[index], items[item_id]
+        if (item.width, item.height) != (image.width, image.height):
+            raise ImportRefused(
+                f"{COCO_REFUSED} Image '{image.file_name}' is {item.width}x{item.height} pixels; "
+                f"the COCO file says {image.width}x{image.height}."
+            )
+        out[index] = item
+    return out
+
+
+def _record_coco_answers(run: _Run, coco: CocoDataset, items: dict[int, Item]) -> int:
+    """Each COCO image's shapes as the item's imported expert answer (an image without
+    annotations: "nothing here"); an item that already has expert regions keeps them."""
+    project = run.project
+    class_names = project.class_names
+    recorded = 0
+    for index, item in items.items():
+        if item.expert_regions_id is not None:
+            continue
+        image = coco.images[index]
+        shapes = parse_regions(image.regions, task_type=project.task_type, classes=class_names,
+                               width=image.width, height=image.height,
+                               max_regions=len(image.regions))
+        record_region_answer(item, shapes, source=ExpertLabel.Source.IMPORT)
+        recorded += 1
+    return recorded
+
+
+def record_region_answer(
+    item: Item, shapes: list[Shape], *, source: str, expert=None, note: str = ""
+) -> RegionAnswer:
+    """An expert's (or an import's) checked region set for ``item`` as a RegionAnswer with its
+    Region rows; it becomes the item's final expert regions."""
+    classes = {c.index: c for c in LabelClass.objects.filter(project_id=item.project_id)}
+    answer = RegionAnswer.objects.create(item=item, expert=expert, source=source, note=note)
+    Region.objects.bulk_create(
+        _region_row(item, answer, shape, classes[shape.label], expert) for shape in shapes
+    )
+    Item.objects.filter(pk=item.pk).update(expert_regions=answer)
+    item.expert_regions = answer
+    return answer
+
+
+def _region_row(item: Item, answer: RegionAnswer, shape: Shape, label: LabelClass, expert) -> Region:
+    stored = shape.to_stored()
+    geometry = {key: stored[key] for key in ("points", "rle") if key in stored}
+    if shape.shape in ("point", "box"):
+        geometry = {}  # the bounding box holds them
+    x0, y0, x1, y1 = shape.bounding_box()
+    return Region(
+        item=item, answer=answer, label=label, name=label.name, shape=shape.shape,
+        x0=x0, y0=y0, x1=x1, y1=y1, geometry=geometry, created_by=expert,
+    )
 
 
 @dataclass
@@ -118,6 +319,9 @@ class _Run:
     max_bytes: int
     uid_key: bytes
     report: list[dict] = field(default_factory=list)
+    written: list[str] | None = None
+    """Set when the whole import is one transaction (COCO): every file stored so far, to delete
+    if it rolls back."""
     labels_by_basename: dict[str, str] = field(default_factory=dict)
     stack: bool = False
     series: dict[str, list[tuple[str, DecodedFile]]] = field(default_factory=dict)
@@ -144,6 +348,7 @@ def import_files(
     seed: int | None = None,
     progress: ProgressCallback | None = None,
     stack: bool = False,
+    coco: CocoInput | None = None,
 ) -> ImportBatch:
     """Import files into ``project`` and return the batch with its per-file report.
 
@@ -158,11 +363,18 @@ def import_files(
     per frame); ``n_duplicates`` and ``n_failed`` count files; ``n_labels`` counts the expert
     labels recorded. When no file was imported or found already there, the batch comes back
     unsaved (``pk`` is None, see :func:`is_refused`) with its report, and nothing was written.
+
+    Region projects: ``coco`` (see :data:`CocoInput`), or the one ``.json`` file among the
+    sources, is a COCO file of expert regions for the images; then the import is all or
+    nothing (see :func:`_import_with_coco`) and ``n_labels`` counts the region answers recorded.
     """
     label_map = load_labels(labels, project)
+    coco_data = load_coco(coco, project) if coco is not None else None
     max_bytes = max_upload_bytes()
     with contextlib.ExitStack() as archives:
         files, early_failures = _expand(sources, archives, max_bytes)
+        if coco_data is None and project.is_region_task:
+            files, coco_data = _coco_among(files, project)
         # Saved with the first item it holds (see _store), so a refused import writes no row.
         batch = ImportBatch(project=project, source=source, created_by=user)
         run = _Run(
@@ -178,6 +390,8 @@ def import_files(
         )
         run.labels_by_basename = _by_basename(label_map)
         run.report.extend(early_failures)
+        if coco_data is not None:
+            return _import_with_coco(run, files, coco_data, progress)
         total = len(files)
         for done, source_file in enumerate(files, start=1):
             line = _import_one(run, source_file)
@@ -367,6 +581,8 @@ def _store(run: _Run, name: str, decoded: DecodedFile, sources: list[str] | None
     except BaseException:
         _delete_files(storage, written)
         raise
+    if run.written is not None:
+        run.written.extend(written)
     messages = []
     if len(new) < len(hashes):
         messages.append(f"{len(hashes) - len(new)} of {len(hashes)} frames were already imported")

@@ -39,6 +39,14 @@ class ImportUploadSerializer(serializers.Serializer):
         use_url=False,
         help_text="Optional CSV of known expert labels: filename,label (header optional).",
     )
+    coco = serializers.FileField(
+        required=False,
+        allow_empty_file=True,
+        use_url=False,
+        help_text="Region projects: a COCO JSON file of expert regions for the images (boxes, "
+        "polygons, RLE masks); it may also travel as the one .json file in the upload. The "
+        "import is then all or nothing.",
+    )
     stack = serializers.BooleanField(
         required=False,
         default=False,

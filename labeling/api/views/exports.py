@@ -21,15 +21,19 @@ from labeling import exports
 from labeling.api.permissions import IsProjectAdmin
 from labeling.api.serializers.review import ReviewErrorSerializer
 from labeling.api.views.review import ProjectScoped
-from labeling.models import Project
+from labeling.models import AggregationRun, Project
 
 CSV = "text/csv"
 JSONL = "application/jsonl"
+JSON = "application/json"
+ZIP = "application/zip"
 ERRORS = {403: ReviewErrorSerializer, 404: ReviewErrorSerializer}
+REGION_ERRORS = {400: ReviewErrorSerializer, **ERRORS}
 
 
-def stream(lines: Iterator[str], content_type: str, filename: str) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(lines, content_type=f"{content_type}; charset=utf-8")
+def stream(lines: Iterator[str] | Iterator[bytes], content_type: str, filename: str) -> StreamingHttpResponse:
+    charset = "" if content_type == ZIP else "; charset=utf-8"
+    response = StreamingHttpResponse(lines, content_type=f"{content_type}{charset}")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Cache-Control"] = "no-store"
     return response
@@ -97,3 +101,98 @@ class ConsensusCsvView(_Export):
         return stream(
             exports.consensus_csv(project, run), CSV, f"{slugify(project.name)}-consensus-{run.method}.csv"
         )
+
+
+METHOD = OpenApiParameter(
+    "method", str, description="Region aggregation method; the latest region run of any method if absent."
+)
+
+
+class _RegionExport(_Export):
+    """An export of a region project (points, boxes, masks): 400 for another task type; with
+    ``of_run``, of the latest region run (of ``?method=``), 404 when there is none."""
+
+    task_types: tuple[str, ...] = ("points", "boxes", "masks")
+    of_run = False
+    content_type = JSON
+    suffix = "coco.json"
+    name = ""
+
+    def rows(self, project: Project, run: AggregationRun | None) -> Iterator:
+        raise NotImplementedError
+
+    def get(self, request: Request, project_id: int) -> StreamingHttpResponse | Response:
+        project = self.get_project()
+        if project.task_type not in self.task_types:
+            kinds = " or ".join(self.task_types)
+            return Response(
+                {"detail": f"This export is for {kinds} projects; '{project.name}' is a "
+                           f"{project.get_task_type_display().lower()} project."},
+                status=400,
+            )
+        run, name = None, self.name
+        if self.of_run:
+            method = (request.query_params.get("method") or "")[:40]
+            run = exports.latest_region_run(project, method or None)
+            if run is None:
+                named = f" with method '{method}'" if method else ""
+                return Response({"detail": f"No finished region aggregation run{named}."}, status=404)
+            name = f"{name}-{run.method}"
+        return stream(self.rows(project, run), self.content_type, self.filename(project, name))
+
+
+class ConsensusCocoView(_RegionExport):
+    of_run = True
+    name = "consensus"
+
+    @extend_schema(parameters=[METHOD], responses={(200, JSON): OpenApiTypes.OBJECT, **REGION_ERRORS})
+    def get(self, request: Request, project_id: int) -> StreamingHttpResponse | Response:
+        """The latest region consensus as COCO JSON: each fused object with its confidence as
+        ``score``; images carry the item id and the stored rendering's name."""
+        return super().get(request, project_id)
+
+    def rows(self, project: Project, run: AggregationRun | None) -> Iterator[str]:
+        return exports.consensus_coco(project, run)
+
+
+class ExpertRegionsCocoView(_RegionExport):
+    name = "expert_regions"
+
+    @extend_schema(responses={(200, JSON): OpenApiTypes.OBJECT, **REGION_ERRORS})
+    def get(self, request: Request, project_id: int) -> StreamingHttpResponse | Response:
+        """Every item's final expert regions (import, hold-out, review) as COCO JSON."""
+        return super().get(request, project_id)
+
+    def rows(self, project: Project, run: AggregationRun | None) -> Iterator[str]:
+        return exports.expert_regions_coco(project)
+
+
+class RegionVotesCocoView(_RegionExport):
+    name = "votes"
+
+    @extend_schema(responses={(200, JSON): OpenApiTypes.OBJECT, **REGION_ERRORS})
+    def get(self, request: Request, project_id: int) -> StreamingHttpResponse | Response:
+        """Each annotator's raw regions as COCO JSON, the worker's pseudonym as ``annotator``
+        on each annotation and in each image's ``annotators`` (who answered it, so an empty
+        answer is kept); the COCO import reads both back."""
+        return super().get(request, project_id)
+
+    def rows(self, project: Project, run: AggregationRun | None) -> Iterator[str]:
+        return exports.region_votes_coco(project)
+
+
+class ConsensusMasksZipView(_RegionExport):
+    task_types = ("masks",)
+    of_run = True
+    content_type = ZIP
+    suffix = "zip"
+    name = "consensus-masks"
+
+    @extend_schema(parameters=[METHOD], responses={(200, ZIP): OpenApiTypes.BINARY, **REGION_ERRORS})
+    def get(self, request: Request, project_id: int) -> StreamingHttpResponse | Response:
+        """The latest consensus masks as PNGs in a zip: ``item-<id>/<class>.png`` (255 inside),
+        ``<class>-p.png`` (the soft probability x 255) and ``masks.csv``."""
+        return super().get(request, project_id)
+
+    def rows(self, project: Project, run: AggregationRun | None) -> Iterator[bytes]:
+        return exports.consensus_masks_zip(project, run)

@@ -37,7 +37,10 @@ PROJECT_ID = OpenApiParameter("project_id", OpenApiTypes.INT, OpenApiParameter.P
         description="Multipart upload of images (PNG, JPEG, TIFF, DICOM, .zip) with an optional "
         "labels CSV. DICOM files are de-identified before anything is stored. 201 when at least "
         "one file was imported or was already there; 400 with the per-file report when none "
-        "could be, and then nothing is written (no batch, no item, no file).",
+        "could be, and then nothing is written (no batch, no item, no file). Region projects: "
+        "a COCO file (field coco, or the one .json in the upload) gives the images' expert "
+        "regions; anything wrong with it or with any image is a 400 naming it, and nothing "
+        "is written.",
         request={"multipart/form-data": ImportUploadSerializer},
         responses={
             201: ImportBatchSerializer,
@@ -71,10 +74,11 @@ class ImportBatchViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         upload.is_valid(raise_exception=True)
         files = upload.validated_data["files"]
         labels = upload.validated_data.get("labels")
+        coco = upload.validated_data.get("coco")
         try:
-            check_upload_sizes([*files, *([labels] if labels else [])])
+            check_upload_sizes([*files, *([labels] if labels else []), *([coco] if coco else [])])
             batch = import_files(self.get_project(), files, user=request.user,
-                                 source=ImportBatch.Source.API, labels=labels,
+                                 source=ImportBatch.Source.API, labels=labels, coco=coco,
                                  stack=upload.validated_data["stack"])
         except ImportRefused as exc:
             return Response({"detail": str(exc)}, status=exc.status_code)

@@ -1,4 +1,4 @@
-"""``manage.py import_images <project id or name> <folder-or-zip> [--labels labels.csv] [--seed N]``."""
+"""``manage.py import_images <project id or name> <folder-or-zip> [--labels labels.csv] [--coco coco.json] [--seed N]``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ class Command(BaseCommand):
         parser.add_argument("project", help="Project id or exact name.")
         parser.add_argument("path", help="Folder (searched recursively), .zip archive or file.")
         parser.add_argument("--labels", help="CSV of known expert labels: filename,label.")
+        parser.add_argument(
+            "--coco", help="Region projects: COCO JSON of the images' expert regions (all or nothing)."
+        )
         parser.add_argument("--seed", type=int, default=None, help="Seed of the hold-out draw.")
         parser.add_argument(
             "--stack", action="store_true",
@@ -32,6 +35,7 @@ class Command(BaseCommand):
         path = Path(options["path"])
         console = Console(file=self.stdout._out, highlight=False, soft_wrap=True)
         labels = Path(options["labels"]) if options["labels"] else None
+        coco = Path(options["coco"]) if options["coco"] else None
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -48,7 +52,7 @@ class Command(BaseCommand):
 
             try:
                 batch = import_path(
-                    project, path, source=ImportBatch.Source.COMMAND, labels=labels,
+                    project, path, source=ImportBatch.Source.COMMAND, labels=labels, coco=coco,
                     seed=options["seed"], progress=progress, stack=options["stack"],
                 )
             except ImportRefused as exc:
