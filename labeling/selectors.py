@@ -76,8 +76,9 @@ class CrowdContext:
 
 
 # The project fields serving a worker reads (the gold draw, the lease length, the progress line);
-# the rest stay deferred: loading every column cost more than the statement itself.
-CROWD_PROJECT_FIELDS = ("id", "gold_rate", "lease_minutes", "created_at")
+# the rest stay deferred: loading every column cost more than the statement itself. In the
+# model's field order (Model.from_db reads them so); task type and region limit: region payloads.
+CROWD_PROJECT_FIELDS = ("id", "task_type", "gold_rate", "lease_minutes", "max_regions", "created_at")
 
 
 @cache

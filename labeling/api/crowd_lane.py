@@ -139,6 +139,8 @@ def plain_answer(body: bytes) -> dict | None:
             return None
     if key is None or kind not in _KINDS or (kind == Vote.Kind.LABEL) != bool(label):
         return None  # an unsure/skip with a label is refused by the services (their message)
+    if kind == Vote.Kind.REGIONS or "regions" in data:
+        return None  # region answers are checked and recorded by the Python service
     return {"label": label, "kind": kind, "idempotency_key": key}
 
 
@@ -240,6 +242,7 @@ class CrowdLane:
         body = assignment_payload(
             request, row.lease_id, row.expires_at, row.item_id, row.width, row.height,
             row.channels, zip(row.class_names, row.class_indexes, strict=True), progress,
+            task_type=row.task_type, max_regions=row.max_regions,
         )  # fmt: skip
         return self._respond("crowd-next", 200, body)
 

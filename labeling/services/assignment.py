@@ -40,7 +40,7 @@ from django.db import (
     connections,
     transaction,
 )
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -160,8 +160,10 @@ def _open_pool(project: Project | int) -> QuerySet:
 
 
 def _gold_pool(project: Project) -> QuerySet:
-    return Item.objects.filter(
-        project=project, is_holdout=False, is_gold=True, expert_answer__isnull=False
+    """Gold items with the expert's answer: a class, or on a region project their regions
+    (quorum_next_lease takes either, migration 0014)."""
+    return Item.objects.filter(project=project, is_holdout=False, is_gold=True).filter(
+        Q(expert_answer__isnull=False) | Q(expert_regions__isnull=False)
     )
 
 
@@ -370,7 +372,8 @@ def _serve_in_database(
 class ServedNext(NamedTuple):
     """``quorum_serve_next``'s row: outcome (``held``, ``new``, ``none`` or a refusal:
     ``no_project``, ``forbidden``, ``blocked``, ``too_many``), the lease and its item, the
-    worker's two progress counts, the project's created_at and its classes in index order."""
+    worker's two progress counts, the project's created_at, its classes in index order, and its
+    task type and region limit (migration 0014)."""
 
     outcome: str
     detail: str | None
@@ -386,6 +389,8 @@ class ServedNext(NamedTuple):
     project_created: datetime | None
     class_names: list[str] | None
     class_indexes: list[int] | None
+    task_type: str | None
+    max_regions: int | None
 
 
 def serve_next_row(

@@ -18,6 +18,12 @@ from django.db.models import Case, Exists, F, IntegerField, OuterRef, Q, Subquer
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from labeling.aggregation.regions.answers import (
+    RegionAnswerError,
+    parse_regions,
+    score_answer,
+    shapes_from_stored,
+)
 from labeling.models import (
     TALLY_STRIPES,
     Assignment,
@@ -51,6 +57,8 @@ from labeling.services.gold import GoldStanding, gold_record, gold_standing
 logger = logging.getLogger(__name__)
 
 LATE_AND_FULL = "lease expired and the item already has enough votes"
+# The kinds that count toward an item's overlap (Vote.counts): an answer, not unsure or skip.
+COUNTED_KINDS = (Vote.Kind.LABEL, Vote.Kind.REGIONS)
 
 
 class _AlreadyAnswered(LeaseConflict):
@@ -71,6 +79,11 @@ class GoldFeedback:
     gold: bool = True
     # The worker's gold record after this answer and the rule's verdict (a scored answer only).
     standing: GoldStanding | None = None
+    # Region projects: how the answer scored ("f1" or "dice"; None for unsure/skip) and the
+    # expert's regions in wire format, shown only now that the worker has answered.
+    metric: str | None = None
+    score: float | None = None
+    expert_regions: list[dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,9 @@ class GoldAccuracy:
 
 def _result(vote: Vote, *, created: bool) -> VoteResult:
     feedback = None
-    if vote.was_gold:
+    if vote.was_gold and vote.item.expert_regions_id is not None:
+        feedback = _region_feedback(vote.item, vote.regions, vote.gold_correct)
+    elif vote.was_gold:
         expert = vote.item.expert_answer
         feedback = GoldFeedback(
             correct=bool(vote.gold_correct), expert_label=expert.name if expert else ""
@@ -116,11 +131,14 @@ def _result(vote: Vote, *, created: bool) -> VoteResult:
 KEY_REUSED = "This idempotency key was already used for another answer."
 
 
-def _replay(worker, idempotency_key: str, assignment_id: int, kind: str, label: str | None) -> VoteResult | None:
+def _replay(
+    worker, idempotency_key: str, assignment_id: int, kind: str, label: str | None,
+    regions: list | None = None,
+) -> VoteResult | None:
     """The first result of a true retry (the same key, lease and answer); LeaseConflict for a
     key already used for another assignment or another answer."""
     vote = (
-        Vote.objects.select_related("label", "item__expert_answer")
+        Vote.objects.select_related("label", "item__expert_answer", "item__project")
         .filter(worker=worker, idempotency_key=idempotency_key)
         .first()
     )
@@ -131,6 +149,14 @@ def _replay(worker, idempotency_key: str, assignment_id: int, kind: str, label: 
     first_label = vote.label.name if vote.label_id else None
     if vote.kind != kind or first_label != (label if kind == Vote.Kind.LABEL else None):
         raise LeaseConflict(KEY_REUSED)
+    if kind == Vote.Kind.REGIONS:
+        # The same answer is the same normalised regions (a retry may differ in spelling only).
+        try:
+            again = [s.to_stored() for s in _parse_regions(vote.item.project, vote.item, regions)]
+        except InvalidAnswer:
+            again = None
+        if again != vote.regions:
+            raise LeaseConflict(KEY_REUSED)
     return _result(vote, created=False)
 
 
@@ -139,11 +165,66 @@ def _unknown_class(project_id: int, label: str | None) -> InvalidAnswer:
     return InvalidAnswer(f"unknown class '{label}'; this project's classes are {names}")
 
 
-def _check_answer(kind: str, label: str | None) -> None:
+def _check_answer(kind: str, label: str | None, regions: list | None = None) -> None:
     if kind not in Vote.Kind.values:
         raise InvalidAnswer(f"unknown kind '{kind}'; use one of {', '.join(Vote.Kind.values)}")
     if kind != Vote.Kind.LABEL and label:
         raise InvalidAnswer(f"a '{kind}' answer carries no label")
+    if kind != Vote.Kind.REGIONS and regions is not None:
+        raise InvalidAnswer(f"a '{kind}' answer carries no regions")
+    if kind == Vote.Kind.REGIONS and regions is None:
+        raise InvalidAnswer("a 'regions' answer needs its regions ([] for nothing here)")
+
+
+def _check_kind_fits(project: Project, kind: str) -> None:
+    """Class labels on class projects, regions on region projects; unsure and skip on both."""
+    if kind == Vote.Kind.LABEL and project.is_region_task:
+        raise InvalidAnswer(
+            f"this is a {project.task_type} project: answer with regions, not a class label"
+        )
+    if kind == Vote.Kind.REGIONS and not project.is_region_task:
+        raise InvalidAnswer("this project takes a class label, not regions")
+
+
+def _parse_regions(project: Project, item: Item, regions: list | None):
+    """The answer's shapes checked against the project and the item's image (InvalidAnswer)."""
+    classes = list(
+        LabelClass.objects.filter(project_id=project.pk).order_by("index").values_list("name", flat=True)
+    )
+    try:
+        return parse_regions(
+            regions, task_type=project.task_type, classes=classes, width=item.width,
+            height=item.height, max_regions=project.max_regions,
+        )  # fmt: skip
+    except RegionAnswerError as exc:
+        raise InvalidAnswer(exc.message) from None
+
+
+def _region_feedback(item: Item, regions: list | None, correct: bool | None) -> GoldFeedback:
+    """What a worker is shown after answering a region gold item: the expert's regions, and
+    for a region answer (not unsure/skip) its score against them."""
+    from labeling.services.review import answer_regions
+
+    project = item.project
+    truth = answer_regions([item.expert_regions_id])[item.expert_regions_id]
+    classes = list(
+        LabelClass.objects.filter(project_id=project.pk).order_by("index").values_list("name", flat=True)
+    )
+    metric = score = None
+    if regions is not None:
+        metric, score = score_answer(
+            shapes_from_stored(regions), shapes_from_stored(truth), task_type=project.task_type,
+            height=item.height, width=item.width, match_distance=project.region_match_distance,
+            match_iou=project.region_match_iou,
+        )  # fmt: skip
+    return GoldFeedback(
+        correct=bool(correct), expert_label="", metric=metric, score=score,
+        expert_regions=[s.to_wire(classes) for s in shapes_from_stored(truth)],
+    )  # fmt: skip
+
+
+# A region answer at or above this score on a gold item counts as right for the gold standing.
+REGION_GOLD_PASS = 0.5
 
 
 def submit_vote(
@@ -155,28 +236,37 @@ def submit_vote(
     idempotency_key: str,
     source: str = Vote.Source.WEB,
     check_role: bool = False,
+    regions: list | None = None,
 ) -> VoteResult:
     """Record the worker's answer on their lease; a retried key returns the first result.
 
-    Raises LeaseNotFound (not theirs), InvalidAnswer (unknown class), LeaseConflict (expired
-    and full, already answered), WorkerBlocked; with ``check_role`` (the API's permission,
-    checked under the same lock) also LeaseNotFound when the worker is no member of the
-    lease's project and NotCrowdMember when their role does not label. After the vote commits,
-    the aggregation service is asked whether a run is due (it also fires when the crowd ran
-    out of work).
+    ``kind="regions"`` answers a region project with ``regions`` (wire format, [] for nothing
+    here); a region project takes no class label and a class project no regions.
+    Raises LeaseNotFound (not theirs), InvalidAnswer (unknown class, a broken region rule),
+    LeaseConflict (expired and full, already answered), WorkerBlocked; with ``check_role``
+    (the API's permission, checked under the same lock) also LeaseNotFound when the worker is
+    no member of the lease's project and NotCrowdMember when their role does not label. After
+    the vote commits, the aggregation service is asked whether a run is due (it also fires when
+    the crowd ran out of work).
     """
     try:
-        if database_functions_enabled():
+        # Region answers are recorded in Python on every database: checking their shapes and
+        # scoring a gold answer (F1, Dice) is NumPy work that quorum_record_vote cannot do. The
+        # function sends every vote on a region project back here (migration 0014), so the
+        # same checks hold whichever path a vote starts on.
+        if database_functions_enabled() and kind != Vote.Kind.REGIONS:
             return _submit_in_database(
                 worker, assignment_id, label, kind, idempotency_key, source, check_role
             )
-        return _submit_in_python(worker, assignment_id, label, kind, idempotency_key, source, check_role)
+        return _submit_in_python(
+            worker, assignment_id, label, kind, idempotency_key, source, check_role, regions
+        )
     except (_NotAMember, NotCrowdMember):
         raise
     except CrowdError:
         # A retried key gets its first result whatever has changed since (a block, an expiry):
         # looked up only on a refusal, so an accepted vote costs no extra read.
-        replayed = _replay(worker, idempotency_key, assignment_id, kind, label)
+        replayed = _replay(worker, idempotency_key, assignment_id, kind, label, regions)
         if replayed is not None:
             return replayed
         raise
@@ -184,12 +274,12 @@ def submit_vote(
 
 def _submit_in_python(
     worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str,
-    check_role: bool,
+    check_role: bool, regions: list | None = None,
 ) -> VoteResult:
     try:
         with write_transaction():
             vote, feedback = _record_vote(
-                worker, assignment_id, label, kind, idempotency_key, source, check_role
+                worker, assignment_id, label, kind, idempotency_key, source, check_role, regions
             )
     except IntegrityError:
         # A concurrent retry of the same request got there first, or the item was answered.
@@ -309,6 +399,9 @@ def _submit_in_database(
         worker.pk, assignment_id, label=label, kind=kind, idempotency_key=idempotency_key,
         source=source, check_role=check_role, site_admin=is_site_admin(worker),
     )  # fmt: skip
+    if row.outcome == "region_project":
+        # Nothing was written: a vote on a region project is the Python path's (see submit_vote).
+        return _submit_in_python(worker, assignment_id, label, kind, idempotency_key, source, check_role)
     if row.outcome != "recorded":
         raise _refusal(row.outcome, row.detail, row.project_id, label)
     standing = after_recorded_vote(worker, row)
@@ -348,7 +441,7 @@ def _check_crowd_role(worker, project_id: int) -> None:
 
 def _record_vote(
     worker, assignment_id: int, label: str | None, kind: str, idempotency_key: str, source: str,
-    check_role: bool = False,
+    check_role: bool = False, regions: list | None = None,
 ) -> tuple[Vote, GoldFeedback | None]:
     answer = (
         Subquery(
@@ -361,9 +454,11 @@ def _record_vote(
     # One statement: the lease (locked), the item's gold state, the block and the class id.
     lease = (
         Assignment.objects.select_for_update(of=("self",))
-        .select_related("item")
+        .select_related("item", "project")
         .only("id", "project_id", "item_id", "worker_id", "status", "expires_at",
-              "item__id", "item__is_gold", "item__expert_answer_id")
+              "item__id", "item__is_gold", "item__expert_answer_id", "item__expert_regions_id",
+              "item__width", "item__height", "project__task_type", "project__max_regions",
+              "project__region_match_distance", "project__region_match_iou")
         .annotate(
             blocked=Exists(
                 Membership.objects.filter(project=OuterRef("project_id"), user=worker, is_blocked=True)
@@ -381,12 +476,19 @@ def _record_vote(
         check_not_blocked(worker, lease.project_id)
     if lease.status == Assignment.Status.SUBMITTED:
         raise _AlreadyAnswered("This assignment was already answered.")
-    _check_answer(kind, label)
+    _check_answer(kind, label, regions)
+    project = lease.project
+    _check_kind_fits(project, kind)
     if kind == Vote.Kind.LABEL and lease.answer_id is None:
         raise _unknown_class(lease.project_id, label)
     item = lease.item
+    item.project = project
+    stored = None
+    if kind == Vote.Kind.REGIONS:
+        stored = [s.to_stored() for s in _parse_regions(project, item, regions)]
     now = timezone.now()
-    is_gold = item.is_gold and item.expert_answer_id is not None
+    expert = item.expert_regions_id if project.is_region_task else item.expert_answer_id
+    is_gold = item.is_gold and expert is not None
     # Late answers may not push an item past its votes; gold needs no capacity. Only then is
     # the item row locked here; otherwise the vote_count update below takes it.
     if lease.expires_at <= now and not is_gold:
@@ -394,6 +496,15 @@ def _record_vote(
         if open_slots(item.pk, now=now) <= 0:
             raise LeaseConflict(LATE_AND_FULL)
 
+    region_feedback = None
+    if is_gold and project.is_region_task:
+        region_feedback = _region_feedback(item, stored, None)
+    if region_feedback is not None and region_feedback.score is not None:
+        gold_correct = region_feedback.score >= REGION_GOLD_PASS
+        region_feedback = replace(region_feedback, correct=gold_correct)
+    else:
+        # Unsure/skip on gold is shown the answer but not scored: honesty is not an error.
+        gold_correct = (lease.answer_id == item.expert_answer_id) if is_gold and lease.answer_id else None
     vote = Vote(
         project_id=lease.project_id,
         item_id=item.pk,
@@ -401,11 +512,11 @@ def _record_vote(
         assignment_id=lease.pk,
         kind=kind,
         label_id=lease.answer_id,
+        regions=stored,
         idempotency_key=idempotency_key,
         source=source,
         was_gold=is_gold,
-        # Unsure/skip on gold is shown the answer but not scored: honesty is not an error.
-        gold_correct=(lease.answer_id == item.expert_answer_id) if is_gold and lease.answer_id else None,
+        gold_correct=gold_correct,
     )
     vote.save(force_insert=True)
     # This lease is answered; an older, expired lease of the same worker on the item is moot.
@@ -420,8 +531,8 @@ def _record_vote(
     if vote.counts:
         Item.objects.filter(pk=item.pk).update(vote_count=F("vote_count") + 1)
     _tally_vote(lease.project_id, worker.pk)
-    feedback = None
-    if is_gold:
+    feedback = region_feedback
+    if is_gold and feedback is None:
         expert_label = LabelClass.objects.filter(pk=item.expert_answer_id).values_list("name", flat=True).first()
         feedback = GoldFeedback(correct=bool(vote.gold_correct), expert_label=expert_label or "")
     return vote, feedback
@@ -545,7 +656,7 @@ def block_worker(membership: Membership, *, reason: str) -> Membership:
     votes = Vote.objects.filter(
         project_id=membership.project_id, worker_id=membership.user_id, is_excluded=False
     )
-    _shift_counts(votes.filter(kind=Vote.Kind.LABEL), -1)
+    _shift_counts(votes.filter(kind__in=COUNTED_KINDS), -1)
     votes.update(is_excluded=True)
     membership.is_blocked = True
     membership.blocked_reason = reason[:300]
@@ -565,7 +676,7 @@ def unblock_worker(project: Project, user) -> Membership:
     if not membership.is_blocked:
         return membership
     votes = Vote.objects.filter(project=project, worker=user, is_excluded=True)
-    _shift_counts(votes.filter(kind=Vote.Kind.LABEL), +1)
+    _shift_counts(votes.filter(kind__in=COUNTED_KINDS), +1)
     votes.update(is_excluded=False)
     membership.is_blocked = False
     membership.blocked_reason = ""

@@ -62,6 +62,14 @@ class AssignmentSerializer(serializers.ModelSerializer):
     def get_classes(self, obj: Assignment) -> list[dict]:
         return CrowdClassSerializer(obj.project.label_classes.all(), many=True).data
 
+    def to_representation(self, obj: Assignment) -> dict:
+        data = super().to_representation(obj)
+        if obj.project.is_region_task:
+            # Region projects: which tools to offer (the classes are the region classes).
+            data["task_type"] = obj.project.task_type
+            data["max_regions"] = obj.project.max_regions
+        return data
+
     def get_progress(self, obj: Assignment) -> dict:
         return ProgressSerializer(self.context["progress"]).data
 
@@ -73,7 +81,15 @@ class VoteRequestSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(
         choices=Vote.Kind.choices,
         required=False,
-        help_text="'label' (default when a label is given), 'unsure' or 'skip'.",
+        help_text="'label' (default when a label is given), 'regions' (implied by regions), "
+        "'unsure' or 'skip'.",
+    )
+    regions = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text='Region projects: the whole answer, [] for nothing here; each region is '
+        '{"label": class name, "shape": "point" | "box" | "polygon" | "mask", "points": '
+        '[[x, y], ...] or "rle": {"size": [h, w], "counts": [...]}} in image pixels.',
     )
     idempotency_key = serializers.CharField(
         max_length=100, help_text="Any unique string per answer; a retry with it is answered once."
@@ -81,9 +97,13 @@ class VoteRequestSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict) -> dict:
         if not attrs.get("kind"):
-            attrs["kind"] = Vote.Kind.LABEL
+            attrs["kind"] = Vote.Kind.REGIONS if "regions" in attrs else Vote.Kind.LABEL
         if attrs["kind"] == Vote.Kind.LABEL and not attrs.get("label"):
             raise serializers.ValidationError({"label": "Give a class name, or kind unsure/skip."})
+        if attrs["kind"] == Vote.Kind.REGIONS and "regions" not in attrs:
+            raise serializers.ValidationError({"regions": "Give the regions ([] for nothing here)."})
+        if attrs["kind"] != Vote.Kind.REGIONS and "regions" in attrs:
+            raise serializers.ValidationError({"regions": f"A '{attrs['kind']}' answer carries no regions."})
         return attrs
 
 
@@ -105,8 +125,17 @@ class GoldStandingSerializer(serializers.Serializer):
 
 class GoldFeedbackSerializer(serializers.Serializer):
     gold = serializers.BooleanField()
-    correct = serializers.BooleanField()
-    expert_label = serializers.CharField()
+    correct = serializers.BooleanField(help_text="Region answers: the score is at least 0.5.")
+    expert_label = serializers.CharField(required=False, help_text="Class projects only.")
+    metric = serializers.ChoiceField(
+        choices=["f1", "dice"], required=False, allow_null=True,
+        help_text="Region projects: F1 (points, boxes) or Dice (masks); null for unsure/skip.",
+    )
+    score = serializers.FloatField(required=False, allow_null=True, help_text="Region projects, 0..1.")
+    expert_regions = serializers.ListField(
+        child=serializers.JSONField(), required=False,
+        help_text="Region projects: the expert's regions (wire format), shown after answering.",
+    )
     standing = GoldStandingSerializer(
         allow_null=True, help_text="After a scored answer (not unsure or skip); null otherwise."
     )

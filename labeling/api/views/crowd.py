@@ -24,7 +24,7 @@ from labeling.api.serializers.crowd import (
     VoteResponseSerializer,
 )
 from labeling.api.serializers.projects import MembershipSerializer
-from labeling.models import Assignment, LabelClass, Membership, Project, Vote
+from labeling.models import REGION_TASK_TYPES, Assignment, LabelClass, Membership, Project, Vote
 from labeling.selectors import crowd_context
 from labeling.services import assignment as assignments
 from labeling.services import votes
@@ -85,18 +85,21 @@ def assignment_body(
         progress = assignments.progress(request.user, project)
     return assignment_payload(
         request, lease.pk, lease.expires_at, item.pk, item.width, item.height, item.channels,
-        classes, progress,
+        classes, progress, task_type=project.task_type, max_regions=project.max_regions,
     )  # fmt: skip
 
 
 def assignment_payload(
     request: HttpRequest, lease_id: int, expires_at, item_id: int, width: int, height: int,
-    channels: int, classes, progress: assignments.Progress,
+    channels: int, classes, progress: assignments.Progress, *, task_type: str | None = None,
+    max_regions: int | None = None,
 ) -> dict:
-    """assignment_body from plain values (the crowd lane has no model instances)."""
+    """assignment_body from plain values (the crowd lane has no model instances). A region
+    project's payload also says its task type and region limit (the classes are the region
+    classes), so the page knows which tools to offer."""
     # The same origin build_absolute_uri uses (get_host checks ALLOWED_HOSTS).
     origin = f"{request.scheme}://{request.get_host()}"
-    return {
+    body = {
         "id": lease_id,
         "expires_at": _EXPIRES_AT.to_representation(expires_at),
         "item": {
@@ -110,6 +113,10 @@ def assignment_payload(
         "classes": [{"name": name, "key": str(index + 1)} for name, index in classes],
         "progress": vars(progress),
     }
+    if task_type in REGION_TASK_TYPES:
+        body["task_type"] = task_type
+        body["max_regions"] = max_regions
+    return body
 
 
 def vote_payload(result: votes.VoteResult, progress: assignments.Progress) -> dict:
@@ -120,13 +127,28 @@ def vote_payload(result: votes.VoteResult, progress: assignments.Progress) -> di
         "assignment": result.assignment_id,
         "kind": result.kind,
         "label": result.label,
-        "feedback": None if feedback is None else {
+        "feedback": None if feedback is None else gold_feedback_payload(feedback),
+        "progress": vars(progress),
+    }
+
+
+def gold_feedback_payload(feedback: votes.GoldFeedback) -> dict:
+    """GoldFeedbackSerializer's shape: the expert's class, or on a region project the
+    expert's regions and the answer's score against them."""
+    if feedback.expert_regions is not None:
+        return {
             "gold": feedback.gold,
             "correct": feedback.correct,
-            "expert_label": feedback.expert_label,
+            "metric": feedback.metric,
+            "score": feedback.score,
+            "expert_regions": feedback.expert_regions,
             "standing": standing_payload(feedback.standing),
-        },
-        "progress": vars(progress),
+        }
+    return {
+        "gold": feedback.gold,
+        "correct": feedback.correct,
+        "expert_label": feedback.expert_label,
+        "standing": standing_payload(feedback.standing),
     }
 
 
@@ -192,6 +214,7 @@ def vote_answer(user, assignment_id: int, answer: dict, *, source: str) -> tuple
             idempotency_key=answer["idempotency_key"],
             source=source,
             check_role=True,
+            regions=answer.get("regions"),
         )
     except assignments.CrowdError as exc:
         return refusal_status(exc), {"detail": exc.message}
@@ -268,7 +291,7 @@ class VoteView(_OwnAssignmentView):
         },
     )
     def post(self, request: Request, assignment_id: int) -> Response:
-        """Answer an assignment with a class name, or kind unsure / skip."""
+        """Answer an assignment with a class name, regions (region projects), or kind unsure / skip."""
         data = VoteRequestSerializer(data=request.data)
         if not data.is_valid():
             # Strangers learn nothing about the request, as from every other view: the
