@@ -1,4 +1,5 @@
-"""The annotator page: one image, class keys, nothing about other workers or the answer."""
+"""The annotator page: one image, class keys (or region tools), nothing about other workers or
+the answer."""
 
 from __future__ import annotations
 
@@ -15,10 +16,18 @@ from labeling.services.gold import gold_warning
 @project_role_required(Membership.Role.CROWD)
 def label(request: HttpRequest, project: Project) -> HttpResponse:
     """The page itself is static; label.js drives it through the crowd API. A gold warning the
-    worker is under shows from the start (their own score; the vote answers keep it current)."""
-    return render(
-        request,
-        "frontend/label.html",
-        {"project": project, "classes": project.label_classes.all(),
-         "gold_warning": gold_warning(request.user, project)},
-    )  # fmt: skip
+    worker is under shows from the start (their own score; the vote answers keep it current).
+    Region projects get the drawing tools and the project's classes and region limit."""
+    classes = list(project.label_classes.all())
+    context = {
+        "project": project,
+        "classes": classes,
+        "gold_warning": gold_warning(request.user, project),
+    }
+    if project.is_region_task:
+        context["region_config"] = {
+            "task_type": project.task_type,
+            "classes": [c.name for c in classes],
+            "max_regions": project.max_regions,
+        }
+    return render(request, "frontend/label.html", context)

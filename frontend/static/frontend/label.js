@@ -2,7 +2,13 @@
 //
 // Two leases are live at most: the item shown and the one prefetched behind it (its image
 // already decoded), so a keypress swaps images at once while the vote is posted.
+//
+// Region projects (points, boxes, masks) draw on the item instead (regions.js) and submit the
+// whole set as one vote; no lease is prefetched there, since drawing takes longer than a lease
+// should be held idle. A gold item's feedback (score, the expert's regions) stays on screen
+// until the worker moves on.
 
+import { RegionCanvas } from "./regions.js";
 import { Viewer } from "./viewer.js";
 
 const app = document.querySelector("[data-testid=label-app]");
@@ -22,6 +28,11 @@ let lastAnswered = null; // the assignment of the last vote, for undo
 let chain = Promise.resolve(); // answers and undos run one after another, none is lost
 let stopped = false;
 let bannerTimer = null;
+
+const regionConfig = document.getElementById("region-config");
+const regions = regionConfig ? makeRegions(JSON.parse(regionConfig.textContent)) : null;
+let busy = false; // a region vote is on its way
+let goldReview = false; // a gold item's feedback is shown; Next moves on
 
 class ApiError extends Error {
   constructor(status, detail) {
@@ -66,6 +77,7 @@ async function fetchNext(exclude = []) {
 }
 
 function prefetch() {
+  if (regions) return;
   upcoming = current ? fetchNext([current.id]).catch(() => null) : Promise.resolve(null);
 }
 
@@ -115,6 +127,7 @@ function setButtons(enabled) {
   for (const button of app.querySelectorAll(".answers button, .secondary button")) {
     button.disabled = !enabled;
   }
+  if (regions) syncRegionButtons();
 }
 
 async function render() {
@@ -124,11 +137,18 @@ async function render() {
   setButtons(Boolean(current));
   if (!current) {
     viewer.clear();
+    if (regions) regions.setImage(0, 0);
     delete app.dataset.assignment;
     return;
   }
   app.dataset.assignment = current.id;
   img.dataset.item = current.item.id;
+  if (regions) {
+    goldReview = false;
+    regions.setReadOnly(false);
+    regions.setImage(current.item.width, current.item.height);
+    syncRegionButtons();
+  }
   await viewer.show(current.item.image_url);
 }
 
@@ -252,8 +272,12 @@ function syncSliders(state) {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (event.ctrlKey || event.metaKey || event.altKey) return;
   if (event.target instanceof HTMLInputElement && event.target.type !== "range") return;
+  if (regions) {
+    if (regionKey(event)) event.preventDefault();
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key;
   let handled = true;
   if (classKeys.has(key)) enqueue(() => answer("label", classKeys.get(key)));
@@ -267,7 +291,8 @@ document.addEventListener("keydown", (event) => {
 app.addEventListener("click", (event) => {
   const button = event.target.closest("button");
   if (!button) return;
-  if (button.dataset.label) enqueue(() => answer("label", button.dataset.label));
+  if (button.dataset.region) regionAction(button.dataset.region);
+  else if (button.dataset.label) enqueue(() => answer("label", button.dataset.label));
   else if (button.dataset.kind) enqueue(() => answer(button.dataset.kind));
   else if (button.dataset.action === "undo") enqueue(undo);
   else if (button.dataset.action === "zoom-in") viewer.zoomBy(1.25);
@@ -283,6 +308,142 @@ for (const id of ["window-width", "window-center"]) {
   $(id).addEventListener("input", () =>
     viewer.setWindow(Number($("window-center").value), Number($("window-width").value)),
   );
+}
+
+// --- region projects ---------------------------------------------------------------------
+
+function makeRegions(config) {
+  const canvas = new RegionCanvas(viewer, {
+    classes: config.classes,
+    taskType: config.task_type,
+    maxRegions: config.max_regions,
+    onChange: syncRegionButtons,
+    onMessage: (text) => setStatus(text, "info"),
+  });
+  canvas.mountControls({ tools: $("region-tools"), classes: $("region-classes"), actions: $("region-actions") });
+  return canvas;
+}
+
+// Submit needs at least one region; "Nothing here" is the explicit empty answer.
+function syncRegionButtons() {
+  const open = Boolean(current) && !stopped && !busy;
+  const drawing = open && !goldReview;
+  const n = regions.count;
+  $("submit-regions").disabled = !drawing || n === 0;
+  $("nothing-here").disabled = !drawing || n > 0;
+  $("skip-regions").disabled = !drawing;
+  $("next-item").hidden = !goldReview;
+  $("region-count").textContent = current ? `${n} ${n === 1 ? "region" : "regions"}` : "";
+}
+
+function regionKey(event) {
+  const key = event.key;
+  if (goldReview) {
+    if (key === "Enter" || key === "n" || key === "N") {
+      enqueue(nextAfterGold);
+      return true;
+    }
+    return viewer.handleKey(event);
+  }
+  if (key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    enqueue(() => submitRegions(regions.count ? "submit" : "nothing"));
+    return true;
+  }
+  if (regions.handleKey(event)) return true;
+  if (event.ctrlKey || event.metaKey || event.altKey) return false;
+  if (key === "s" || key === "S") {
+    enqueue(() => submitRegions("skip"));
+    return true;
+  }
+  if (key === "f" || key === "F") {
+    toggleFullscreen();
+    return true;
+  }
+  return viewer.handleKey(event);
+}
+
+function regionAction(action) {
+  if (action === "submit" || action === "nothing" || action === "skip") enqueue(() => submitRegions(action));
+  else if (action === "next") enqueue(nextAfterGold);
+  else if (action === "fullscreen") toggleFullscreen();
+}
+
+function toggleFullscreen() {
+  if (document.fullscreenElement) document.exitFullscreen();
+  else app.requestFullscreen?.().catch(() => {});
+}
+
+async function submitRegions(action) {
+  if (!current || stopped || busy || goldReview) return;
+  if (action === "submit" && !regions.count) return;
+  if (action === "nothing" && regions.count) return;
+  const body =
+    action === "skip"
+      ? { kind: "skip" }
+      : { kind: "regions", regions: action === "nothing" ? [] : regions.shapes() };
+  body.idempotency_key = newKey();
+  busy = true;
+  syncRegionButtons();
+  setStatus("Sending…", "info");
+  try {
+    const result = await postVote(current.id, body);
+    lastAnswered = current;
+    setProgress(result.progress);
+    const feedback = result.feedback;
+    const standing = feedback && feedback.standing;
+    showStanding(standing);
+    setStatus("");
+    if (standing && standing.status === "blocked") return stop(new ApiError(403, standing.message));
+    if (feedback && feedback.gold) return showRegionFeedback(feedback);
+    regions.setReadOnly(true); // answered: nothing more is drawn on it while the next one loads
+  } catch (error) {
+    if (error.status === 403) return stop(error);
+    // The drawing stays: the worker fixes what the message names and submits again.
+    setStatus(error.message);
+    return;
+  } finally {
+    busy = false;
+    syncRegionButtons();
+  }
+  await advance();
+}
+
+const METRIC_NAMES = { f1: "F1", dice: "Dice" };
+
+// A gold item answered: the score, and the expert's regions over the worker's own.
+function showRegionFeedback(feedback) {
+  goldReview = true;
+  regions.setReadOnly(true);
+  regions.addLayer("expert", feedback.expert_regions || [], { dash: [7, 4], color: "#ffffff", width: 2.5 });
+  const banner = $("feedback");
+  clearTimeout(bannerTimer);
+  const metric = METRIC_NAMES[feedback.metric] || feedback.metric;
+  const score = Number(feedback.score).toFixed(2);
+  const good = feedback.score >= 0.5;
+  banner.textContent =
+    `Gold question: your ${metric} is ${score} against the expert` +
+    `${good ? "" : " (under 0.50 counts as a miss)"}. The expert's regions are dashed white.`;
+  banner.className = `banner ${good ? "ok" : "bad"}`;
+  banner.dataset.score = String(feedback.score);
+  banner.hidden = false;
+  syncRegionButtons();
+  $("next-item").focus();
+}
+
+async function nextAfterGold() {
+  if (!goldReview) return;
+  goldReview = false;
+  showFeedback(null);
+  await advance();
+}
+
+async function advance() {
+  current = await fetchNext().catch((error) => {
+    if (error.status === 403) stop(error);
+    return null;
+  });
+  if (stopped) return;
+  await render();
 }
 
 async function start() {
