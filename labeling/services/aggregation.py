@@ -14,6 +14,9 @@ make every method look perfect.
 A run of the project's default method also steers the crowd: it sets ``Item.uncertainty``
 (posterior entropy, bits), ``Item.needs_review`` (not confident) and ``Item.votes_wanted``
 (adaptive redundancy: confident items stop, uncertain ones get up to ``max_overlap`` votes).
+
+Runs of a region project (points, boxes, masks) are carried out by
+:mod:`labeling.services.region_aggregation`, through the same entry points, task and steering.
 """
 
 from __future__ import annotations
@@ -105,6 +108,20 @@ def build_aggregator(method: str, params: dict[str, Any] | None = None) -> Aggre
     return cls(**params)
 
 
+def check_method(method: str, params: dict[str, Any] | None = None, project: Project | None = None) -> None:
+    """Raise InvalidAggregation unless ``method`` with ``params`` can run on ``project``: a class
+    method on a class project, a region method on a region project (either without a project)."""
+    # imported here: the region service builds on this module
+    from labeling.services import region_aggregation
+
+    if project is not None and project.is_region_task:
+        region_aggregation.build_region_aggregator(project, method, params)
+    elif project is None and method in region_aggregation.ESTIMATORS:
+        region_aggregation.check_params(method, params)
+    else:
+        build_aggregator(method, params)
+
+
 # -- loading votes ----------------------------------------------------------------------------
 
 
@@ -193,7 +210,7 @@ def aggregate_project(
     Raises InvalidAggregation for an unknown method or parameter; any other failure is recorded
     on the returned run (``status`` failed, ``failure_reason``).
     """
-    build_aggregator(method, params)
+    check_method(method, params, Project.objects.get(pk=project_id))
     run = AggregationRun.objects.create(
         project_id=project_id, method=method, params=params or {}, status=Status.RUNNING, trigger=trigger
     )
@@ -216,6 +233,11 @@ def _execute(run: AggregationRun) -> AggregationRun:
     started = time.perf_counter()
     try:
         project = Project.objects.get(pk=run.project_id)
+        if project.is_region_task:
+            from labeling.services.region_aggregation import run_region_aggregation
+
+            run_region_aggregation(run, project, started)
+            return run
         data = load_votes(project)
         model = build_aggregator(run.method, run.params)
         # auto may choose by the expert hold-out (never clamped: only compared against)
@@ -301,7 +323,15 @@ def _store(
     if isinstance(model, AutoSelect):
         run.selection = model.selection_.as_dict()
     if run.method == project.default_method:
-        _steer_crowd(project, data, posteriors, entropy)
+        steer_crowd(
+            project,
+            item_ids=item_ids,
+            counts=np.bincount(votes.task_idx, minlength=votes.n_tasks),
+            posteriors=posteriors,
+            uncertainty=entropy,
+            adjudicated=set(_adjudicated(project.pk).values_list("item_id", flat=True)),
+            counts_since=data.counts_since,
+        )
     run.status = Status.SUCCEEDED
     run.failure_reason = ""
     run.seconds = time.perf_counter() - started
@@ -309,11 +339,23 @@ def _store(
     run.save()
 
 
-def _steer_crowd(project: Project, data: ProjectVotes, posteriors: np.ndarray, entropy: np.ndarray) -> None:
-    """Uncertainty, review flags and adaptive votes wanted from the default method's posterior."""
-    votes = data.votes
-    item_ids = votes.tasks.astype(np.int64)
-    counts = np.bincount(votes.task_idx, minlength=votes.n_tasks)
+def steer_crowd(
+    project: Project,
+    *,
+    item_ids: np.ndarray,
+    counts: np.ndarray,
+    posteriors: np.ndarray,
+    uncertainty: np.ndarray,
+    adjudicated: set[int],
+    counts_since: dict[int, int],
+) -> None:
+    """Uncertainty, review flags and adaptive votes wanted from the default method's result.
+
+    ``posteriors`` ``[n_items, K]`` (a region run gives ``[1 - confidence, confidence]``),
+    ``counts`` the counted votes per item, ``uncertainty`` what ``Item.uncertainty`` becomes
+    (entropy in bits for classes, 1 - confidence for regions), ``counts_since`` the vote
+    tally's stripes as the run read them.
+    """
     confident = posteriors.max(axis=1) >= project.confidence_threshold
     k = max(project.overlap, 1)
     k_max = max(project.max_overlap, k)
@@ -323,7 +365,6 @@ def _steer_crowd(project: Project, data: ProjectVotes, posteriors: np.ndarray, e
     )
     wanted = counts + more
     state = _item_state(project.pk)
-    adjudicated = set(_adjudicated(project.pk).values_list("item_id", flat=True))
     changed = []
     for i, item_id in enumerate(item_ids.tolist()):
         if item_id not in state:
@@ -333,15 +374,15 @@ def _steer_crowd(project: Project, data: ProjectVotes, posteriors: np.ndarray, e
         review = not confident[i] and not is_holdout and item_id not in adjudicated
         # Gold and hold-out items are served apart from the overlap plan.
         new_wanted = old_wanted if is_gold or is_holdout else int(wanted[i])
-        uncertainty = float(entropy[i])
-        if (review, new_wanted, uncertainty) != (old_review, old_wanted, old_uncertainty):
+        item_uncertainty = float(uncertainty[i])
+        if (review, new_wanted, item_uncertainty) != (old_review, old_wanted, old_uncertainty):
             changed.append(
-                Item(pk=item_id, needs_review=review, votes_wanted=new_wanted, uncertainty=uncertainty)
+                Item(pk=item_id, needs_review=review, votes_wanted=new_wanted, uncertainty=item_uncertainty)
             )
     Item.objects.bulk_update(changed, ["needs_review", "votes_wanted", "uncertainty"], batch_size=BATCH_SIZE)
     # Votes that arrived while this run worked still count toward the next one: each stripe
     # loses what was read from it.
-    read = {stripe: n for stripe, n in data.counts_since.items() if n}
+    read = {stripe: n for stripe, n in counts_since.items() if n}
     if read:
         VoteTally.objects.filter(project=project, stripe__in=read).update(
             votes=Greatest(
@@ -414,7 +455,7 @@ def request_aggregation(
     params: dict[str, Any] | None = None,
 ) -> AggregationRun:
     """Queue a run; the Celery task starts once this transaction commits."""
-    build_aggregator(method, params)
+    check_method(method, params, project)
     run = AggregationRun.objects.create(
         project=project, method=method, params=params or {}, status=Status.QUEUED, trigger=trigger
     )

@@ -33,6 +33,7 @@ from labeling.models import (
     LabelClass,
     Membership,
     Project,
+    Region,
     Vote,
     WorkerReliability,
 )
@@ -72,6 +73,36 @@ def resolve_label(project: Project, label: str | int) -> LabelClass:
                 return cls
     names = ", ".join(c.name for c in classes)
     raise ReviewError(f"Unknown class '{text[:100]}'; use one of: {names}.")
+
+
+# -- region answers ---------------------------------------------------------------------------
+
+
+def region_to_stored(region: Region, class_index: int) -> dict:
+    """A ``Region`` row in the stored answer format (label = class index)."""
+    shape = {"label": class_index, "shape": region.shape}
+    if region.shape == Region.Shape.POINT:
+        shape["points"] = [[region.x0, region.y0]]
+    elif region.shape == Region.Shape.BOX:
+        shape["points"] = [[region.x0, region.y0], [region.x1, region.y1]]
+    elif region.shape == Region.Shape.POLYGON:
+        shape["points"] = region.geometry["points"]
+    else:
+        shape["rle"] = region.geometry["rle"]
+    return shape
+
+
+def answer_regions(answer_ids) -> dict[int, list]:
+    """Each ``RegionAnswer``'s regions in the stored format, by answer id (empty answers too)."""
+    out: dict[int, list] = {int(a): [] for a in answer_ids}
+    rows = (
+        Region.objects.filter(answer_id__in=list(out))
+        .select_related("label")
+        .order_by("answer_id", "id")
+    )
+    for region in rows:
+        out[region.answer_id].append(region_to_stored(region, region.label.index))
+    return out
 
 
 # -- hold-out ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from labeling.models import AggregationRun, ConsensusLabel, WorkerReliability
-from labeling.services.aggregation import InvalidAggregation, build_aggregator, method_names
+from labeling.services.aggregation import InvalidAggregation, check_method, method_names
 
 
 class AggregationRunSerializer(serializers.ModelSerializer):
@@ -44,7 +44,8 @@ class AggregationRequestSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict) -> dict:
         try:
-            build_aggregator(attrs["method"], attrs.get("params"))
+            # the project's own methods are checked when the run is requested
+            check_method(attrs["method"], attrs.get("params"))
         except InvalidAggregation as exc:
             field = "method" if attrs["method"] not in method_names() else "params"
             raise serializers.ValidationError({field: exc.message}) from exc

@@ -16,7 +16,7 @@ from labeling.api.serializers.aggregation import (
     WorkerReliabilitySerializer,
 )
 from labeling.models import AggregationRun, ConsensusLabel, Project, WorkerReliability
-from labeling.services.aggregation import request_aggregation
+from labeling.services.aggregation import InvalidAggregation, request_aggregation
 
 
 class ProjectAggregationsView(generics.ListAPIView):
@@ -40,12 +40,16 @@ class ProjectAggregationsView(generics.ListAPIView):
     def post(self, request: Request, project_id: int) -> Response:
         serializer = AggregationRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        run = request_aggregation(
-            self.get_project(),
-            serializer.validated_data["method"],
-            user=request.user,
-            params=serializer.validated_data["params"],
-        )
+        try:
+            run = request_aggregation(
+                self.get_project(),
+                serializer.validated_data["method"],
+                user=request.user,
+                params=serializer.validated_data["params"],
+            )
+        except InvalidAggregation as exc:
+            # a method of the other kind of project (class vs region)
+            return Response({"method": [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(AggregationRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
