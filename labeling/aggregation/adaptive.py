@@ -9,12 +9,23 @@ overlap ``k`` and, while still unsure, up to ``k_max``.
 
 :func:`votes_wanted` is the pure policy the assignment service calls; :func:`simulate_adaptive`
 replays it offline on a simulated crowd so its saving can be measured against fixed overlap.
+
+With a model in the loop (:mod:`labeling.aggregation.model_annotator`) the posterior is the
+combined one, and a model that agrees with it counts as one of the ``min_votes``: an item the
+model and a confident crowd agree on stops early.
+
+:func:`replay_budget` replays a collection policy over a pool of votes that really exist
+(:meth:`VotePool.from_votes`, items with any number of votes), re-aggregating every ``batch``
+votes, and scores accuracy against votes spent: fixed overlap (round robin) against
+uncertainty-first collection (:func:`vote_priority`: every item gets ``min_votes`` first, then
+the least certain posterior gets the next vote, as in Sheng et al.'s selective repeated
+labelling).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,10 +46,12 @@ def votes_wanted(
     k_max: int = 7,
     threshold: float = 0.95,
     min_votes: int = 2,
+    model_agrees: np.ndarray | None = None,
 ) -> np.ndarray:
     """How many more votes each item still wants (``int64 [n_items]``).
 
-    * confident (top posterior >= ``threshold``) and at least ``min_votes`` votes: 0;
+    * confident (top posterior >= ``threshold``) and at least ``min_votes`` votes, the model
+      counting as one where ``model_agrees`` (its top class is the posterior's): 0;
     * otherwise, below ``k`` votes: up to ``k`` (the base plan);
     * otherwise (unsure at or past ``k``): up to ``k_max``.
     """
@@ -50,7 +63,13 @@ def votes_wanted(
         raise ValueError("need 1 <= min_votes <= k <= k_max")
     if not 0.0 < threshold <= 1.0:
         raise ValueError("threshold must be in (0, 1]")
-    confident = (post.max(axis=1) >= threshold) & (counts >= min_votes)
+    support = counts
+    if model_agrees is not None:
+        agrees = np.asarray(model_agrees, dtype=bool)
+        if agrees.shape != counts.shape:
+            raise ValueError("model_agrees must have one entry per item")
+        support = counts + agrees
+    confident = (post.max(axis=1) >= threshold) & (support >= min_votes)
     target = np.where(counts < k, k, k_max)
     return np.where(confident, 0, np.maximum(target - counts, 0)).astype(np.int64)
 
@@ -60,7 +79,8 @@ class VotePool:
     """Every vote an item could get, pre-drawn in order: ``workers``/``labels`` ``[n_items, k_max]``.
 
     Adaptive and fixed-overlap runs take prefixes of the same pool, so they differ only in
-    how many votes they use.
+    how many votes they use. A pool of real votes is ragged: ``workers`` is -1 past an item's
+    last vote (:attr:`available`).
     """
 
     workers: np.ndarray
@@ -68,10 +88,31 @@ class VotePool:
     n_workers: int
     n_classes: int
 
+    @classmethod
+    def from_votes(cls, votes: VoteMatrix, seed: Seed = None) -> VotePool:
+        """The votes that exist, each item's in a random order (one shuffle per seed)."""
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.random(votes.n_votes), votes.task_idx))
+        per_item = np.bincount(votes.task_idx, minlength=votes.n_tasks)
+        starts = np.concatenate([[0], np.cumsum(per_item)[:-1]])
+        task = votes.task_idx[order]
+        slot = np.arange(votes.n_votes) - starts[task]
+        depth = int(per_item.max()) if votes.n_votes else 0
+        workers = np.full((votes.n_tasks, depth), -1, dtype=np.int64)
+        labels = np.full((votes.n_tasks, depth), -1, dtype=np.int64)
+        workers[task, slot] = votes.worker_idx[order]
+        labels[task, slot] = votes.label_idx[order]
+        return cls(workers, labels, votes.n_workers, votes.n_classes)
+
+    @property
+    def available(self) -> np.ndarray:
+        """Votes each item has in the pool."""
+        return (self.workers >= 0).sum(axis=1)
+
     def take(self, counts: np.ndarray) -> VoteMatrix:
-        """The first ``counts[i]`` votes of each item."""
+        """The first ``counts[i]`` votes of each item (at most what it has)."""
         n_items, depth = self.workers.shape
-        mask = np.arange(depth)[None, :] < np.asarray(counts)[:, None]
+        mask = (np.arange(depth)[None, :] < np.asarray(counts)[:, None]) & (self.workers >= 0)
         items = np.broadcast_to(np.arange(n_items)[:, None], mask.shape)[mask]
         return VoteMatrix.from_codes(
             items,
@@ -145,3 +186,143 @@ def simulate_adaptive(
         counts = counts + more
     labels = tie_broken_argmax(post)
     return AdaptiveResult(labels, post, counts, rounds, pool)
+
+
+def vote_priority(
+    posteriors: np.ndarray,
+    vote_counts: np.ndarray,
+    remaining: np.ndarray,
+    min_votes: int = 1,
+    threshold: float = 0.95,
+    ordering: str = "fewest_votes",
+) -> np.ndarray:
+    """Items that can still get a vote, in the order to ask for it.
+
+    Items below ``min_votes`` come first, then items whose top posterior is below ``threshold``
+    (the ones adaptive redundancy still wants), then the confident rest. Within each group,
+    ``"fewest_votes"`` (the crowd queue's order, :mod:`labeling.services.assignment`) serves
+    fewer votes first and, among equals, the least certain posterior (highest entropy);
+    ``"most_uncertain"`` serves the highest entropy first. Remaining ties: lower index.
+    """
+    if ordering not in ("fewest_votes", "most_uncertain"):
+        raise ValueError("ordering must be 'fewest_votes' or 'most_uncertain'")
+    post = np.asarray(posteriors, dtype=np.float64)
+    counts = np.asarray(vote_counts)
+    eligible = np.flatnonzero(np.asarray(remaining) > 0)
+    p = post[eligible]
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+    n = counts[eligible]
+    group = np.where(n < min_votes, 0, np.where(p.max(axis=1) < threshold, 1, 2))
+    # lexsort: the last key sorts first
+    if ordering == "fewest_votes":
+        keys = (eligible, -entropy, n, group)
+    else:
+        keys = (eligible, n, -entropy, group)
+    return eligible[np.lexsort(keys)]
+
+
+@dataclass
+class BudgetCurve:
+    """Accuracy against votes spent for one policy: ``votes[j]`` spent, ``accuracy[j]`` then."""
+
+    policy: str
+    votes: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    # where adaptive redundancy would stop asking (every item confident or out of votes)
+    stop_votes: int | None = None
+    stop_accuracy: float | None = None
+
+    def accuracy_at(self, n_votes: int) -> float:
+        """Accuracy at the last point with at most ``n_votes`` spent (NaN before the first)."""
+        spent = np.asarray(self.votes)
+        i = int(np.searchsorted(spent, n_votes, side="right")) - 1
+        return float(self.accuracy[i]) if i >= 0 else float("nan")
+
+
+Aggregate = Callable[[VoteMatrix, np.ndarray], np.ndarray]
+
+
+def replay_budget(
+    pool: VotePool,
+    truth: np.ndarray,
+    aggregate: Aggregate,
+    policy: str,
+    checkpoints: Sequence[int],
+    batch: int,
+    min_votes: int = 1,
+    threshold: float = 0.95,
+    seed: Seed = 0,
+    ordering: str = "fewest_votes",
+) -> BudgetCurve:
+    """Spend the pool's votes under ``policy``, scoring at each checkpoint (votes spent).
+
+    ``aggregate(votes, counts)`` returns the posterior ``[n_items, K]`` from the votes taken so
+    far (``counts`` per item); ``truth`` holds class codes, -1 where unknown (not scored).
+    ``policy``: ``"fixed"`` hands votes out round robin (fixed overlap k at every multiple of
+    the item count, items in an order drawn from ``seed``), ``"adaptive"`` asks in
+    :func:`vote_priority`'s order (``ordering``), re-aggregating every ``batch`` votes, and records where
+    adaptive redundancy would stop asking (``stop_votes``): every item out of votes or confident
+    at ``threshold`` with at least ``min_votes``. Past that point it keeps spending on the least
+    certain items, so the curve runs to the whole pool.
+    """
+    if policy not in ("fixed", "adaptive"):
+        raise ValueError("policy must be 'fixed' or 'adaptive'")
+    truth = np.asarray(truth)
+    scored = truth >= 0
+    available = pool.available
+    total = int(available.sum())
+    marks = sorted({min(int(c), total) for c in checkpoints})
+    curve = BudgetCurve(policy)
+    counts = np.zeros(len(available), dtype=np.int64)
+    spent = 0
+
+    def score(post: np.ndarray) -> float:
+        return float((tie_broken_argmax(post)[scored] == truth[scored]).mean())
+
+    if policy == "fixed":
+        # round robin over the items in a random order (a partial round favours no id range)
+        order = np.random.default_rng(seed).permutation(len(available))
+        for mark in marks:
+            counts = np.empty_like(counts)
+            counts[order] = _round_robin(available[order], mark)
+            curve.votes.append(int(counts.sum()))
+            curve.accuracy.append(score(aggregate(pool.take(counts), counts)))
+        return curve
+
+    post = aggregate(pool.take(counts), counts)
+    next_mark = 0
+    while True:
+        while next_mark < len(marks) and spent >= marks[next_mark]:
+            curve.votes.append(spent)
+            curve.accuracy.append(score(post))
+            next_mark += 1
+        remaining = available - counts
+        if curve.stop_votes is None:
+            done = (remaining == 0) | ((post.max(axis=1) >= threshold) & (counts >= min_votes))
+            if done.all():
+                curve.stop_votes, curve.stop_accuracy = spent, score(post)
+        if spent >= total or next_mark >= len(marks):
+            break
+        # never step over a checkpoint, so each is scored at exactly its budget
+        step = min(batch, marks[next_mark] - spent)
+        chosen = vote_priority(post, counts, remaining, min_votes, threshold, ordering)[:step]
+        counts[chosen] += 1
+        spent += len(chosen)
+        post = aggregate(pool.take(counts), counts)
+    return curve
+
+
+def _round_robin(available: np.ndarray, n_votes: int) -> np.ndarray:
+    """Votes per item after ``n_votes`` handed out one round at a time (items in index order,
+    an item out of votes skipped)."""
+    counts = np.zeros(len(available), dtype=np.int64)
+    left = n_votes
+    depth = int(available.max()) if len(available) else 0
+    for level in range(depth):
+        open_items = np.flatnonzero(available > level)
+        take = open_items[:left]
+        counts[take] += 1
+        left -= len(take)
+        if left <= 0:
+            break
+    return counts
