@@ -14,6 +14,8 @@ make every method look perfect.
 A run of the project's default method also steers the crowd: it sets ``Item.uncertainty``
 (posterior entropy, bits), ``Item.needs_review`` (not confident) and ``Item.votes_wanted``
 (adaptive redundancy: confident items stop, uncertain ones get up to ``max_overlap`` votes).
+Once a training run has finished, its model is one more annotator in every run's posterior
+(:mod:`labeling.services.model_in_the_loop`).
 
 Runs of a region project (points, boxes, masks) are carried out by
 :mod:`labeling.services.region_aggregation`, through the same entry points, task and steering.
@@ -50,6 +52,7 @@ from labeling.models import (
     VoteTally,
     WorkerReliability,
 )
+from labeling.services.model_in_the_loop import ModelInTheLoop, combine_with_model
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +246,10 @@ def _execute(run: AggregationRun) -> AggregationRun:
         # auto may choose by the expert hold-out (never clamped: only compared against)
         extra = {"holdout": data.holdout} if isinstance(model, AutoSelect) else {}
         model.fit(data.votes, known_labels=data.known, **extra)
+        # a finished training run's model joins as one more annotator (model_in_the_loop)
+        loop = combine_with_model(project, data.votes, data.known, model.posteriors_)
         with transaction.atomic():
-            _store(run, project, data, model, started)
+            _store(run, project, data, model, started, loop)
     except AggregationError as exc:
         _fail(run, exc.message, started)
     except Exception as exc:
@@ -277,11 +282,14 @@ def _agreement(func, votes: VoteMatrix) -> float | None:
 
 
 def _store(
-    run: AggregationRun, project: Project, data: ProjectVotes, model: Aggregator, started: float
+    run: AggregationRun, project: Project, data: ProjectVotes, model: Aggregator, started: float,
+    loop: ModelInTheLoop | None = None,
 ) -> None:
     votes = data.votes
     posteriors = np.asarray(model.posteriors_, dtype=np.float64)
     labels = pd.Index(votes.classes).get_indexer(model.labels_.to_numpy())
+    if loop is not None:
+        posteriors, labels = loop.posteriors, loop.labels(labels)
     confidence = posteriors.max(axis=1)
     entropy = entropy_bits(posteriors)
     item_ids = votes.tasks.astype(np.int64)
@@ -322,6 +330,8 @@ def _store(
     run.holdout_accuracy = float((labels[scored] == data.holdout[scored]).mean()) if scored.any() else None
     if isinstance(model, AutoSelect):
         run.selection = model.selection_.as_dict()
+    if loop is not None:
+        run.selection = {**run.selection, "model": loop.record}
     if run.method == project.default_method:
         steer_crowd(
             project,
@@ -331,6 +341,7 @@ def _store(
             uncertainty=entropy,
             adjudicated=set(_adjudicated(project.pk).values_list("item_id", flat=True)),
             counts_since=data.counts_since,
+            model_agrees=None if loop is None else loop.agrees,
         )
     run.status = Status.SUCCEEDED
     run.failure_reason = ""
@@ -348,20 +359,22 @@ def steer_crowd(
     uncertainty: np.ndarray,
     adjudicated: set[int],
     counts_since: dict[int, int],
+    model_agrees: np.ndarray | None = None,
 ) -> None:
     """Uncertainty, review flags and adaptive votes wanted from the default method's result.
 
     ``posteriors`` ``[n_items, K]`` (a region run gives ``[1 - confidence, confidence]``),
     ``counts`` the counted votes per item, ``uncertainty`` what ``Item.uncertainty`` becomes
     (entropy in bits for classes, 1 - confidence for regions), ``counts_since`` the vote
-    tally's stripes as the run read them.
+    tally's stripes as the run read them, ``model_agrees`` the items whose model prediction
+    agrees with the posterior (it counts as one of the votes an item needs before it stops).
     """
     confident = posteriors.max(axis=1) >= project.confidence_threshold
     k = max(project.overlap, 1)
     k_max = max(project.max_overlap, k)
     more = more_votes_wanted(
         posteriors, counts, k=k, k_max=k_max, threshold=project.confidence_threshold,
-        min_votes=min(MIN_VOTES, k),
+        min_votes=min(MIN_VOTES, k), model_agrees=model_agrees,
     )
     wanted = counts + more
     state = _item_state(project.pk)
