@@ -29,7 +29,6 @@ import csv
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from labeling.aggregation.regions.datasets import read_voc_boxes  # noqa: E402
 from training.engine import (  # noqa: E402  (the path above makes the engine importable)
     ItemSet,
     MILConfig,
@@ -70,15 +70,11 @@ def load_bccd(folder: Path, task: str, scale: float) -> dict[str, dict]:
             part["labels"].append(int(row["wbc_type"] == "NEUTROPHIL"))
         else:
             part["labels"].append(SUBTYPES.index(row["wbc_type"]))
-        xml = ET.parse(folder / "Annotations" / (Path(row["image"]).stem + ".xml")).getroot()
-        boxes = []
-        for obj in xml.iter("object"):
-            if obj.findtext("name") == "WBC":
-                box = obj.find("bndbox")
-                boxes.append(
-                    tuple(float(box.findtext(k)) * scale for k in ("xmin", "ymin", "xmax", "ymax"))
-                )
-        part["boxes"].append(boxes)
+        truth = read_voc_boxes(folder / "Annotations" / (Path(row["image"]).stem + ".xml"))
+        part["boxes"].append([
+            tuple(v * scale for v in box)
+            for box, name in zip(truth.boxes.tolist(), truth.classes, strict=True) if name == "WBC"
+        ])
         part["names"].append(Path(row["image"]).name)
     for part in splits.values():
         part["labels"] = np.array(part["labels"])

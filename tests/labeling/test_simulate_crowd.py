@@ -126,3 +126,53 @@ def test_progress_bar_never_passes_its_total_and_log_lines_stay_whole(capsys):
     # Each log line starts a line of its own: none is glued to a redraw of the bar.
     for segment in re.split(r"[\r\n]", err):
         assert not ("simulated votes" in segment and "blocked" in segment), segment
+
+
+# Region projects ------------------------------------------------------------------------------
+
+def box_project(n_items: int = 12, **options) -> Project:
+    """A boxes project whose items have the expert's boxes (two classes, 2-4 objects each)."""
+    from labeling.aggregation.regions.answers import parse_regions
+    from labeling.services.imports import record_region_answer
+
+    project = ProjectFactory(classes=["cell", "platelet"], task_type=Project.TaskType.BOXES, **options)
+    rng = np.random.default_rng(0)
+    for _ in range(n_items):
+        item = ItemFactory(project=project, width=64, height=48)
+        regions = []
+        for _k in range(int(rng.integers(2, 5))):
+            x, y = rng.uniform(2, 40), rng.uniform(2, 30)
+            regions.append({"label": ["cell", "platelet"][int(rng.integers(2))], "shape": "box",
+                            "points": [[x, y], [x + 12, y + 10]]})
+        shapes = parse_regions(regions, task_type="boxes", classes=["cell", "platelet"], width=64,
+                               height=48, max_regions=300)
+        record_region_answer(item, shapes, source="import")
+    return project
+
+
+def test_region_crowd_marks_the_expert_boxes_through_the_vote_service(capsys):
+    project = box_project(overlap=3)
+    call_command("simulate_crowd", str(project.pk), workers="expert:2,careless:1,spammer:1",
+                 seed=5, no_progress=True)
+    votes = Vote.objects.filter(project=project)
+    assert votes.count() == 12 * 3
+    assert set(votes.values_list("kind", flat=True)) == {Vote.Kind.REGIONS}
+    assert not votes.filter(assignment__isnull=True).exists()
+    for vote in votes:
+        assert all(r["shape"] == "box" and r["label"] in (0, 1) for r in vote.regions)
+    out = capsys.readouterr().out
+    assert "mean F1 against the expert's regions" in out
+    # the spammer's random boxes rarely hit a cell; the experts find nearly all of them
+    scores = {line.split()[0]: float(line.split()[3]) for line in out.splitlines()
+              if "mean F1" in line}
+    assert scores["expert"] > 0.8 > 0.3 > scores["spammer"]
+    assert scores["expert"] > scores["careless"]
+
+
+def test_region_crowd_refuses_masks_projects_and_class_archetypes():
+    project = box_project(n_items=2)
+    with pytest.raises(CommandError, match="unknown archetype 'accurate'"):
+        call_command("simulate_crowd", str(project.pk), workers="accurate:2")
+    Project.objects.filter(pk=project.pk).update(task_type=Project.TaskType.MASKS)
+    with pytest.raises(CommandError, match="mark points or boxes"):
+        call_command("simulate_crowd", str(project.pk), workers="good:2")
