@@ -41,9 +41,11 @@ ALLOWED_SHAPES: dict[str, tuple[str, ...]] = {
     "boxes": ("box",),
     "masks": ("polygon", "mask"),
 }
-# Each pair of a polygon's edges is tested for crossing: bounded so that one answer cannot
-# cost seconds of CPU (a traced outline of a large organ has a few hundred vertices).
-MAX_POLYGON_VERTICES = 2000
+# A polygon's edges are tested pairwise for crossings (about 50 ms at 1,000 vertices): bounded
+# per polygon and per answer so that one answer cannot cost seconds of CPU (a traced outline
+# of a large organ has a few hundred vertices; a brush sends a mask instead).
+MAX_POLYGON_VERTICES = 1000
+MAX_ANSWER_VERTICES = 20_000
 
 
 class RegionAnswerError(ValueError):
@@ -183,13 +185,13 @@ def _on_segment(a: np.ndarray, b: np.ndarray, p: np.ndarray) -> np.ndarray:
     )  # fmt: skip
 
 
-def is_simple_polygon(vertices: np.ndarray | list, block: int = 256) -> bool:
+def is_simple_polygon(vertices: np.ndarray | list, block: int = 512) -> bool:
     """Whether the closed polygon's edges meet only at shared vertices of neighbouring edges:
     no two edges cross or touch, and no edge folds back over the next (a spike).
 
-    Every pair of non-adjacent edges by orientation tests (vectorised, ``block`` edges at a
-    time): segments p-q cross or touch when each one's ends lie on opposite sides of (or on)
-    the other's line.
+    Pairs of non-adjacent edges whose bounding boxes overlap (``block`` edges against all at a
+    time, vectorised) get the orientation tests: segments p-q cross or touch when each one's
+    ends lie on opposite sides of (or on) the other's line.
     """
     v = np.asarray(vertices, dtype=np.float64)
     n = len(v)
@@ -202,27 +204,28 @@ def is_simple_polygon(vertices: np.ndarray | list, block: int = 256) -> bool:
     back = ((a - b) * (nxt - b)).sum(axis=1) > 0
     if np.any((turn == 0) & back):
         return False
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
     idx = np.arange(n)
     for start in range(0, n, block):
         i = idx[start : start + block, None]
-        j = idx[None, :]
         # each pair once (j > i), neither the same nor neighbouring edges (0 and n-1 are)
-        pair = (j > i + 1) & ~((i == 0) & (j == n - 1))
-        if not pair.any():
+        near = (idx[None, :] > i + 1) & ~((i == 0) & (idx[None, :] == n - 1))
+        near &= (lo[i[:, 0], None, 0] <= hi[None, :, 0]) & (lo[None, :, 0] <= hi[i[:, 0], None, 0])
+        near &= (lo[i[:, 0], None, 1] <= hi[None, :, 1]) & (lo[None, :, 1] <= hi[i[:, 0], None, 1])
+        pi, pj = np.nonzero(near)
+        if not len(pi):
             continue
-        p1, p2 = a[i[:, 0]][:, None, :], b[i[:, 0]][:, None, :]
-        q1, q2 = a[None, :, :], b[None, :, :]
+        pi = pi + start
+        p1, p2, q1, q2 = a[pi], b[pi], a[pj], b[pj]
         o1, o2 = _orient(p1, p2, q1), _orient(p1, p2, q2)
         o3, o4 = _orient(q1, q2, p1), _orient(q1, q2, p2)
-        p1b, p2b = np.broadcast_to(p1, o1.shape + (2,)), np.broadcast_to(p2, o1.shape + (2,))
-        q1b, q2b = np.broadcast_to(q1, o1.shape + (2,)), np.broadcast_to(q2, o1.shape + (2,))
         hit = ((o1 * o2 < 0) & (o3 * o4 < 0)) | (
-            ((o1 == 0) & _on_segment(p1b, p2b, q1b))
-            | ((o2 == 0) & _on_segment(p1b, p2b, q2b))
-            | ((o3 == 0) & _on_segment(q1b, q2b, p1b))
-            | ((o4 == 0) & _on_segment(q1b, q2b, p2b))
+            ((o1 == 0) & _on_segment(p1, p2, q1))
+            | ((o2 == 0) & _on_segment(p1, p2, q2))
+            | ((o3 == 0) & _on_segment(q1, q2, p1))
+            | ((o4 == 0) & _on_segment(q1, q2, p2))
         )
-        if np.any(hit & pair):
+        if hit.any():
             return False
     return True
 
@@ -320,6 +323,14 @@ def parse_regions(
         raise RegionAnswerError("regions must be a list of regions ([] for nothing here)")
     if len(raw) > max_regions:
         raise RegionAnswerError(f"{len(raw)} regions is more than this project's limit of {max_regions}")
+    vertices = sum(
+        len(r["points"]) for r in raw
+        if isinstance(r, dict) and r.get("shape") == "polygon" and isinstance(r.get("points"), list)
+    )  # fmt: skip
+    if vertices > MAX_ANSWER_VERTICES:
+        raise RegionAnswerError(
+            f"the polygons have {vertices} vertices in all, more than {MAX_ANSWER_VERTICES} in one answer"
+        )
     return [
         parse_shape(r, i, task_type=task_type, classes=classes, width=width, height=height)
         for i, r in enumerate(raw)

@@ -78,6 +78,10 @@ def square(x0=10, y0=10, side=20):
          "region 0: the mask's \"counts\" must be a list of non-negative integers"),
         ("masks", [{"label": "WBC", "shape": "mask"}], 'region 0: a mask needs "rle"'),
         ("masks", ["WBC"], "region 0: a region is an object"),
+        ("masks", [{"label": "WBC", "shape": "polygon", "points": [[1, 1], [5, 1], [3, 4]] * 400}],
+         "region 0: a polygon has at most 1000 vertices, got 1200"),
+        ("masks", [{"label": "WBC", "shape": "polygon", "points": [[1, 1], [5, 1], [3, 4]] * 1500}] * 5,
+         "the polygons have 22500 vertices in all, more than 20000 in one answer"),
     ],
 )
 def test_every_bad_input_names_the_region_and_the_rule(task_type, regions, message):
@@ -117,8 +121,13 @@ def test_simple_polygons():
     angles = np.arange(5) * 4 * np.pi / 5
     assert not is_simple_polygon(np.stack([np.cos(angles), np.sin(angles)], axis=1))
     # a large simple polygon (a circle's outline) is checked block by block
-    t = np.linspace(0, 2 * np.pi, 1500, endpoint=False)
-    assert is_simple_polygon(np.stack([np.cos(t), np.sin(t)], axis=1) * 100, block=64)
+    t = np.linspace(0, 2 * np.pi, 1000, endpoint=False)
+    circle = np.stack([np.cos(t), np.sin(t)], axis=1) * 100
+    assert is_simple_polygon(circle, block=64)
+    # the same outline with one vertex pulled across the far side
+    crossed = circle.copy()
+    crossed[10] = [-150, 0]
+    assert not is_simple_polygon(crossed, block=64)
 
 
 def test_rle_round_trip_is_column_major_and_starts_with_zeros():
