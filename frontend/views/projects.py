@@ -16,15 +16,17 @@ from rest_framework.exceptions import ValidationError
 
 from labeling.aggregation import METHODS
 from labeling.api.serializers.projects import ProjectSerializer
-from labeling.models import Project
+from labeling.models import REGION_TASK_TYPES, Project
 from labeling.services.projects import MAX_CLASSES, can_create_projects
 
+# The match rule and region limit of points/boxes/masks projects (issue 17).
+REGION_SETTINGS = ["region_match_distance", "region_match_iou", "max_regions"]
 # Form fields beside name and classes; an empty one keeps the model's default.
 SETTINGS = [
     "question", "description", "task_type", "overlap", "max_overlap", "gold_rate",
     "holdout_fraction", "confidence_threshold", "default_method", "expected_channels",
-    "patch_size", "patch_stride",
-]
+    "patch_size", "patch_stride", *REGION_SETTINGS,
+]  # fmt: skip
 
 
 def _defaults() -> dict:
@@ -54,6 +56,10 @@ def project_create(request: HttpRequest) -> HttpResponse:
         values = {name: request.POST.get(name, "").strip() for name in ["name", *SETTINGS]}
         classes = [c.strip() for c in request.POST.getlist("classes")]
         data = {k: v for k, v in values.items() if v != ""}
+        if values["task_type"] not in REGION_TASK_TYPES:
+            # Hidden for other task types: whatever they hold keeps the defaults.
+            for name in REGION_SETTINGS:
+                data.pop(name, None)
         data["classes"] = classes
         serializer = ProjectSerializer(data=data, context={"request": request})
         if serializer.is_valid():
@@ -80,6 +86,8 @@ def project_create(request: HttpRequest) -> HttpResponse:
             "errors": errors,
             "max_classes": MAX_CLASSES,
             "task_types": Project.TaskType.choices,
+            "region_task_types": sorted(REGION_TASK_TYPES),
+            "is_region_task": values["task_type"] in REGION_TASK_TYPES,
             "methods": list(METHODS),
         },
         status=status,
