@@ -53,6 +53,7 @@ ACCESS: dict[str, dict[str, str]] = {
     "review-queue": {"GET": "expert"},
     "review-item": {"GET": "expert"},
     "review-label": {"POST": "expert"},
+    "review-regions": {"POST": "expert"},
     "gold-draw": {"POST": "admin"},
     "gold-set": {"POST": "admin"},
     # dashboard and exports

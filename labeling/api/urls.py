@@ -45,6 +45,7 @@ urlpatterns = [
     path("projects/<int:project_id>/review/queue/", review.ReviewQueueView.as_view(), name="review-queue"),
     path("review/<int:item_id>/", review.ReviewItemView.as_view(), name="review-item"),
     path("review/<int:item_id>/label/", review.ReviewLabelView.as_view(), name="review-label"),
+    path("review/items/<int:item_id>/regions/", review.ReviewRegionsView.as_view(), name="review-regions"),
     path("projects/<int:project_id>/gold/draw/", review.GoldDrawView.as_view(), name="gold-draw"),
     path("projects/<int:project_id>/gold/", review.GoldSetView.as_view(), name="gold-set"),
     path("projects/<int:project_id>/dashboard/", dashboard.DashboardView.as_view(), name="project-dashboard"),

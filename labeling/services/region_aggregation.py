@@ -72,6 +72,7 @@ from labeling.services.aggregation import (
     NO_VOTES,
     AggregationError,
     InvalidAggregation,
+    latest_runs_by_method,
     steer_crowd,
 )
 from labeling.services.review import answer_regions
@@ -451,20 +452,41 @@ def _add_worker_agreement(workers: dict[int, dict[str, Any]], per_worker: pd.Ser
 def holdout_score(
     data: RegionVotes, consensus: dict[int, list], project: Project
 ) -> tuple[float | None, int]:
-    """Mean per-item F1 (points, boxes; at the project's match rule, within each class) or Dice
-    (masks; mean over the classes either side marked) against the hold-out experts' regions."""
-    scores = []
-    for item, truth in data.holdout.items():
-        if item not in consensus:
-            continue
-        h, w = data.sizes[item]
-        _, score = score_answer(
-            shapes_from_stored(consensus[item]), shapes_from_stored(truth), task_type=project.task_type,
+    """The run's consensus against the hold-out experts' regions (see :func:`mean_score`)."""
+    return mean_score(
+        project,
+        [(consensus[i], truth, data.sizes[i]) for i, truth in data.holdout.items() if i in consensus],
+    )
+
+
+def mean_score(project: Project, pairs: list[tuple[list, list, tuple[int, int]]]) -> tuple[float | None, int]:
+    """Mean per-item F1 (points, boxes: at the project's match rule, within each class) or Dice
+    (masks: mean over the classes either side marked) of ``(predicted, truth, (h, w))`` pairs."""
+    scores = [
+        score_answer(
+            shapes_from_stored(predicted), shapes_from_stored(truth), task_type=project.task_type,
             height=h, width=w, match_distance=project.region_match_distance,
             match_iou=project.region_match_iou,
-        )
-        scores.append(score)
+        )[1]
+        for predicted, truth, (h, w) in pairs
+    ]
     return (float(np.mean(scores)) if scores else None), len(scores)
+
+
+def rescore_holdout(project: Project) -> None:
+    """Score each method's latest run again against the hold-out (an expert just answered a
+    hold-out item): the yardstick grows without waiting for the next run."""
+    for run in latest_runs_by_method(project).values():
+        rows = list(
+            RegionConsensus.objects.filter(
+                run=run, item__is_holdout=True, item__expert_regions__isnull=False
+            ).values_list("regions", "item__expert_regions_id", "item__height", "item__width")
+        )
+        truth = answer_regions([r[1] for r in rows])
+        run.holdout_accuracy, run.holdout_size = mean_score(
+            project, [(regions, truth[answer], (h, w)) for regions, answer, h, w in rows]
+        )
+        run.save(update_fields=["holdout_accuracy", "holdout_size"])
 
 
 # -- running ----------------------------------------------------------------------------------

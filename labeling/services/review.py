@@ -12,6 +12,13 @@ Adjudication
     Items the crowd disagrees on (``Item.needs_review``, outside the hold-out) queue for experts,
     most uncertain first. An expert's label (source ``review``) is final: it sets
     ``expert_answer`` and clears ``needs_review``.
+
+Regions (points, boxes, masks projects)
+    The same queue serves region items: the expert sees each crowd annotator's regions
+    (pseudonymised, with their reliability) and the consensus, and answers with a whole region
+    set (``RegionAnswer`` source ``review``), which becomes ``Item.expert_regions``. Hold-out
+    items without expert regions join the queue blind (no crowd region, no consensus); the
+    answer (source ``holdout``) scores every method's latest run at once.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from sklearn.metrics import cohen_kappa_score
 
-from labeling.exports import worker_pseudonym
+from labeling.aggregation.regions.answers import RegionAnswerError, parse_regions
+from labeling.exports import wire_regions, worker_pseudonym
 from labeling.models import (
     AggregationRun,
     ConsensusLabel,
@@ -34,6 +42,8 @@ from labeling.models import (
     Membership,
     Project,
     Region,
+    RegionAnswer,
+    RegionConsensus,
     Vote,
     WorkerReliability,
 )
@@ -286,12 +296,19 @@ def holdout_agreement(project: Project) -> Agreement:
 
 
 def review_queue(project: Project) -> QuerySet:
-    """Items awaiting an expert: crowd disagreement, not hold-out, not adjudicated yet."""
+    """Items awaiting an expert: crowd disagreement, not hold-out, not adjudicated yet; on a
+    region project also the hold-out items without expert regions (answered blind)."""
+    order = (F("uncertainty").desc(nulls_last=True), "-vote_count", "id")
+    if project.is_region_task:
+        adjudicated = RegionAnswer.objects.filter(item=OuterRef("pk"), source=Source.REVIEW)
+        disputed = Q(needs_review=True, is_holdout=False) & ~Exists(adjudicated)
+        blind = Q(is_holdout=True, expert_regions__isnull=True)
+        return Item.objects.filter(project=project).filter(disputed | blind).order_by(*order)
     adjudicated = ExpertLabel.objects.filter(item=OuterRef("pk"), source=Source.REVIEW)
     return (
         Item.objects.filter(project=project, needs_review=True, is_holdout=False)
         .exclude(Exists(adjudicated))
-        .order_by(F("uncertainty").desc(nulls_last=True), "-vote_count", "id")
+        .order_by(*order)
     )
 
 
@@ -301,6 +318,8 @@ def adjudicate(item: Item, expert, label: str | int, note: str = "") -> ExpertLa
     item = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
     if item.is_holdout:
         raise ReviewError("Hold-out items are labelled blind on the hold-out page.")
+    if item.project.is_region_task:
+        raise ReviewError("A region item is answered with regions (POST /api/review/items/<id>/regions/).")
     cls = resolve_label(item.project, label)
     expert_label, _ = ExpertLabel.objects.update_or_create(
         item=item, expert=expert, source=Source.REVIEW, defaults={"label": cls, "note": note}
@@ -394,3 +413,101 @@ def review_evidence(item: Item) -> dict:
             for e in item.expert_labels.filter(source=Source.REVIEW).select_related("label")
         ],
     }
+
+
+# -- regions ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def adjudicate_regions(item: Item, expert, regions, note: str = "") -> RegionAnswer:
+    """An expert's final region set for an item (wire format, checked by the shared validator):
+    source ``review``, or ``holdout`` for a hold-out item (then scored against at once). Sending
+    again replaces the expert's own answer; nothing is written when a region is refused."""
+    from labeling.services.imports import record_region_answer
+    from labeling.services.region_aggregation import rescore_holdout
+
+    item = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
+    project = item.project
+    if not project.is_region_task:
+        raise ReviewError("This project's items are answered with a class, not with regions.")
+    try:
+        shapes = parse_regions(
+            regions, task_type=project.task_type, classes=project.class_names,
+            width=item.width, height=item.height, max_regions=project.max_regions,
+        )
+    except RegionAnswerError as exc:
+        raise ReviewError(exc.message) from exc
+    source = Source.HOLDOUT if item.is_holdout else Source.REVIEW
+    if item.is_holdout:
+        others = item.region_answers.exclude(expert=expert, source=Source.HOLDOUT)
+        if others.exists():
+            raise ReviewConflict("This hold-out item already has its expert regions.")
+    # the expert's earlier answer goes with its Region rows (one per expert and source)
+    item.region_answers.filter(expert=expert, source=source).delete()
+    answer = record_region_answer(item, shapes, source=source, expert=expert, note=note)
+    Item.objects.filter(pk=item.pk).update(needs_review=False)
+    if item.is_holdout:
+        rescore_holdout(project)
+    return answer
+
+
+def region_review_evidence(item: Item) -> dict:
+    """What an expert sees beside a region item: each crowd annotator's regions (pseudonymised)
+    with their reliability and the default method's consensus. A hold-out item is answered
+    blind: neither is given, nor another expert's regions."""
+    from labeling.services.aggregation import latest_run
+
+    project = item.project
+    classes = list(project.label_classes.all())
+    names = [c.name for c in classes]
+    evidence = {
+        "item": item,
+        "classes": classes,
+        "task_type": project.task_type,
+        "max_regions": project.max_regions,
+        "blind": item.is_holdout,
+        "reliability_method": None,
+        "annotators": [],
+        "consensus": None,
+        "expert_regions": [],
+    }
+    if item.is_holdout:
+        return evidence
+    # the default method's run, else the newest region run of any method
+    run = latest_run(project) or project.aggregation_runs.filter(
+        status=AggregationRun.Status.SUCCEEDED
+    ).order_by("-created_at", "-id").first()
+    votes = list(
+        Vote.objects.filter(item=item, kind=Vote.Kind.REGIONS, is_excluded=False).order_by("id")
+    )
+    reliability = {}
+    if run is not None:
+        evidence["reliability_method"] = run.selection.get("chosen") or run.method
+        reliability = {
+            r.worker_id: r
+            for r in WorkerReliability.objects.filter(run=run, worker_id__in=[v.worker_id for v in votes])
+        }
+        consensus = RegionConsensus.objects.filter(run=run, item=item).first()
+        if consensus is not None:
+            evidence["consensus"] = {
+                "method": evidence["reliability_method"],
+                "run": run.id,
+                "regions": wire_regions(consensus.regions, names),
+                "confidence": consensus.confidence,
+                "agreement": consensus.agreement,
+            }
+    for v in votes:
+        r = reliability.get(v.worker_id)
+        detail = r.detail if r is not None else {}
+        evidence["annotators"].append({
+            # experts judge the regions by the annotator's record, not by who they are
+            "worker": worker_pseudonym(project.id, v.worker_id),
+            "regions": wire_regions(v.regions or [], names),
+            "reliability": r.accuracy if r is not None else None,
+            "sensitivity": detail.get("sensitivity"),
+            "precision": detail.get("precision"),
+        })
+    reviewed = item.region_answers.filter(source=Source.REVIEW).order_by("-id").first()
+    if reviewed is not None:
+        evidence["expert_regions"] = wire_regions(answer_regions([reviewed.pk])[reviewed.pk], names)
+    return evidence

@@ -152,6 +152,64 @@ class EvidenceSerializer(serializers.Serializer):
     expert_labels = EvidencePriorLabelSerializer(many=True)
 
 
+class RegionShapeField(serializers.DictField):
+    """One region in the wire format: label (class name), shape, and points or rle."""
+
+
+class RegionAnnotatorSerializer(serializers.Serializer):
+    worker = serializers.CharField(help_text="The annotator's pseudonym (stable within the project).")
+    regions = serializers.ListField(child=RegionShapeField())
+    reliability = serializers.FloatField(
+        allow_null=True,
+        help_text="F1 of sensitivity and precision (points, boxes) or (sensitivity + "
+        "specificity) / 2 (masks), from the latest region run.",
+    )
+    sensitivity = serializers.FloatField(allow_null=True)
+    precision = serializers.FloatField(allow_null=True)
+
+
+class RegionConsensusEvidenceSerializer(serializers.Serializer):
+    method = serializers.CharField()
+    run = serializers.IntegerField()
+    regions = serializers.ListField(
+        child=RegionShapeField(), help_text="Wire format, each with its confidence."
+    )
+    confidence = serializers.FloatField()
+    agreement = serializers.FloatField(allow_null=True)
+
+
+class RegionEvidenceSerializer(serializers.Serializer):
+    item = ReviewQueueItemSerializer()
+    classes = ExpertClassSerializer(many=True)
+    task_type = serializers.CharField()
+    max_regions = serializers.IntegerField()
+    blind = serializers.BooleanField(
+        help_text="A hold-out item: answered without the crowd's regions or the consensus."
+    )
+    reliability_method = serializers.CharField(allow_null=True)
+    annotators = RegionAnnotatorSerializer(many=True)
+    consensus = RegionConsensusEvidenceSerializer(allow_null=True)
+    expert_regions = serializers.ListField(
+        child=RegionShapeField(), help_text="An earlier review answer of this item, if any."
+    )
+
+
+class RegionAnswerRequestSerializer(serializers.Serializer):
+    regions = serializers.ListField(
+        child=serializers.JSONField(), allow_empty=True,
+        help_text="The whole region set in the wire format ([] for nothing here).",
+    )
+    note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class RegionAnswerResponseSerializer(serializers.Serializer):
+    item = serializers.IntegerField()
+    source = serializers.ChoiceField(choices=["review", "holdout"])
+    regions = serializers.ListField(child=RegionShapeField())
+    note = serializers.CharField(allow_blank=True)
+    next = serializers.IntegerField(allow_null=True, help_text="The next item in the queue.")
+
+
 class ReviewLabelResponseSerializer(serializers.Serializer):
     item = serializers.IntegerField()
     label = serializers.CharField()

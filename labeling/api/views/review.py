@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -29,13 +29,16 @@ from labeling.api.serializers.review import (
     HoldoutNextSerializer,
     LabelRequestSerializer,
     NotedLabelRequestSerializer,
+    RegionAnswerRequestSerializer,
+    RegionAnswerResponseSerializer,
+    RegionEvidenceSerializer,
     ReviewErrorSerializer,
     ReviewLabelResponseSerializer,
     ReviewQueueItemSerializer,
     SubsetDrawResponseSerializer,
     TiebreakResponseSerializer,
 )
-from labeling.exports import worker_pseudonym
+from labeling.exports import wire_regions, worker_pseudonym
 from labeling.models import ExpertLabel, Item, Project
 from labeling.services import gold, review
 
@@ -219,11 +222,24 @@ class ReviewQueueView(ProjectScoped, generics.ListAPIView):
 
 
 class ReviewItemView(ItemScoped):
-    @extend_schema(responses={200: EvidenceSerializer, **ERRORS})
+    @extend_schema(
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="ReviewEvidence",
+                serializers=[EvidenceSerializer, RegionEvidenceSerializer],
+                resource_type_field_name=None,
+            ),
+            **ERRORS,
+        }
+    )
     def get(self, request: Request, item_id: int) -> Response:
         """The evidence on one item: votes per class, each voter's estimated reliability, each
-        aggregation method's consensus, the latest model's prediction."""
+        aggregation method's consensus, the latest model's prediction. A region item: each
+        annotator's regions and reliability and the consensus; none of it on a hold-out item,
+        which is answered blind."""
         item = self.get_item()
+        if item.project.is_region_task:
+            return Response(RegionEvidenceSerializer(review.region_review_evidence(item)).data)
         if item.is_holdout:
             raise Http404("Hold-out items are reviewed blind on the hold-out page.")
         evidence = review.review_evidence(item)
@@ -250,6 +266,34 @@ class ReviewLabelView(ItemScoped):
         return Response(
             {"item": item.pk, "label": label.label.name, "note": label.note, "next": following}
         )
+
+
+class ReviewRegionsView(ItemScoped):
+    @extend_schema(
+        request=RegionAnswerRequestSerializer,
+        responses={200: RegionAnswerResponseSerializer, **ERRORS, **CONFLICT},
+    )
+    def post(self, request: Request, item_id: int) -> Response:
+        """Your final regions for a region item (the whole set; [] for nothing here): they become
+        the item's expert regions and it leaves the queue. On a hold-out item they are the blind
+        yardstick. A refused region is a 400 naming it; nothing is written then."""
+        item = self.get_item()
+        data = RegionAnswerRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            answer = review.adjudicate_regions(item, request.user, **data.validated_data)
+        except review.ReviewError as exc:
+            return refusal(exc)
+        project = item.project
+        stored = review.answer_regions([answer.pk])[answer.pk]
+        following = review.review_queue(project).values_list("id", flat=True).first()
+        return Response({
+            "item": item.pk,
+            "source": answer.source,
+            "regions": wire_regions(stored, project.class_names),
+            "note": answer.note,
+            "next": following,
+        })
 
 
 # -- gold -------------------------------------------------------------------------------------
