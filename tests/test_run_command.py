@@ -15,6 +15,7 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 
 from labeling.management.commands.seed_demo import DEMO_ACCOUNTS
@@ -71,6 +72,7 @@ def test_embedded_run_serves_demo_and_stops_cleanly(tmp_path):
             home = _login(base, username, password)
             assert f'data-testid="username">{username}<' in home
             assert "Blood smears: white-cell type" in home
+            assert "Blood smears: cells (boxes)" in home and "Blood smears: cell centres (points)" in home
         assert f"http://127.0.0.1:{port}/" in output
         worker_started = re.search(r"embedded@\S+ ready", output)
         deadline = time.monotonic() + 60
@@ -124,3 +126,60 @@ def test_seed_demo_import_bar_follows_the_import_to_its_total(capsys):
     assert states[-1] == (3, 3) and all(n <= total for n, total in states)
     for segment in re.split(r"[\r\n]", err):
         assert not ("importing demo images" in segment and "read" in segment), segment
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("task_type", ["boxes", "points"])
+def test_seed_demo_region_project_is_fused_from_a_simulated_crowd(task_type, data_dir, settings):
+    """The demo's region projects, on 8 smears: the expert boxes come in through the COCO
+    import, the simulated crowd votes through the vote service, and a region run has fused them."""
+    import io
+
+    from labeling.management.commands.seed_demo import (
+        BCCD_BOXES_PROJECT,
+        BCCD_POINTS_PROJECT,
+        BLIND_REGION_HOLDOUT_ITEMS,
+        Command,
+    )
+    from labeling.models import AggregationRun, Item, Project, RegionConsensus, Vote
+
+    settings.QUORUM_DATA_DIR = data_dir
+    seed = Command(stdout=io.StringIO())
+    users = seed._accounts()
+    for _ in range(2):  # a second run changes nothing
+        seed._bccd_region_project(data_dir / "bccd", users, task_type, 8, seed=7)
+    name = BCCD_BOXES_PROJECT if task_type == "boxes" else BCCD_POINTS_PROJECT
+    project = Project.objects.get(name=name)
+    assert project.task_type == task_type and project.class_names == ["WBC", "RBC", "Platelets"]
+    items = Item.objects.filter(project=project)
+    assert items.count() == 8
+    votes = Vote.objects.filter(project=project, kind=Vote.Kind.REGIONS, source=Vote.Source.SIMULATED)
+    assert votes.values("item").distinct().count() == 8
+    shape = "box" if task_type == "boxes" else "point"
+    assert {r["shape"] for v in votes for r in v.regions} == {shape}
+    # expert answers stay on gold and hold-out items only; a few hold-out items are left blind
+    answered = items.filter(expert_regions__isnull=False)
+    assert not answered.filter(is_gold=False, is_holdout=False).exists()
+    assert items.filter(is_gold=True).exists()
+    blind = items.filter(is_holdout=True, expert_regions__isnull=True).count()
+    assert blind == min(BLIND_REGION_HOLDOUT_ITEMS, items.filter(is_holdout=True).count())
+    run = AggregationRun.objects.get(project=project, trigger="command")
+    assert run.status == AggregationRun.Status.SUCCEEDED, run.failure_reason
+    consensus = RegionConsensus.objects.filter(run=run).select_related("item")
+    assert consensus.count() == 8
+    # the fused marks find the expert's cells: F1 at the project's match rule, over all smears
+    from labeling.aggregation.regions.answers import detection_score, shapes_from_stored
+    from labeling.aggregation.regions.datasets import read_voc_boxes
+
+    threshold = project.region_match_iou if task_type == "boxes" else project.region_match_distance
+    scores = []
+    for c in consensus:
+        truth = read_voc_boxes(data_dir / "bccd" / "Annotations" / (Path(c.item.source_name).stem + ".xml"))
+        expert = [
+            {"label": ["WBC", "RBC", "Platelets"].index(name), "shape": shape,
+             "points": [box[:2], box[2:]] if shape == "box" else [[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]]}
+            for box, name in zip(truth.boxes.tolist(), truth.classes, strict=True)
+        ]
+        scores.append(detection_score(shapes_from_stored(c.regions), shapes_from_stored(expert), task_type, threshold))
+    assert np.mean(scores) > 0.7, scores
+    assert "Simulated crowd on" in seed.stdout.getvalue()

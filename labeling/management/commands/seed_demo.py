@@ -1,16 +1,22 @@
-"""Seed the demo a newcomer sees: three role accounts and two projects of real medical images.
+"""Seed the demo a newcomer sees: three role accounts and four projects of real medical images.
 
 BCCD blood smears (label: the white-cell subtype of the whole image; the white-cell boxes are kept
 as expert regions) and a PneumoniaMNIST subset (normal vs pneumonia). Each project gets a blind
 hold-out, gold questions and a simulated crowd that votes through the real vote service, then an
-aggregation with every method. Running it again changes nothing.
+aggregation with every method.
+
+Two region projects on a few dozen BCCD smears: boxes around every WBC, RBC and platelet, and
+points on their centres. The expert's boxes come in as a COCO file through the import service;
+a simulated region crowd (missed cells, false marks, loose or tight boxes, jitter, a spammer, a
+spread of skill) marks them through the real vote service; the expert answers then stay only on
+the gold and hold-out items (a few hold-out items are left for the demo experts to draw blind),
+and the region aggregation fuses the crowd's marks. Running it again changes nothing.
 """
 
 from __future__ import annotations
 
 import csv
 import tempfile
-import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,11 +25,22 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import BaseCommand, CommandError, call_command
 from django.db import transaction
+from django.db.models import Q
 from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from labeling.models import ExpertLabel, ImportBatch, Item, Membership, Project, Region
+from labeling.aggregation.regions.datasets import BCCD_SIZE, read_voc_boxes
+from labeling.imports.coco import build_coco
+from labeling.models import (
+    ExpertLabel,
+    ImportBatch,
+    Item,
+    Membership,
+    Project,
+    Region,
+    RegionAnswer,
+)
 from labeling.services.gold import draw_gold
 from labeling.services.imports import import_files, import_path
 from labeling.services.projects import create_project, set_membership
@@ -45,6 +62,14 @@ SIMULATED_CROWD = "accurate:4,noisy:4,class_biased:2,spammer:2"
 GOLD_FRACTION = 0.1
 # Hold-out items left for the demo experts to label blind (the rest keep the dataset's label).
 BLIND_HOLDOUT_ITEMS = 12
+BCCD_BOXES_PROJECT = "Blood smears: cells (boxes)"
+BCCD_POINTS_PROJECT = "Blood smears: cell centres (points)"
+REGION_CLASSES = ["WBC", "RBC", "Platelets"]
+# Few and small, so the run command stays quick: BCCD smears hold ~20 cells each.
+REGION_ITEMS = 30
+REGION_CROWD = "expert:1,good:2,careless:1,loose:1,tight:1,shifted:1,spammer:1"
+REGION_GOLD_FRACTION = 0.15
+BLIND_REGION_HOLDOUT_ITEMS = 2
 
 
 @contextmanager
@@ -66,9 +91,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--pneumonia-items", type=int, default=400)
+        parser.add_argument("--region-items", type=int, default=REGION_ITEMS)
         parser.add_argument("--seed", type=int, default=7)
 
-    def handle(self, *args, pneumonia_items: int, seed: int, **options):
+    def handle(self, *args, pneumonia_items: int, region_items: int, seed: int, **options):
         data_dir = Path(settings.QUORUM_DATA_DIR)
         if not data_dir.exists():
             raise CommandError(
@@ -77,6 +103,8 @@ class Command(BaseCommand):
         users = self._accounts()
         self._bccd(data_dir / "bccd", users, seed)
         self._pneumonia(data_dir / "pneumoniamnist" / "pneumoniamnist_28.npz", users, pneumonia_items, seed)
+        for task_type in (Project.TaskType.BOXES, Project.TaskType.POINTS):
+            self._bccd_region_project(data_dir / "bccd", users, task_type, region_items, seed)
         self._print_accounts()
 
     def _accounts(self) -> dict[str, User]:
@@ -134,13 +162,77 @@ class Command(BaseCommand):
             xml_path = annotations / (Path(item.source_name).stem + ".xml")
             if not xml_path.exists():
                 continue
-            for obj in ET.parse(xml_path).getroot().iter("object"):
-                if obj.findtext("name") != "WBC":
-                    continue
-                box = obj.find("bndbox")
-                x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-                regions.append(Region(item=item, name="WBC", x0=x0, y0=y0, x1=x1, y1=y1))
+            truth = read_voc_boxes(xml_path)
+            for (x0, y0, x1, y1), name in zip(truth.boxes.tolist(), truth.classes, strict=True):
+                if name == "WBC":
+                    regions.append(Region(item=item, name="WBC", x0=x0, y0=y0, x1=x1, y1=y1))
         Region.objects.bulk_create(regions)
+
+    def _bccd_region_project(
+        self, folder: Path, users: dict[str, User], task_type: str, n_items: int, seed: int
+    ) -> None:
+        """Boxes (or their centres as points) on the first ``n_items`` smears, fused from a
+        simulated crowd; see the module docstring."""
+        name = BCCD_BOXES_PROJECT if task_type == Project.TaskType.BOXES else BCCD_POINTS_PROJECT
+        if Project.objects.filter(name=name).exists():
+            return
+        self.stdout.write(f"Importing the BCCD {task_type} demo project")
+        what = "box around" if task_type == Project.TaskType.BOXES else "point on the centre of"
+        with transaction.atomic():
+            project = create_project(
+                name=name,
+                classes=REGION_CLASSES,
+                created_by=users["admin"],
+                task_type=task_type,
+                question=f"Mark every blood cell: a {what} each WBC, RBC and platelet.",
+                description="BCCD dataset (MIT licence): 640x480 blood smears with one expert's box "
+                "around every cell; the crowd is simulated over those boxes.",
+                overlap=3,
+                max_overlap=5,
+                gold_rate=0.1,
+                holdout_fraction=0.2,
+                expected_channels=3,
+            )
+            self._members(project, users)
+        images = sorted((folder / "JPEGImages").glob("*.jpg"))[:n_items]
+        coco = build_coco(
+            [self._coco_image(k, path, folder / "Annotations", task_type) for k, path in enumerate(images)],
+            REGION_CLASSES,
+            info={"description": "BCCD expert boxes (Pascal VOC) as COCO"},
+        )
+        with _import_bar(f"BCCD {task_type}") as progress:
+            import_files(project, images, user=users["admin"], source=ImportBatch.Source.DEMO,
+                         coco=coco, seed=seed, progress=progress)
+        draw_gold(project, fraction=REGION_GOLD_FRACTION, seed=seed)
+        call_command("simulate_crowd", str(project.id), workers=REGION_CROWD, seed=seed,
+                     stdout=self.stdout)
+        self._keep_expert_regions_on_gold_and_holdout(project)
+        call_command("aggregate", str(project.id), stdout=self.stdout)
+
+    @staticmethod
+    def _coco_image(k: int, path: Path, annotations: Path, task_type: str) -> dict:
+        truth = read_voc_boxes(annotations / f"{path.stem}.xml")
+        regions = []
+        for (x0, y0, x1, y1), label in zip(truth.boxes.tolist(), truth.classes, strict=True):
+            if task_type == Project.TaskType.BOXES:
+                regions.append({"label": label, "shape": "box", "points": [[x0, y0], [x1, y1]]})
+            else:
+                regions.append({"label": label, "shape": "point", "points": [[(x0 + x1) / 2, (y0 + y1) / 2]]})
+        width, height = BCCD_SIZE
+        return {"id": k + 1, "file_name": path.name, "width": width, "height": height, "regions": regions}
+
+    def _keep_expert_regions_on_gold_and_holdout(self, project: Project) -> None:
+        """The crowd has drawn from every item's expert regions; now only gold and hold-out
+        items keep them (the consensus is the answer elsewhere), and a few hold-out items are
+        left for the demo experts to draw blind."""
+        holdout = Item.objects.filter(project=project, is_holdout=True).order_by("id")
+        blind = list(holdout.values_list("id", flat=True)[:BLIND_REGION_HOLDOUT_ITEMS])
+        forget = Item.objects.filter(project=project).filter(
+            Q(is_gold=False, is_holdout=False) | Q(id__in=blind)
+        )
+        ids = list(forget.values_list("id", flat=True))
+        Item.objects.filter(id__in=ids).update(expert_regions=None)
+        RegionAnswer.objects.filter(item_id__in=ids, source=ExpertLabel.Source.IMPORT).delete()
 
     def _pneumonia(self, npz_path: Path, users: dict[str, User], n_items: int, seed: int) -> None:
         if Project.objects.filter(name=PNEUMONIA_PROJECT).exists():
