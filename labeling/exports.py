@@ -24,6 +24,7 @@ import json
 import zipfile
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from itertools import islice
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -39,7 +40,6 @@ from labeling.models import (
     ExpertLabel,
     Item,
     Project,
-    Region,
     RegionConsensus,
     Vote,
 )
@@ -252,49 +252,24 @@ def consensus_coco(project: Project, run: AggregationRun) -> Iterator[str]:
     return coco_json(classes, _items_info(items), annotated(), info)
 
 
-def region_answer_shapes(regions: Iterable[Region], classes_by_id: dict[int, str]) -> list[dict]:
-    """Wire shapes (class names) of an answer's Region rows."""
-    out = []
-    for r in regions:
-        label = classes_by_id[r.label_id]
-        if r.shape == Region.Shape.POINT:
-            out.append({"label": label, "shape": "point", "points": [[r.x0, r.y0]]})
-        elif r.shape == Region.Shape.BOX:
-            out.append({"label": label, "shape": "box", "points": [[r.x0, r.y0], [r.x1, r.y1]]})
-        elif r.shape == Region.Shape.POLYGON:
-            out.append({"label": label, "shape": "polygon", "points": r.geometry["points"]})
-        else:
-            out.append({"label": label, "shape": "mask", "rle": r.geometry["rle"]})
-    return out
-
-
 def expert_regions_coco(project: Project) -> Iterator[str]:
     """Every item's final expert regions (import, hold-out or review) as COCO; an item whose
     answer is "nothing here" is listed without annotations."""
+    # imported here: the review service imports this module (pseudonyms)
+    from labeling.services.review import answer_regions
+
     classes = _class_list(project)
-    classes_by_id = _class_names(project)
     items = Item.objects.filter(project=project, expert_regions__isnull=False)
 
     def annotated():
-        answers = items.order_by("id").values_list("id", "expert_regions_id").iterator(chunk_size=CHUNK_SIZE)
-        batch: list[tuple[int, int]] = []
-        for row in answers:
-            batch.append(row)
-            if len(batch) == CHUNK_SIZE:
-                yield from _answer_shapes(batch, classes_by_id)
-                batch = []
-        yield from _answer_shapes(batch, classes_by_id)
+        rows = items.order_by("id").values_list("id", "expert_regions_id").iterator(chunk_size=CHUNK_SIZE)
+        while chunk := list(islice(rows, CHUNK_SIZE)):
+            regions = answer_regions([answer for _, answer in chunk])
+            for item_id, answer in chunk:
+                yield item_id, wire_regions(regions[answer], classes)
 
     info = {"description": f"{project.name}: final expert regions"}
     return coco_json(classes, _items_info(items), annotated(), info)
-
-
-def _answer_shapes(rows: list[tuple[int, int]], classes_by_id: dict[int, str]) -> Iterator[tuple[int, list[dict]]]:
-    by_answer: dict[int, list[Region]] = {}
-    for region in Region.objects.filter(answer_id__in=[a for _, a in rows]).order_by("id"):
-        by_answer.setdefault(region.answer_id, []).append(region)
-    for item_id, answer_id in rows:
-        yield item_id, region_answer_shapes(by_answer.get(answer_id, []), classes_by_id)
 
 
 def region_votes_coco(project: Project) -> Iterator[str]:
