@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
 
-from labeling.models import Item, Project, Vote
+from labeling.models import REGION_TASK_TYPES, Item, Project, Vote
 
 
 class GoldError(Exception):
@@ -29,10 +29,15 @@ class GoldError(Exception):
         self.message = message
 
 
+def _has_expert_answer(project: Project) -> Q:
+    """An expert's class, or on a region project (points, boxes, masks) their regions."""
+    if project.is_region_task:
+        return Q(expert_regions__isnull=False)
+    return Q(expert_answer__isnull=False)
+
+
 def gold_candidates(project: Project):
-    return Item.objects.filter(
-        project=project, is_holdout=False, expert_answer__isnull=False
-    )
+    return Item.objects.filter(_has_expert_answer(project), project=project, is_holdout=False)
 
 
 @transaction.atomic
@@ -70,9 +75,12 @@ def set_gold(items: Iterable[Item], flag: bool) -> int:
         bad = rows.filter(is_holdout=True).values_list("id", flat=True)
         if bad:
             raise GoldError(f"Hold-out items cannot be gold: {sorted(bad)[:10]}.")
-        bad = rows.filter(expert_answer__isnull=True).values_list("id", flat=True)
+        # A region project's items need the expert's regions (read without locking projects).
+        region = Q(project__task_type__in=REGION_TASK_TYPES)
+        missing = (region & Q(expert_regions__isnull=True)) | (~region & Q(expert_answer__isnull=True))
+        bad = sorted(Item.objects.filter(missing, pk__in=ids).values_list("id", flat=True))
         if bad:
-            raise GoldError(f"Gold items need an expert answer: {sorted(bad)[:10]}.")
+            raise GoldError(f"Gold items need an expert answer: {bad[:10]}.")
     return rows.update(is_gold=flag)
 
 

@@ -27,10 +27,14 @@ def can_create_projects(user) -> bool:
 MAX_CLASSES = 9
 
 
-def validate_class_names(names: Sequence[str]) -> list[str]:
+def validate_class_names(names: Sequence[str], *, minimum: int = 2) -> list[str]:
+    """Class names checked; ``minimum`` 1 for region projects (one kind of object to mark)."""
     cleaned = [str(n).strip() for n in names]
-    if len(cleaned) < 2:
-        raise ValidationError("A project needs at least two label classes.")
+    if len(cleaned) < minimum:
+        raise ValidationError(
+            "A project needs at least two label classes." if minimum == 2
+            else f"A project needs at least {minimum} class."
+        )
     if len(cleaned) > MAX_CLASSES:
         raise ValidationError(f"A project has at most {MAX_CLASSES} label classes (keys 1-9).")
     if any(not n for n in cleaned):
@@ -47,8 +51,8 @@ def validate_class_names(names: Sequence[str]) -> list[str]:
 @transaction.atomic
 def create_project(*, name: str, classes: Sequence[str], created_by=None, **options) -> Project:
     """Create a project with its label classes in order; options are Project fields."""
-    names = validate_class_names(classes)
     project = Project(name=name, created_by=created_by, **options)
+    names = validate_class_names(classes, minimum=1 if project.is_region_task else 2)
     project.full_clean()
     project.save()
     LabelClass.objects.bulk_create(

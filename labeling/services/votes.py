@@ -53,6 +53,7 @@ from labeling.services.assignment import (
     write_transaction,
 )
 from labeling.services.gold import GoldStanding, gold_record, gold_standing
+from labeling.services.review import answer_regions
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,12 @@ def _replay(
     return _result(vote, created=False)
 
 
+def _class_names(project_id: int) -> list[str]:
+    return list(LabelClass.objects.filter(project_id=project_id).order_by("index").values_list("name", flat=True))
+
+
 def _unknown_class(project_id: int, label: str | None) -> InvalidAnswer:
-    names = ", ".join(LabelClass.objects.filter(project_id=project_id).order_by("index").values_list("name", flat=True))
+    names = ", ".join(_class_names(project_id))
     return InvalidAnswer(f"unknown class '{label}'; this project's classes are {names}")
 
 
@@ -188,9 +193,7 @@ def _check_kind_fits(project: Project, kind: str) -> None:
 
 def _parse_regions(project: Project, item: Item, regions: list | None):
     """The answer's shapes checked against the project and the item's image (InvalidAnswer)."""
-    classes = list(
-        LabelClass.objects.filter(project_id=project.pk).order_by("index").values_list("name", flat=True)
-    )
+    classes = _class_names(project.pk)
     try:
         return parse_regions(
             regions, task_type=project.task_type, classes=classes, width=item.width,
@@ -203,13 +206,9 @@ def _parse_regions(project: Project, item: Item, regions: list | None):
 def _region_feedback(item: Item, regions: list | None, correct: bool | None) -> GoldFeedback:
     """What a worker is shown after answering a region gold item: the expert's regions, and
     for a region answer (not unsure/skip) its score against them."""
-    from labeling.services.review import answer_regions
-
     project = item.project
     truth = answer_regions([item.expert_regions_id])[item.expert_regions_id]
-    classes = list(
-        LabelClass.objects.filter(project_id=project.pk).order_by("index").values_list("name", flat=True)
-    )
+    classes = _class_names(project.pk)
     metric = score = None
     if regions is not None:
         metric, score = score_answer(

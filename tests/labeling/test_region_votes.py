@@ -352,3 +352,36 @@ def test_the_schema_documents_regions():
     assert data.is_valid() and data.validated_data["kind"] == "regions"
     assert not VoteRequestSerializer(data={"kind": "regions", "idempotency_key": "k"}).is_valid()
     assert LabelClass.objects.count() == 0
+
+
+def test_gold_is_drawn_from_items_with_expert_regions():
+    from labeling.services.gold import GoldError, draw_gold, set_gold
+
+    project = region_project("points")
+    with_regions = [region_item(project) for _ in range(3)]
+    for item in with_regions:
+        give_expert_regions(item, POINTS_TRUTH, gold=False)
+    bare = region_item(project)
+    assert sorted(draw_gold(project, fraction=1.0)) == sorted(i.pk for i in with_regions)
+    with pytest.raises(GoldError, match=f"Gold items need an expert answer: \\[{bare.pk}\\]"):
+        set_gold([bare], True)
+    assert set_gold(with_regions[:1], False) == 1
+    assert set_gold(with_regions[:1], True) == 1
+
+
+def test_a_late_region_vote_is_taken_while_a_slot_is_free_and_refused_once_full():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    project = region_project(overlap=1, max_overlap=1)
+    region_item(project)
+    late, quick = member(project, "late"), member(project, "quick")
+    lease = next_item(late, project)
+    Assignment.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    other = next_item(quick, project)
+    assert other is not None and other.item_id == lease.item_id  # the expired lease freed the slot
+    submit_vote(quick, other.pk, label=None, kind="regions", regions=[BOX], idempotency_key="q")
+    with pytest.raises(LeaseConflict, match="lease expired and the item already has enough votes"):
+        submit_vote(late, lease.pk, label=None, kind="regions", regions=[BOX], idempotency_key="l")
+    assert Item.objects.get().vote_count == 1 and Vote.objects.count() == 1

@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from labeling.models import LabelClass, Membership, Project
+from labeling.models import REGION_TASK_TYPES, LabelClass, Membership, Project
 from labeling.services.projects import create_project, validate_class_names
 
 
@@ -38,7 +38,13 @@ PROJECT_SETTINGS = [
     "expected_channels",
     "patch_size",
     "patch_stride",
+    "region_match_distance",
+    "region_match_iou",
+    "max_regions",
 ]
+# Region answers are checked shape by shape (a polygon's edges pairwise): a bound on the work
+# one answer can ask for.
+MAX_REGIONS_LIMIT = 5000
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -48,9 +54,10 @@ class ProjectSerializer(serializers.ModelSerializer):
     classes = serializers.ListField(
         child=serializers.CharField(max_length=100),
         write_only=True,
-        min_length=2,
+        min_length=1,
         max_length=9,
-        help_text="Label class names in key order (creation only).",
+        help_text="Label class names in key order (creation only); at least two, or one for "
+        "a region project (points, boxes, masks).",
     )
     role = serializers.SerializerMethodField()
 
@@ -68,8 +75,10 @@ class ProjectSerializer(serializers.ModelSerializer):
         return role_of(request.user, obj) if request else None
 
     def validate_classes(self, value: list[str]) -> list[str]:
+        # One class is enough to mark objects; the count is checked against the task type in
+        # create_project (a class project needs two).
         try:
-            return validate_class_names(value)
+            return validate_class_names(value, minimum=1)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.messages) from exc
 
@@ -88,6 +97,21 @@ class ProjectSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError("At least one vote per item.")
         return value
 
+    def validate_region_match_distance(self, value: float) -> float:
+        if not 0 < value < float("inf"):
+            raise serializers.ValidationError("Must be a distance in pixels above 0.")
+        return value
+
+    def validate_region_match_iou(self, value: float) -> float:
+        if not 0 < value <= 1:
+            raise serializers.ValidationError("Must be above 0 and at most 1.")
+        return value
+
+    def validate_max_regions(self, value: int) -> int:
+        if not 1 <= value <= MAX_REGIONS_LIMIT:
+            raise serializers.ValidationError(f"Must be between 1 and {MAX_REGIONS_LIMIT}.")
+        return value
+
     def validate_expected_channels(self, value: int | None) -> int | None:
         if value not in (None, 1, 3):
             raise serializers.ValidationError("Use 1, 3 or leave empty.")
@@ -98,6 +122,17 @@ class ProjectSerializer(serializers.ModelSerializer):
         max_overlap = attrs.get("max_overlap", getattr(self.instance, "max_overlap", 7))
         if max_overlap < overlap:
             raise serializers.ValidationError({"max_overlap": "Must be at least the overlap k."})
+        task_type = attrs.get("task_type")
+        if self.instance is not None and task_type and task_type != self.instance.task_type:
+            # Votes, gold and consensus of one task type mean nothing under another.
+            if self.instance.items.exists():
+                raise serializers.ValidationError(
+                    {"task_type": "The task type cannot change once the project has items."}
+                )
+        if self.instance is None and task_type not in REGION_TASK_TYPES and len(attrs.get("classes", ())) < 2:
+            raise serializers.ValidationError(
+                {"classes": "A project needs at least two label classes (one is enough to mark regions)."}
+            )
         return attrs
 
     def create(self, validated_data):
