@@ -11,8 +11,7 @@ import pytest
 from django.core.files.base import ContentFile
 from PIL import Image, ImageDraw
 
-from labeling.aggregation.regions.answers import parse_regions
-from labeling.aggregation.regions.shapes import rle_decode
+from labeling.aggregation.regions.answers import parse_regions, rle_decode
 from labeling.models import ExpertLabel, Item, Membership, Project, Vote
 from labeling.services.imports import record_region_answer
 from tests.factories import ItemFactory, MembershipFactory, ProjectFactory, UserFactory
@@ -96,9 +95,15 @@ def region_count(page) -> int:
     return int(page.get_attribute("[data-testid=region-canvas]", "data-count"))
 
 
-def submit_and_wait(page, item: int, button: str = "submit-regions") -> Vote:
-    """Submit, then wait for the vote to be stored and the page to move on."""
-    page.click(f"[data-testid={button}]")
+def submit_and_wait(
+    page, item: int, button: str = "submit-regions", key: str | None = None
+) -> Vote:
+    """Submit (by the button, or the key when given), then wait for the vote to be stored and
+    the page to move on."""
+    if key:
+        page.keyboard.press(key)
+    else:
+        page.click(f"[data-testid={button}]")
     page.wait_for_function(
         "item => { const img = document.querySelector('[data-testid=item-image]');"
         " return Number(img.dataset.item) !== item || !document.querySelector('[data-testid=done]').hidden; }",
@@ -191,6 +196,11 @@ def test_worker_draws_polygons_and_a_brush_mask(
     click(page, 40, 35)
     page.click("[data-testid=region-delete]")
     assert region_count(page) == 2
+    # Select the square and pull one corner out by its vertex handle.
+    click(page, 175, 125)
+    drag(page, (200, 150), (210, 160), steps=4)
+    page.keyboard.press("2")  # the selected square becomes an RBC
+    page.keyboard.press("Escape")  # let go of it: the next class key sets the brush's class only
 
     # Brush class 3 (Platelet) across a stripe, then erase its middle.
     page.keyboard.press("3")
@@ -210,8 +220,8 @@ def test_worker_draws_polygons_and_a_brush_mask(
     polygons = sorted(
         (r for r in vote.regions if r["shape"] == "polygon"), key=lambda r: r["points"][0][0]
     )
-    assert len(polygons) == 2 and {p["label"] for p in polygons} == {0}
-    assert_points_close(polygons[0]["points"], [[150, 100], [200, 100], [200, 150], [150, 150]])
+    assert [p["label"] for p in polygons] == [1, 0]
+    assert_points_close(polygons[0]["points"], [[150, 100], [200, 100], [210, 160], [150, 150]])
     assert_points_close(polygons[1]["points"], [[300, 200], [340, 200], [320, 250]])
     mask = rle_decode(shapes[("mask", 2)]["rle"])
     assert mask.shape == (HEIGHT, WIDTH)
@@ -227,7 +237,7 @@ def test_worker_draws_polygons_and_a_brush_mask(
 def test_points_undo_redo_class_keys_and_nothing_here(
     worker, page, login, live_server, browser_errors
 ):
-    project = region_project(Project.TaskType.POINTS, "Blood cells (points)")
+    project = region_project(Project.TaskType.POINTS, "Blood cells (points)", n_items=3)
     join(project, worker)
     item = open_label_page(page, login, live_server, project)
     click(page, 100, 100)
@@ -260,12 +270,19 @@ def test_points_undo_redo_class_keys_and_nothing_here(
     assert page.is_disabled("[data-testid=submit-regions]")
     vote = submit_and_wait(page, second, button="nothing-here")
     assert vote.kind == Vote.Kind.REGIONS and vote.regions == []
+
+    # The last one is skipped by its key, a mark or not; Ctrl+Enter submits.
+    third = int(page.get_attribute("[data-testid=item-image]", "data-item"))
+    wait_for_pixels(page, third)
+    click(page, 30, 30)
+    vote = submit_and_wait(page, third, key="s")
+    assert vote.kind == Vote.Kind.SKIP and vote.regions is None
     page.wait_for_selector("[data-testid=done]:not([hidden])")
     assert browser_errors == []
 
 
 def test_a_point_by_touch(worker, new_page, login, live_server, browser_errors):
-    project = region_project(Project.TaskType.POINTS, "Blood cells (touch)", n_items=1)
+    project = region_project(Project.TaskType.POINTS, "Blood cells (touch)", n_items=2)
     join(project, worker)
     page = new_page(820, 1180, has_touch=True, is_mobile=True)
     item = open_label_page(page, login, live_server, project)
@@ -274,9 +291,7 @@ def test_a_point_by_touch(worker, new_page, login, live_server, browser_errors):
     page.wait_for_function(
         "() => document.querySelector('[data-testid=region-canvas]').dataset.count === '1'"
     )
-    page.tap("[data-testid=submit-regions]")
-    page.wait_for_selector("[data-testid=done]:not([hidden])")
-    vote = Vote.objects.get(assignment__item_id=item)
+    vote = submit_and_wait(page, item, key="Control+Enter")
     assert [(r["label"], r["shape"]) for r in vote.regions] == [(1, "point")]
     assert_points_close(vote.regions[0]["points"], [[180, 130]])
     assert browser_errors == []
@@ -335,3 +350,55 @@ def test_gold_feedback_shows_the_score_and_the_experts_regions(
     drag(page, (250, 200), (300, 240))
     assert region_count(page) == 1
     assert browser_errors == []
+
+
+def test_a_worker_failing_region_gold_is_warned_then_blocked(
+    worker, page, login, live_server, artifacts_dir, browser_errors
+):
+    project = region_project(Project.TaskType.BOXES, "Blood cells (blocked)", n_items=4)
+    project.gold_rate = 1.0
+    project.gold_min_answers = 3
+    project.gold_accuracy_threshold = 0.5
+    project.save()
+    expert = [{"label": "WBC", "shape": "box", "points": [[150, 100], [200, 150]]}]
+    for gold in project.items.all():
+        shapes = parse_regions(
+            expert, task_type="boxes", classes=CLASSES, width=WIDTH, height=HEIGHT, max_regions=10
+        )
+        record_region_answer(gold, shapes, source=ExpertLabel.Source.IMPORT)
+    project.items.update(is_gold=True)
+    join(project, worker)
+
+    def next_item(shown: int) -> int:
+        page.click("[data-testid=next-item]")
+        page.wait_for_function(
+            "item => Number(document.querySelector('[data-testid=item-image]').dataset.item) !== item",
+            arg=shown,
+        )
+        wait_for_pixels(page)
+        return int(page.get_attribute("[data-testid=item-image]", "data-item"))
+
+    shown = open_label_page(page, login, live_server, project)
+    standing = page.locator("[data-testid=standing]")
+    for n in (1, 2):
+        page.click("[data-testid=nothing-here]")  # the expert boxed a cell: F1 0, a miss
+        page.wait_for_selector("[data-testid=next-item]:not([hidden])")
+        assert "your F1 is 0.00" in page.inner_text("[data-testid=feedback]")
+        if n == 1:
+            assert standing.is_hidden()  # one miss alone is no warning
+            shown = next_item(shown)
+    standing.wait_for(state="visible")
+    assert "gold accuracy is 0% over 2 gold questions" in standing.inner_text()
+    shown = next_item(shown)
+    assert standing.is_visible()  # it stays while it holds
+    drag(page, (20, 20), (60, 60), steps=4)  # a wrong box: F1 0 again, and the block
+    page.click("[data-testid=submit-regions]")
+    blocked = page.locator("[data-testid=blocked]")
+    blocked.wait_for(state="visible")
+    assert blocked.inner_text().startswith("You are blocked from this project")
+    assert page.is_hidden("[data-testid=item-image]") and region_count(page) == 0
+    assert page.is_disabled("[data-testid=submit-regions]")
+    assert page.is_disabled("[data-testid=nothing-here]")
+    assert Membership.objects.get(project=project, user=worker).is_blocked
+    page.screenshot(path=str(artifacts_dir / "region-label-blocked.png"))
+    assert all("403" in e or "Forbidden" in e for e in browser_errors)

@@ -930,10 +930,16 @@ export class RegionCanvas {
         case "select":
           this.#startSelect(p, sx, sy);
           break;
-        case "point":
-          if (!inside || !this.#room()) break;
+        case "point": {
+          // A double click (or a double tap) marks one point, not two on the same spot.
+          const twice = this.items.some(
+            (it) => it.shape === "point" && it.label === this.classIndex &&
+              Math.hypot(it.points[0][0] - p[0], it.points[0][1] - p[1]) * this.viewer.scale < 3,
+          );
+          if (!inside || twice || !this.#room()) break;
           this.#add({ label: this.classIndex, shape: "point", points: [p] });
           break;
+        }
         case "box":
           if (inside) this.gesture = { type: "new-box", start: p, end: p };
           break;
