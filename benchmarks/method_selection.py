@@ -7,7 +7,8 @@ Usage::
     .venv/bin/python benchmarks/method_selection.py --datasets face_sentiment --candidates majority_vote,dawid_skene
 
 Per dataset: the method ``auto`` picks without any truth (held-out votes, see
-``labeling.aggregation.selection``), its scores, the accuracy of its labels on the tasks with a
+``labeling.aggregation.selection``; Dawid-Skene unless a method leads it beyond the noise), its
+scores with each one's paired z against Dawid-Skene, the accuracy of its labels on the tasks with a
 ground truth, the time the whole selection took, and every crowd-kit method's accuracy from the
 same run with the best of them. The truth is read only to score the result.
 """
@@ -44,16 +45,15 @@ PEER_METHODS = ["MV", "DS", "OneCoin", "GLAD", "MACE"]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument(
-        "--candidates", default="majority_vote,dawid_skene,one_coin,glad,mace"
-    )
+    parser.add_argument("--candidates", default="majority_vote,dawid_skene,one_coin,glad,mace")
     parser.add_argument("--skip-slow-peers", action="store_true")
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args(argv)
     warm_up()
     lines = [
         "| dataset | votes | auto's pick | auto acc | best crowd-kit (same run) | crowd-kit MV / DS / "
-        "OneCoin / GLAD / MACE | auto time (s) | held-out log-lik per vote (power, ambiguity weight) |",
+        "OneCoin / GLAD / MACE | auto time (s) | held-out log-lik per vote (power, ambiguity weight, "
+        "z of the lead over dawid_skene) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in args.datasets.split(","):
@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         numeric = {m: a for m, a in peers.items() if isinstance(a, float)}
         best = max(numeric, key=numeric.get) if numeric else None
         scores = ", ".join(
-            f"{m} {s.log_likelihood:.4f} ({s.power}, {s.mix})" if s.error is None else f"{m} error"
+            f"{m} {s.log_likelihood:.4f} ({s.power}, {s.mix}"
+            + ("" if s.z is None else f", z {s.z:+.2f}")
+            + ")"
+            if s.error is None
+            else f"{m} error"
             for m, s in chosen.scores.items()
         )
         lines.append(
