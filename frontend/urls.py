@@ -12,6 +12,7 @@ urlpatterns = [
     path("projects/new/", projects.project_create, name="project-create"),
     path("projects/<int:project_id>/train/", training.train, name="training-page"),
     path("runs/<int:run_id>/", training.run_page, name="training-run-page"),
+    path("runs/<int:run_id>/regions/<str:name>.png", training.region_picture, name="training-run-region-picture"),
     path("projects/<int:project_id>/import/", import_page, name="import"),
     path("label/<int:project_id>/", labeling_pages.label, name="label"),
     # Expert review, blind hold-out and the admin dashboard (issue 6).

@@ -32,7 +32,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.models import Item, Project, Region
 from labeling.services.aggregation import PUBLISH_RETRY_POLICY
-from training import devices, leases, selectors
+from training import devices, leases, region_runs, selectors
 from training.datasets import (
     MIL_LABELS,
     NoLabelledItems,
@@ -74,6 +74,9 @@ PARAM_FIELDS = {
     "class_balance": "class_balance",
     "class_balance_threshold": "class_balance_threshold",
     "lead_metric": "lead_metric",
+    # region runs (training.region_runs): Dice's weight beside BCE, the detection peak threshold
+    "dice_weight": "dice_weight",
+    "peak_threshold": "peak_threshold",
 }
 MIL_PARAMS = ("mil_labels", "patch_size", "patch_stride", "patch_input_size", "attention_dim")
 PARAM_TYPES = {"schedule": str, "mil_labels": str, "amp": bool, "num_workers": int} | {
@@ -135,6 +138,7 @@ def check_launch_settings(project: Project, values: dict[str, Any]) -> None:
         raise LaunchError("params", "class_balance_threshold must be at least 1")
     if params.get("lead_metric", selectors.DEFAULT_LEAD_METRIC) not in selectors.LEAD_METRICS:
         raise LaunchError("params", f"lead_metric must be one of {list(selectors.LEAD_METRICS)}")
+    region_runs.check_launch(project, values)
     if source == TrainingRun.LabelSource.MIL:
         _check_mil_params(project, params)
     elif set(params) & set(MIL_PARAMS):
@@ -167,7 +171,11 @@ def launch_run(project: Project, user, **values: Any) -> TrainingRun:
         }
     # counted now (three count queries), so the run shows them from the start; the worker
     # builds the data itself and records what it actually trained on
-    counts = selectors.run_item_counts(project, values.get("label_source"), values.get("params"))
+    counts = (
+        region_runs.run_item_counts(project, values.get("label_source"))
+        if project.is_region_task
+        else selectors.run_item_counts(project, values.get("label_source"), values.get("params"))
+    )
     with transaction.atomic():
         run = TrainingRun.objects.create(project=project, created_by=user, **values, **counts)
         _dispatch(run)
@@ -528,6 +536,8 @@ def _store_epoch(run_id: int, record) -> None:
 
 
 def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> None:
+    if run.project.is_region_task:
+        return region_runs.train_and_report(run, lease)
     from training.engine import train, train_mil
 
     data = build_training_data(run)

@@ -4,7 +4,7 @@ progress and report (``/runs/<id>/``). Experts read both; only admins launch, ca
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from rest_framework.fields import empty
@@ -12,7 +12,7 @@ from rest_framework.fields import empty
 from frontend.access import project_role_required
 from labeling.models import Membership, Project
 from labeling.selectors import has_role
-from training import devices, selectors, services
+from training import devices, region_runs, selectors, services
 from training.api.serializers import CLASS_BALANCE_CHOICES, PARAM_CHOICES, LaunchRunSerializer
 from training.models import Prediction, TrainingRun
 
@@ -25,7 +25,8 @@ LAUNCH_FIELDS = ("label_source", "backbone", "weights", "weights_path", "image_s
 def train(request: HttpRequest, project: Project) -> HttpResponse:
     is_admin = has_role(request.user, project, Role.ADMIN)
     device = devices.training_device()
-    values = {"label_source": "dawid_skene", **_defaults(), **devices.launch_defaults(device)}
+    default_source = "consensus" if project.is_region_task else "dawid_skene"
+    values = {"label_source": default_source, **_defaults(), **devices.launch_defaults(device)}
     errors: dict = {}
     if request.method == "POST":
         if not is_admin:
@@ -40,7 +41,9 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
             run = services.launch_run(project, request.user, **launch.validated_data)
             return redirect("training-run-page", run_id=run.pk)
         errors = launch.errors
-    counts = selectors.item_counts(project)
+    counts = (
+        region_runs.region_counts(project) if project.is_region_task else selectors.item_counts(project)
+    )
     return render(
         request,
         "frontend/train.html",
@@ -49,11 +52,7 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
             "is_admin": is_admin,
             "values": values,
             "errors": errors,
-            "label_sources": [
-                (value, label)
-                for value, label in TrainingRun.LabelSource.choices
-                if value != TrainingRun.LabelSource.MIL or project.task_type == Project.TaskType.BAG
-            ],
+            "label_sources": _label_sources(project),
             "weights_choices": TrainingRun.Weights.choices,
             "class_balance_choices": CLASS_BALANCE_CHOICES,
             "lead_metric_choices": list(selectors.LEAD_METRICS.items()),
@@ -73,6 +72,19 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
         },
         status=400 if errors else 200,
     )
+
+
+def _label_sources(project: Project) -> list[tuple[str, str]]:
+    """The sources a run of this project can train on (regions: consensus or expert regions)."""
+    Source = TrainingRun.LabelSource
+    if project.is_region_task:
+        return [(v, label) for v, label in Source.choices if v in region_runs.REGION_SOURCES]
+    return [
+        (value, label)
+        for value, label in Source.choices
+        if value != Source.CONSENSUS
+        and (value != Source.MIL or project.task_type == Project.TaskType.BAG)
+    ]
 
 
 def _with_flags(runs) -> list[TrainingRun]:
@@ -118,6 +130,7 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
     evaluation = selectors.evaluation_of(run)
     summary = selectors.report_summary(run, evaluation) if evaluation else None
     extra = evaluation.extra if evaluation else {}
+    regions = _region_report(run, extra.get("regions"))
     return render(
         request,
         "frontend/run.html",
@@ -132,10 +145,11 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             "per_class": summary["classes"] if summary else [],
             "class_names": [c["name"] for c in summary["classes"]] if summary else [],
             "comparison": selectors.comparison_rows(project),
-            "reliability": selectors.reliability_rows(run),
+            "reliability": [] if regions else selectors.reliability_rows(run),
             "interruptions": selectors.interruption_rows(run),
             "api_url": reverse("training-run-detail", args=[run.pk]),
             "localisation": extra.get("localisation"),
+            "regions": regions,
             "heatmaps": _heatmaps(run, extra.get("mil", {}).get("gallery", [])),
             "plots": {
                 name: reverse("training-run-plot", args=[run.pk, name])
@@ -144,6 +158,33 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             },
         },
     )
+
+
+def _region_report(run: TrainingRun, regions: dict | None) -> dict | None:
+    """A region run's report: its scores, pictures and the annotators' estimated rates."""
+    if not regions:
+        return None
+    picture = lambda name: reverse("training-run-region-picture", args=[run.pk, name])  # noqa: E731
+    return {
+        **regions,
+        "per_class": [{"name": name, **scores} for name, scores in run.evaluation.per_class.items()],
+        "pictures": [{"item_id": i, "url": picture(str(i))} for i in regions.get("gallery", [])],
+        "reliability_url": picture("reliability") if regions.get("reliability_plot") else None,
+        "reliability": region_runs.reliability_rows(run),
+    }
+
+
+def region_picture(request: HttpRequest, run_id: int, name: str) -> HttpResponse:
+    run = get_object_or_404(TrainingRun, pk=run_id)
+    return _region_picture(request, run.project_id, run=run, name=name)
+
+
+@project_role_required(Role.EXPERT)
+def _region_picture(request: HttpRequest, project: Project, run: TrainingRun, name: str):
+    path = region_runs.picture_file(run, name)
+    if path is None:
+        raise Http404("This run has no such picture.")
+    return FileResponse(path.open("rb"), content_type="image/png")
 
 
 def _heatmaps(run: TrainingRun, item_ids: list[int]) -> list[dict]:
