@@ -33,6 +33,7 @@ def import_page(request: HttpRequest, project: Project) -> HttpResponse:
             check_upload_sizes([*files, *([labels] if labels else []), *([coco] if coco else [])])
             batch = import_files(project, files, user=request.user,
                                  source=ImportBatch.Source.UPLOAD, labels=labels, coco=coco,
+                                 coco_as=request.POST.get("coco_as") or "expert",
                                  stack=bool(request.POST.get("stack")))
         except ImportRefused as exc:
             return _render(request, project, error=str(exc), status=exc.status_code)

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import logging
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from labeling.aggregation.regions.answers import (
     RegionAnswerError,
@@ -47,14 +51,20 @@ from labeling.imports.frames import stack_frames, stack_series
 from labeling.imports.labels import LabelFileError, match_class, parse_label_csv, resolve_labels
 from labeling.imports.rendering import encode_image, encode_npy, encode_thumbnail
 from labeling.models import (
+    Assignment,
     ExpertLabel,
     ImportBatch,
     Item,
     LabelClass,
+    Membership,
     Project,
     Region,
     RegionAnswer,
+    Vote,
 )
+from labeling.services.assignment import CrowdError
+from labeling.services.projects import set_membership
+from labeling.services.votes import submit_vote
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +137,16 @@ def _read_input(value: bytes | str | Path | Any, what: str) -> bytes:
 
 
 COCO_REFUSED = "COCO import refused, nothing was imported."
+COCO_EXPERT, COCO_VOTES = "expert", "votes"
+"""What a COCO file's regions become: the items' expert answers, or crowd votes of its annotators."""
 
 
-def load_coco(coco: CocoInput, project: Project) -> CocoDataset:
+def load_coco(coco: CocoInput, project: Project, coco_as: str = COCO_EXPERT) -> CocoDataset:
     """The COCO file read for ``project``'s task type and checked against its classes and
-    region limit, or ImportRefused naming what is wrong."""
+    region limit (and, for crowd votes, naming every annotation's annotator), or ImportRefused
+    naming what is wrong."""
+    if coco_as not in (COCO_EXPERT, COCO_VOTES):
+        raise ImportRefused(f"{COCO_REFUSED} coco_as must be '{COCO_EXPERT}' or '{COCO_VOTES}', not '{coco_as}'.")
     if not project.is_region_task:
         raise ImportRefused(
             f"{COCO_REFUSED} COCO regions need a points, boxes or masks project; "
@@ -152,6 +167,11 @@ def load_coco(coco: CocoInput, project: Project) -> CocoDataset:
                     f"this project allows at most {project.max_regions} per answer."
                 )
         for shape in image.shapes:
+            if coco_as == COCO_VOTES and shape.annotator is None:
+                raise ImportRefused(
+                    f"{COCO_REFUSED} annotation {shape.annotation_id!r} on '{image.file_name}' "
+                    "names no annotator; crowd votes need an 'annotator' on every annotation."
+                )
             name = match_class(shape.shape["label"], class_names)
             if name is None:
                 raise ImportRefused(
@@ -173,7 +193,9 @@ def load_coco(coco: CocoInput, project: Project) -> CocoDataset:
     return dataset
 
 
-def _coco_among(files: list[SourceFile], project: Project) -> tuple[list[SourceFile], CocoDataset | None]:
+def _coco_among(
+    files: list[SourceFile], project: Project, coco_as: str
+) -> tuple[list[SourceFile], CocoDataset | None]:
     """A region project's upload may carry its COCO file beside the images (or in the zip)."""
     found = [f for f in files if f.name.lower().endswith(".json") and not f.error]
     if not found:
@@ -181,11 +203,12 @@ def _coco_among(files: list[SourceFile], project: Project) -> tuple[list[SourceF
     if len(found) > 1:
         names = ", ".join(f"'{f.name}'" for f in found)
         raise ImportRefused(f"{COCO_REFUSED} The upload holds {len(found)} JSON files ({names}); send one COCO file.")
-    return [f for f in files if f is not found[0]], load_coco(found[0].read(), project)
+    return [f for f in files if f is not found[0]], load_coco(found[0].read(), project, coco_as)
 
 
 def _import_with_coco(
-    run: _Run, files: list[SourceFile], coco: CocoDataset, progress: ProgressCallback | None
+    run: _Run, files: list[SourceFile], coco: CocoDataset, coco_as: str,
+    progress: ProgressCallback | None,
 ) -> ImportBatch:
     """Store the images and their COCO regions in one transaction: a file that fails, a COCO
     image without its file, a size that differs or a shape the project refuses rolls every
@@ -210,7 +233,8 @@ def _import_with_coco(
                     f"{COCO_REFUSED} '{failed[0]['name']}': {failed[0]['message']}{more}"
                 )
             items = _coco_items(run, coco)
-            run.batch.n_labels = _record_coco_answers(run, coco, items)
+            record = _record_coco_votes if coco_as == COCO_VOTES else _record_coco_answers
+            run.batch.n_labels = record(run, coco, items)
             batch = _finish(run)
             if batch.pk is None:
                 raise ImportRefused(f"{COCO_REFUSED} There was no image to import.")
@@ -277,6 +301,54 @@ def _record_coco_answers(run: _Run, coco: CocoDataset, items: dict[int, Item]) -
         record_region_answer(item, shapes, source=ExpertLabel.Source.IMPORT)
         recorded += 1
     return recorded
+
+
+def _record_coco_votes(run: _Run, coco: CocoDataset, items: dict[int, Item]) -> int:
+    """Each annotator's shapes on each image as their crowd vote, through the vote service on a
+    lease made for it (counts, tallies, gold scoring and the aggregation trigger as for any
+    vote); an annotator the image lists without annotations answered "nothing here". The
+    annotators become pseudonymous crowd members; a vote already there is kept."""
+    project = run.project
+    recorded = 0
+    workers: dict[str, Any] = {}
+    for index, item in items.items():
+        image = coco.images[index]
+        for annotator, shapes in image.regions_by_annotator().items():
+            worker = workers.get(annotator)
+            if worker is None:
+                worker = workers[annotator] = _imported_annotator(project, annotator)
+            if Vote.objects.filter(item=item, worker=worker).exists():
+                continue
+            lease = Assignment.objects.create(
+                project=project, item=item, worker=worker,
+                expires_at=timezone.now() + timedelta(minutes=project.lease_minutes),
+            )
+            try:
+                submit_vote(worker, lease.pk, label=None, kind=Vote.Kind.REGIONS, regions=shapes,
+                            idempotency_key=f"coco-import-{lease.pk}", source=Vote.Source.API)
+            except CrowdError as exc:
+                raise ImportRefused(
+                    f"{COCO_REFUSED} The vote of annotator '{annotator}' on '{image.file_name}' "
+                    f"was refused: {exc}"
+                ) from exc
+            recorded += 1
+    return recorded
+
+
+def _imported_annotator(project: Project, annotator: str):
+    """The crowd member standing for a COCO file's annotator: named by a keyed hash of the name
+    (stable across imports into the project, the name itself not stored)."""
+    digest = hmac.new(
+        settings.SECRET_KEY.encode(), f"quorum-coco-annotator:{project.pk}:{annotator}".encode(),
+        hashlib.sha256,
+    ).hexdigest()[:12]
+    user, created = get_user_model().objects.get_or_create(username=f"coco-{project.pk}-{digest}")
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    if not Membership.objects.filter(project=project, user=user).exists():
+        set_membership(project=project, user=user, role=Membership.Role.CROWD)
+    return user
 
 
 def record_region_answer(
@@ -349,6 +421,7 @@ def import_files(
     progress: ProgressCallback | None = None,
     stack: bool = False,
     coco: CocoInput | None = None,
+    coco_as: str = COCO_EXPERT,
 ) -> ImportBatch:
     """Import files into ``project`` and return the batch with its per-file report.
 
@@ -365,16 +438,18 @@ def import_files(
     unsaved (``pk`` is None, see :func:`is_refused`) with its report, and nothing was written.
 
     Region projects: ``coco`` (see :data:`CocoInput`), or the one ``.json`` file among the
-    sources, is a COCO file of expert regions for the images; then the import is all or
-    nothing (see :func:`_import_with_coco`) and ``n_labels`` counts the region answers recorded.
+    sources, is a COCO file of regions for the images: the items' expert answers, or with
+    ``coco_as="votes"`` the crowd votes of its annotators (see :func:`_record_coco_votes`).
+    Then the import is all or nothing (see :func:`_import_with_coco`) and ``n_labels`` counts
+    the region answers (expert answers or votes) recorded.
     """
     label_map = load_labels(labels, project)
-    coco_data = load_coco(coco, project) if coco is not None else None
+    coco_data = load_coco(coco, project, coco_as) if coco is not None else None
     max_bytes = max_upload_bytes()
     with contextlib.ExitStack() as archives:
         files, early_failures = _expand(sources, archives, max_bytes)
         if coco_data is None and project.is_region_task:
-            files, coco_data = _coco_among(files, project)
+            files, coco_data = _coco_among(files, project, coco_as)
         # Saved with the first item it holds (see _store), so a refused import writes no row.
         batch = ImportBatch(project=project, source=source, created_by=user)
         run = _Run(
@@ -391,7 +466,7 @@ def import_files(
         run.labels_by_basename = _by_basename(label_map)
         run.report.extend(early_failures)
         if coco_data is not None:
-            return _import_with_coco(run, files, coco_data, progress)
+            return _import_with_coco(run, files, coco_data, coco_as, progress)
         total = len(files)
         for done, source_file in enumerate(files, start=1):
             line = _import_one(run, source_file)

@@ -389,6 +389,10 @@ def test_api_imports_coco_and_answers_400_naming_the_fault(region_project, admin
     assert "polygon 0 has 2 vertices" in response.json()["detail"]
     assert_nothing_stored(settings)
     upload = {"files": [SimpleUploadedFile("set.zip", images_zip())],
+              "coco": SimpleUploadedFile("coco.json", json.dumps(coco_file()).encode()), "coco_as": "crowd"}
+    response = admin_client.post(url(region_project), upload, format="multipart")
+    assert response.status_code == 400 and "coco_as" in response.json()
+    upload = {"files": [SimpleUploadedFile("set.zip", images_zip())],
               "coco": SimpleUploadedFile("coco.json", json.dumps(coco_file()).encode())}
     response = admin_client.post(url(region_project), upload, format="multipart")
     assert response.status_code == 201, response.json()

@@ -184,3 +184,42 @@ def test_region_exports_are_for_admins_only(project, name, expert_client, crowd_
     assert expert_client.get(path).status_code == 403
     assert crowd_client.get(path).status_code == 403
     assert anon_client.get(path).status_code == 401
+
+
+def test_exported_votes_import_back_as_crowd_votes(scene, admin_client, other_project, settings):
+    """votes.coco.json into another project with coco_as='votes': every counted vote comes back,
+    "nothing here" included, under a pseudonymous crowd member, through the vote service."""
+    from labeling.services.imports import ImportRefused, _imported_annotator
+    from tests.labeling.test_imports import make_zip
+
+    project = scene["project"]
+    text = body(admin_client.get(url(project, "votes.coco.json")))
+    doc = json.loads(text)
+    images = {img["file_name"]: Item.objects.get(pk=img["id"]) for img in doc["images"]}
+    archive = make_zip({name: item.image.open("rb").read() for name, item in images.items()})
+    target = as_region_project(other_project)
+    no_annotator = json.loads(text)
+    del no_annotator["annotations"][0]["annotator"]
+    with pytest.raises(ImportRefused, match="names no annotator"):
+        import_files(target, [("votes.zip", archive)], coco=json.dumps(no_annotator).encode(), coco_as="votes")
+    assert not Item.objects.filter(project=target).exists()
+    assert not Membership.objects.filter(project=target, user__username__startswith="coco-").exists()
+
+    batch = import_files(target, [("votes.zip", archive)], coco=text, coco_as="votes")
+    assert batch.n_imported == 2 and batch.n_labels == 3
+    imported = Vote.objects.filter(project=target)
+    assert imported.count() == 3 and set(imported.values_list("kind", "source")) == {("regions", "api")}
+    assert not imported.filter(assignment__isnull=True).exists()
+    for (w, item), regions in scene["votes"].items():
+        if w == 2:
+            continue
+        pseudonym = worker_pseudonym(project.id, scene["workers"][w].pk)
+        worker = _imported_annotator(target, pseudonym)
+        assert worker.username.startswith(f"coco-{target.pk}-") and pseudonym not in worker.username
+        name = next(n for n, i in images.items() if i.pk == item.pk)
+        vote = imported.get(worker=worker, item__source_name=f"votes.zip/{name}")
+        assert vote.regions == regions
+    assert set(Item.objects.filter(project=target).values_list("vote_count", flat=True)) == {1, 2}
+    # a second import of the same file adds nothing
+    again = import_files(target, [("votes.zip", archive)], coco=text, coco_as="votes")
+    assert again.n_duplicates == 2 and again.n_labels == 0 and Vote.objects.filter(project=target).count() == 3

@@ -47,6 +47,13 @@ class ImportUploadSerializer(serializers.Serializer):
         "polygons, RLE masks); it may also travel as the one .json file in the upload. The "
         "import is then all or nothing.",
     )
+    coco_as = serializers.ChoiceField(
+        choices=["expert", "votes"],
+        default="expert",
+        help_text="What the COCO regions become: the items' expert answers, or the crowd votes "
+        "of the annotators the file names (each annotation's 'annotator'; each image's "
+        "'annotators' lists who answered it, so an empty answer is kept).",
+    )
     stack = serializers.BooleanField(
         required=False,
         default=False,

@@ -79,6 +79,7 @@ class ImportBatchViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             check_upload_sizes([*files, *([labels] if labels else []), *([coco] if coco else [])])
             batch = import_files(self.get_project(), files, user=request.user,
                                  source=ImportBatch.Source.API, labels=labels, coco=coco,
+                                 coco_as=upload.validated_data["coco_as"],
                                  stack=upload.validated_data["stack"])
         except ImportRefused as exc:
             return Response({"detail": str(exc)}, status=exc.status_code)

@@ -23,6 +23,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--coco", help="Region projects: COCO JSON of the images' expert regions (all or nothing)."
         )
+        parser.add_argument(
+            "--coco-as", choices=["expert", "votes"], default="expert",
+            help="The COCO regions are expert answers (default) or its annotators' crowd votes.",
+        )
         parser.add_argument("--seed", type=int, default=None, help="Seed of the hold-out draw.")
         parser.add_argument(
             "--stack", action="store_true",
@@ -53,6 +57,7 @@ class Command(BaseCommand):
             try:
                 batch = import_path(
                     project, path, source=ImportBatch.Source.COMMAND, labels=labels, coco=coco,
+                    coco_as=options["coco_as"],
                     seed=options["seed"], progress=progress, stack=options["stack"],
                 )
             except ImportRefused as exc:
