@@ -16,6 +16,7 @@ from frontend.access import project_role_required
 from labeling import charts, reports
 from labeling.models import Membership, Project
 from labeling.services import gold, review, votes
+from labeling.services.region_aggregation import region_run_summary
 
 
 @project_role_required(Membership.Role.ADMIN)
@@ -38,6 +39,7 @@ def dashboard(request: HttpRequest, project: Project) -> HttpResponse:
             "data": data,
             "classes": classes,
             "charts": {k: mark_safe(v) for k, v in svg.items()},
+            "region_run": region_run_summary(project) if project.is_region_task else None,
         },
     )
 

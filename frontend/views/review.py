@@ -1,4 +1,4 @@
-"""Expert pages: the adjudication queue and the blind hold-out.
+"""Expert pages: the adjudication queue (classes or regions) and the blind hold-out.
 
 The review page is static; review.js drives it through the review API. The hold-out page is
 rendered here and answers by form post, so nothing beyond the image and the classes ever
@@ -22,15 +22,20 @@ from labeling.services import review
 @ensure_csrf_cookie
 @project_role_required(Membership.Role.EXPERT)
 def review_page(request: HttpRequest, project: Project) -> HttpResponse:
-    return render(
-        request,
-        "frontend/review.html",
-        {
-            "project": project,
-            "classes": project.label_classes.all(),
-            "queue_size": review.review_queue(project).count(),
-        },
-    )
+    """Region projects get the drawing canvas, each annotator's regions and the consensus."""
+    classes = list(project.label_classes.all())
+    context = {
+        "project": project,
+        "classes": classes,
+        "queue_size": review.review_queue(project).count(),
+    }
+    if project.is_region_task:
+        context["region_config"] = {
+            "task_type": project.task_type,
+            "classes": [c.name for c in classes],
+            "max_regions": project.max_regions,
+        }
+    return render(request, "frontend/review.html", context)
 
 
 @require_http_methods(["GET", "POST"])

@@ -455,7 +455,7 @@ def region_review_evidence(item: Item) -> dict:
     """What an expert sees beside a region item: each crowd annotator's regions (pseudonymised)
     with their reliability and the default method's consensus. A hold-out item is answered
     blind: neither is given, nor another expert's regions."""
-    from labeling.services.aggregation import latest_run
+    from labeling.services.region_aggregation import review_run
 
     project = item.project
     classes = list(project.label_classes.all())
@@ -473,10 +473,7 @@ def region_review_evidence(item: Item) -> dict:
     }
     if item.is_holdout:
         return evidence
-    # the default method's run, else the newest region run of any method
-    run = latest_run(project) or project.aggregation_runs.filter(
-        status=AggregationRun.Status.SUCCEEDED
-    ).order_by("-created_at", "-id").first()
+    run = review_run(project)
     votes = list(
         Vote.objects.filter(item=item, kind=Vote.Kind.REGIONS, is_excluded=False).order_by("id")
     )

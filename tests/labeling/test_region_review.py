@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 
 from labeling.exports import worker_pseudonym
 from labeling.models import (
@@ -175,3 +176,24 @@ def test_crowd_and_other_projects_experts_cannot_use_the_review_api(scene):
         assert client.post(f"/api/review/items/{item.pk}/regions/", answer, format="json").status_code == code
     assert not RegionAnswer.objects.filter(item=item).exists()
     assert Item.objects.get(pk=item.pk).expert_regions_id is None
+
+
+def test_dashboard_summarises_the_latest_region_run(scene):
+    project, run = scene["project"], scene["run"]
+    admin = UserFactory(username="region-admin")
+    MembershipFactory(project=project, user=admin, role=Membership.Role.ADMIN)
+    client = Client()
+    client.force_login(admin)
+    page = client.get(f"/projects/{project.pk}/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    summary = html[html.index('data-testid="region-run"') : html.index('data-testid="methods"')]
+    assert 'data-testid="region-method">box_consensus<' in summary
+    assert f'data-testid="region-items">{run.n_items}<' in summary
+    assert f'{run.selection["mean_agreement"]:.3f}' in summary
+    assert "hold-out F1" in summary and "no hold-out item with expert regions yet" in summary
+    for user in scene["crowd"]:
+        row = summary[summary.index(f'data-testid="region-annotator-{user.username}"') :]
+        detail = run.reliabilities.get(worker=user).detail
+        assert f'{detail["sensitivity"]:.2f}' in row.split("</tr>")[0]
+        assert f'{detail["precision"]:.2f}' in row.split("</tr>")[0]

@@ -1,6 +1,9 @@
 // Expert pages. Review: walk the adjudication queue with the keyboard, the evidence beside the
 // image. Hold-out: the same viewer and class keys, answered by form post, nothing else shown.
+// Region projects: each crowd annotator's regions and the consensus as toggleable overlays of
+// the drawing canvas (regions.js); the expert accepts the consensus, edits it or redraws.
 
+import { RegionCanvas } from "./regions.js";
 import { Viewer } from "./viewer.js";
 
 const reviewApp = document.querySelector("[data-testid=review-app]");
@@ -11,8 +14,32 @@ function typing(event) {
   return t instanceof HTMLTextAreaElement || (t instanceof HTMLInputElement && t.type === "text");
 }
 
+const regionConfig = document.getElementById("region-config");
+
 if (holdoutApp) startHoldout(holdoutApp);
-if (reviewApp) startReview(reviewApp);
+if (reviewApp && regionConfig) startRegionReview(reviewApp, JSON.parse(regionConfig.textContent));
+else if (reviewApp) startReview(reviewApp);
+
+// The next item not answered yet after ``index`` (wrapping round), or -1 when all are.
+function nextOpen(queue, index) {
+  const after = queue.findIndex((q, j) => j > index && !q.done);
+  return after !== -1 ? after : queue.findIndex((q) => !q.done);
+}
+
+async function callJson(url, csrf, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET") headers["X-CSRFToken"] = csrf;
+  const response = await fetch(url, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.detail || JSON.stringify(data));
+  return data;
+}
 
 function startHoldout(app) {
   const img = app.querySelector("[data-testid=item-image]");
@@ -129,20 +156,7 @@ function startReview(app) {
     $("status").className = `status ${kind}`;
   };
 
-  async function call(url, { method = "GET", body } = {}) {
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (method !== "GET") headers["X-CSRFToken"] = csrf;
-    const response = await fetch(url, {
-      method,
-      headers,
-      credentials: "same-origin",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(data.detail || JSON.stringify(data));
-    return data;
-  }
+  const call = (url, options) => callJson(url, csrf, options);
 
   function pick(label) {
     picked = label;
@@ -249,17 +263,16 @@ function startReview(app) {
       Object.assign(entry, { done: true, label: picked, note: note.value });
       say(`Item ${entry.id}: ${picked}`, "ok");
       note.blur();
-      const after = queue.findIndex((q, j) => j > index && !q.done);
-      const anyLeft = queue.findIndex((q) => !q.done);
+      const following = nextOpen(queue, index);
       busy = false;
-      if (anyLeft === -1) {
+      if (following === -1) {
         renderPosition();
         pick(entry.label);
         say(`All ${queue.length} items reviewed.`, "ok");
         app.dataset.finished = "true";
         return;
       }
-      await show(after === -1 ? anyLeft : after);
+      await show(following);
     } catch (err) {
       say(err.message, "bad");
     } finally {
@@ -309,6 +322,234 @@ function startReview(app) {
     .then((page) => {
       queue = page.results.map((r) => ({ id: r.id, done: false }));
       app.dataset.ready = "true";
+      return show(0);
+    })
+    .catch((err) => say(err.message, "bad"));
+}
+
+// --- region items ------------------------------------------------------------------------
+
+function startRegionReview(app, config) {
+  const $ = (id) => app.querySelector(`[data-testid=${id}]`);
+  const csrf = app.dataset.csrf;
+  const call = (url, options) => callJson(url, csrf, options);
+  const itemUrl = (id) => app.dataset.itemUrl.replace("/0/", `/${id}/`);
+  const regionsUrl = (id) => app.dataset.regionsUrl.replace("/0/", `/${id}/`);
+  const img = $("item-image");
+  const viewer = new Viewer($("stage"), img);
+  const canvas = new RegionCanvas(viewer, {
+    classes: config.classes,
+    taskType: config.task_type,
+    maxRegions: config.max_regions,
+    readOnly: true,
+    onChange: () => syncButtons(),
+    onMessage: (text) => say(text),
+  });
+  canvas.mountControls({ tools: $("region-tools"), classes: $("region-classes"), actions: $("region-actions") });
+  const note = $("note");
+  const buttons = { accept: $("accept-consensus"), edit: $("edit-consensus"), redraw: $("redraw"), submit: $("submit-regions") };
+
+  let queue = []; // [{id, done}]
+  let index = 0;
+  let evidence = null;
+  let mode = "view"; // view | edit | redraw | blind
+  let busy = false;
+  let loadToken = 0;
+  const hidden = new Set(); // layer ids the expert switched off, kept from item to item
+
+  const say = (text, kind = "") => {
+    $("status").textContent = text;
+    $("status").className = `status ${kind}`;
+  };
+  const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`);
+  // Consensus shapes carry their confidence; an answer is the shapes alone.
+  const plain = (regions) => regions.map(({ confidence, ...shape }) => shape);
+
+  function syncButtons() {
+    const open = Boolean(evidence) && !busy && queue.length > 0;
+    const consensus = open && Boolean(evidence.consensus);
+    buttons.accept.disabled = !consensus || mode === "blind";
+    buttons.edit.disabled = !consensus || mode === "blind";
+    buttons.redraw.disabled = !open || mode === "blind";
+    buttons.submit.disabled = !open || mode === "view";
+    const drawing = mode !== "view";
+    for (const area of ["region-tools", "region-classes", "region-actions"]) $(area).hidden = !drawing;
+    const texts = {
+      view: "Viewing the crowd's regions",
+      edit: "Editing the consensus",
+      redraw: "Drawing your own regions",
+      blind: "Blind hold-out: draw without the crowd's regions",
+    };
+    $("mode").textContent = `${texts[mode]}${drawing ? ` · ${canvas.count} region${canvas.count === 1 ? "" : "s"}` : ""}`;
+    $("mode").className = `mode${mode === "blind" ? " blind" : ""}`;
+    app.dataset.mode = mode;
+  }
+
+  function setMode(next) {
+    mode = next;
+    canvas.setReadOnly(next === "view");
+    if (next === "edit") canvas.load(plain(evidence.consensus.regions));
+    if (next === "redraw" || next === "blind") canvas.load([]);
+    // the copy being edited sits where the consensus was: its layer would only double it
+    if (evidence && evidence.consensus) canvas.setLayerVisible("consensus", next === "view" && !hidden.has("consensus"));
+    syncButtons();
+  }
+
+  function toggle(container, id, text, extra, checked) {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = checked;
+    box.dataset.testid = `layer-${id}`;
+    box.addEventListener("change", () => {
+      if (box.checked) hidden.delete(id);
+      else hidden.add(id);
+      canvas.setLayerVisible(id, box.checked && !(id === "consensus" && mode !== "view"));
+      box.blur();
+    });
+    const name = document.createElement("span");
+    name.textContent = text;
+    const numbers = document.createElement("span");
+    numbers.className = "num";
+    numbers.textContent = extra;
+    label.append(box, name, numbers);
+    container.append(label);
+  }
+
+  function renderEvidence(ev) {
+    $("reliability-method").textContent = ev.reliability_method ? `(${ev.reliability_method})` : "";
+    const consensusBox = $("consensus-layer");
+    const annotatorBox = $("annotator-layers");
+    consensusBox.replaceChildren();
+    annotatorBox.replaceChildren();
+    if (ev.blind) {
+      consensusBox.textContent = "Hidden: a blind hold-out item.";
+      annotatorBox.textContent = "Hidden: a blind hold-out item.";
+      return;
+    }
+    if (ev.consensus) {
+      const c = ev.consensus;
+      canvas.addLayer("consensus", plain(c.regions), { dash: [], width: 3, visible: !hidden.has("consensus") });
+      toggle(consensusBox, "consensus", `${c.regions.length} region${c.regions.length === 1 ? "" : "s"}`,
+        `confidence ${pct(c.confidence)} · agreement ${pct(c.agreement)}`, !hidden.has("consensus"));
+    } else {
+      consensusBox.textContent = "No aggregation run yet.";
+    }
+    ev.annotators.forEach((a, i) => {
+      const id = `annotator-${i + 1}`;
+      canvas.addLayer(id, a.regions, { dash: [5, 4], width: 1.5, opacity: 0.85, visible: !hidden.has(id) });
+      const numbers = `${a.regions.length} · rel. ${pct(a.reliability)} · sens. ${pct(a.sensitivity)} · prec. ${pct(a.precision)}`;
+      toggle(annotatorBox, id, a.worker, numbers, !hidden.has(id));
+    });
+    if (!ev.annotators.length) annotatorBox.textContent = "No crowd regions on this item.";
+  }
+
+  function renderPosition() {
+    const left = queue.filter((q) => !q.done).length;
+    const current = queue[index];
+    const mark = current && current.done ? " · done" : "";
+    $("position").textContent = queue.length
+      ? `Item ${index + 1} of ${queue.length} · ${left} left${mark}`
+      : "No item awaits review";
+  }
+
+  async function show(i) {
+    evidence = null;
+    if (!queue.length) {
+      $("loading").hidden = true;
+      img.hidden = true;
+      $("empty").hidden = false;
+      canvas.setImage(0, 0);
+      renderPosition();
+      syncButtons();
+      return;
+    }
+    index = Math.max(0, Math.min(queue.length - 1, i));
+    const entry = queue[index];
+    const token = ++loadToken;
+    note.value = entry.note || "";
+    renderPosition();
+    app.dataset.itemId = entry.id;
+    delete app.dataset.ready;
+    try {
+      const ev = await call(itemUrl(entry.id));
+      if (token !== loadToken) return;
+      evidence = ev;
+      canvas.setImage(ev.item.width, ev.item.height);
+      renderEvidence(ev);
+      setMode(ev.blind ? "blind" : "view");
+      img.hidden = false;
+      $("loading").hidden = true;
+      await viewer.show(ev.item.image_url);
+      if (token === loadToken) app.dataset.ready = "true";
+    } catch (err) {
+      if (token === loadToken) say(err.message, "bad");
+    }
+  }
+
+  async function submit(regions) {
+    if (busy || !evidence || !queue.length) return;
+    const entry = queue[index];
+    busy = true;
+    syncButtons();
+    try {
+      const body = await call(regionsUrl(entry.id), { method: "POST", body: { regions, note: note.value } });
+      Object.assign(entry, { done: true, note: note.value });
+      say(`Item ${entry.id}: ${body.regions.length} region${body.regions.length === 1 ? "" : "s"} saved (${body.source}).`, "ok");
+      note.blur();
+      busy = false;
+      const following = nextOpen(queue, index);
+      if (following === -1) {
+        renderPosition();
+        say(`All ${queue.length} items reviewed.`, "ok");
+        app.dataset.finished = "true";
+        mode = "view";
+        canvas.setReadOnly(true);
+        syncButtons();
+        return;
+      }
+      await show(following);
+    } catch (err) {
+      say(err.message, "bad");
+    } finally {
+      busy = false;
+      syncButtons();
+    }
+  }
+
+  buttons.accept.addEventListener("click", () => submit(plain(evidence.consensus.regions)));
+  buttons.edit.addEventListener("click", () => setMode("edit"));
+  buttons.redraw.addEventListener("click", () => setMode("redraw"));
+  buttons.submit.addEventListener("click", () => submit(canvas.shapes()));
+
+  document.addEventListener("keydown", (event) => {
+    if (typing(event)) {
+      if (event.key === "Escape") note.blur();
+      return;
+    }
+    if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
+      event.preventDefault();
+      if (!buttons.submit.disabled) buttons.submit.click();
+      return;
+    }
+    if (event.ctrlKey || event.metaKey) {
+      const shortcut = { a: buttons.accept, e: buttons.edit, r: buttons.redraw }[event.key.toLowerCase()];
+      if (shortcut) {
+        event.preventDefault();
+        if (!shortcut.disabled) shortcut.click();
+        return;
+      }
+    }
+    let handled = true;
+    if (event.key === "ArrowRight" && !event.shiftKey) show(index + 1);
+    else if (event.key === "ArrowLeft" && !event.shiftKey) show(index - 1);
+    else handled = canvas.handleKey(event) || viewer.handleKey(event);
+    if (handled) event.preventDefault();
+  });
+
+  call(app.dataset.queueUrl)
+    .then((page) => {
+      queue = page.results.map((r) => ({ id: r.id, done: false }));
       return show(0);
     })
     .catch((err) => say(err.message, "bad"));
