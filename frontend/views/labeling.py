@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from frontend.access import project_role_required
-from labeling.models import Membership, Project
+from labeling.models import LabelClass, Membership, Project
 from labeling.services.gold import gold_warning
 
 
@@ -25,9 +25,14 @@ def label(request: HttpRequest, project: Project) -> HttpResponse:
         "gold_warning": gold_warning(request.user, project),
     }
     if project.is_region_task:
-        context["region_config"] = {
-            "task_type": project.task_type,
-            "classes": [c.name for c in classes],
-            "max_regions": project.max_regions,
-        }
+        context["region_config"] = region_config(project, classes)
     return render(request, "frontend/label.html", context)
+
+
+def region_config(project: Project, classes: list[LabelClass]) -> dict:
+    """What regions.js's RegionCanvas is built with (the page's json_script "region-config")."""
+    return {
+        "task_type": project.task_type,
+        "classes": [c.name for c in classes],
+        "max_regions": project.max_regions,
+    }
