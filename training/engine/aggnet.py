@@ -101,16 +101,29 @@ class AggNetEM:
                 )
             self.confusions_ = init_confusions / init_confusions.sum(axis=2, keepdims=True)
 
-    def e_step(self, classifier_probabilities: np.ndarray) -> np.ndarray:
-        """Combine the CNN's probabilities (as prior) with the votes; returns new soft targets."""
+    def e_step(
+        self, classifier_probabilities: np.ndarray, class_weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Combine the CNN's probabilities (as prior) with the votes; returns new soft targets.
+
+        ``class_weights`` ``[K]``: the weights of a class-balanced loss (or sampler) the CNN was
+        trained with. Such a CNN estimates ``p(k | x)`` under a prior tilted by ``w_k``; dividing
+        by ``w_k`` and renormalising takes it back to the training prior (the prior-shift
+        correction of Saerens, Latinne & Decaestecker, Neural Computation 14(1), 2002).
+        Without it the tilt feeds back through every E-step and drags the targets towards the
+        minority class.
+        """
         if classifier_probabilities.shape != self.posteriors_.shape:
             raise ValueError(
                 f"expected probabilities of shape {self.posteriors_.shape}, "
                 f"got {classifier_probabilities.shape}"
             )
-        self.posteriors_ = posteriors_from_votes(
-            classifier_probabilities, self.confusions_, self.votes
-        )
+        prior = np.asarray(classifier_probabilities, dtype=np.float64)
+        if class_weights is not None:
+            weights = np.asarray(class_weights, dtype=np.float64)
+            prior = prior / np.where(weights > 0, weights, 1.0)
+            prior = prior / prior.sum(axis=1, keepdims=True)
+        self.posteriors_ = posteriors_from_votes(prior, self.confusions_, self.votes)
         return self.posteriors_
 
     def m_step(self) -> np.ndarray:

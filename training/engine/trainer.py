@@ -402,7 +402,10 @@ def train(
             classifier_probabilities = predict(
                 model, train_eval_dataset, batch_size=config.batch_size * 2, device=device
             )
-            aggnet.e_step(classifier_probabilities.astype(np.float64))
+            aggnet.e_step(
+                classifier_probabilities.astype(np.float64),
+                np.asarray(balance.class_weights) if balance.applied != "none" else None,
+            )
             aggnet.m_step()
             train_dataset.set_targets(aggnet.posteriors_)
 

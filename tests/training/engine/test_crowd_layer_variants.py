@@ -228,3 +228,134 @@ def test_config_rejects_unknown_forms_and_inits():
         TrainConfig(crowd_layer_init="random")
     assert TrainConfig().crowd_layer_form == "confusion_trace"
     assert TrainConfig().crowd_layer_init == "dawid_skene"
+
+
+# --- recovering planted confusions on a problem with a known answer ----------------------------
+
+
+def _softmax_rows(scores: np.ndarray) -> np.ndarray:
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def planted_for(form: str) -> np.ndarray:
+    """Six annotators' ``[6, 3, 3]`` confusions that ``form`` can represent exactly."""
+    eye = np.eye(3)
+    if form in ("confusion_trace", "mw"):  # any confusion: pair confusers, a biased one
+        return np.array(
+            [
+                [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]],
+                [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]],
+                [[0.85, 0.1, 0.05], [0.05, 0.85, 0.1], [0.1, 0.05, 0.85]],
+                [[0.6, 0.35, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]],  # 0 -> 1
+                [[0.9, 0.05, 0.05], [0.05, 0.55, 0.4], [0.05, 0.05, 0.9]],  # 1 -> 2
+                [[0.5, 0.1, 0.4], [0.1, 0.5, 0.4], [0.05, 0.05, 0.9]],  # likes 2
+            ]
+        )
+    scale = np.array([[4.0, 4.0, 4.0], [3.0, 3.0, 3.0], [4.5, 2.5, 3.5], [2.0, 4.0, 3.0],
+                      [5.0, 3.0, 2.0], [3.5, 3.5, 1.5]])  # fmt: skip
+    bias = np.array([[0, 0, 0], [0.5, -0.5, 0], [0, 0, 0.8], [-0.6, 0.3, 0.3],
+                     [0.4, 0.4, -0.8], [0, 0.7, -0.7]])  # fmt: skip
+    if form == "vw":
+        bias = np.zeros_like(bias)
+    if form == "vb":  # w fixed at 1 on probabilities: a right answer at most e times as likely
+        scale = np.ones_like(scale)
+    return _softmax_rows(scale[:, None, :] * eye[None] + bias[:, None, :])
+
+
+def sparse_votes(truth, confusions, rng, votes_per_item=3):
+    n_workers = len(confusions)
+    workers = np.argsort(rng.random((len(truth), n_workers)), axis=1)[:, :votes_per_item]
+    items = np.repeat(np.arange(len(truth)), votes_per_item)
+    workers = workers.reshape(-1)
+    cdf = confusions[workers, truth[items]].cumsum(axis=1)
+    labels = np.minimum((rng.random(len(items))[:, None] > cdf).sum(axis=1), 2)
+    return CrowdVotes(items, workers, labels, n_workers)
+
+
+def clusters(n, rng):
+    truth = rng.integers(0, 3, n)
+    centres = np.array([[3.0, 0, 0, 0, 0, 0], [0, 3.0, 0, 0, 0, 0], [0, 0, 3.0, 0, 0, 0]])
+    return (centres[truth] + rng.normal(0, 1, (n, 6))).astype(np.float32), truth
+
+
+def fit_jointly(layer, x, votes, steps=300, lr=0.05, trace_weight=0.0):
+    """A linear classifier and the crowd layer trained together on every vote (full batch)."""
+    torch.manual_seed(0)
+    classifier = torch.nn.Linear(x.shape[1], 3)
+    optimizer = torch.optim.Adam([*classifier.parameters(), *layer.parameters()], lr=lr)
+    features = torch.from_numpy(x)
+    workers, labels = (torch.from_numpy(a) for a in votes.padded(len(x)))
+    for _ in range(steps):
+        loss = layer.loss(
+            classifier(features), workers, labels, trace_weight,
+            features=features if layer.needs_features else None,
+        )  # fmt: skip
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return classifier(features).softmax(dim=-1).numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("form", ["confusion_trace", "mw", "vw", "vb", "vw+b"])
+def test_each_form_recovers_a_planted_confusion(form):
+    rng = np.random.default_rng(1)
+    x, truth = clusters(2000, rng)
+    planted = planted_for(form)
+    votes = sparse_votes(truth, planted, rng)
+    # a uniform start (identity for MW/VW/VB): nothing about the answer is given
+    layer = make_crowd_layer(form, "identity", len(planted), 3)
+    probabilities = fit_jointly(
+        layer, x, votes, trace_weight=0.01 if form == "confusion_trace" else 0.0
+    )
+    assert (probabilities.argmax(1) == truth).mean() > 0.95
+    recovered = layer.annotator_confusions(probabilities, votes)
+    # what the data say each annotator does: their empirical confusion against the truth
+    empirical = np.zeros_like(planted)
+    np.add.at(empirical, (votes.workers, truth[votes.items], votes.labels), 1.0)
+    empirical /= empirical.sum(axis=2, keepdims=True)
+    assert np.abs(recovered - empirical).max() < 0.08, np.abs(recovered - empirical).max()
+    assert np.abs(recovered - planted).max() < 0.1
+
+
+def test_conal_learns_from_a_sparse_simulated_crowd():
+    from labeling.aggregation.simulation import simulate_sparse_crowd
+
+    rng = np.random.default_rng(2)
+    x, truth = clusters(3000, rng)
+    crowd = simulate_sparse_crowd(truth, 3, votes_per_item=2.5, seed=5)
+    votes = CrowdVotes(
+        crowd.votes.task_idx, crowd.votes.worker_idx, crowd.votes.label_idx, len(crowd.archetypes)
+    )
+    majority = votes.vote_fractions(len(truth), 3).argmax(axis=1)
+    layer = make_crowd_layer("conal", "identity", votes.n_workers, 3, feature_dim=x.shape[1])
+    probabilities = fit_jointly(layer, x, votes, steps=300)
+    accuracy = (probabilities.argmax(1) == truth).mean()
+    # far above chance (1/3) and above the crowd's own majority vote on the same items
+    assert accuracy > 0.9
+    assert accuracy > (majority == truth).mean() + 0.1
+    confusions = layer.annotator_confusions(probabilities, votes, x)
+    np.testing.assert_allclose(confusions.sum(axis=2), 1.0, atol=1e-5)
+    spammers = np.array(crowd.archetypes) == "spammer_uniform"
+    experts = np.array(crowd.archetypes) == "expert"
+    diagonal = np.diagonal(confusions, axis1=1, axis2=2).mean(axis=1)
+    assert diagonal[experts].mean() > diagonal[spammers].mean() + 0.3
+
+
+def test_aggnet_e_step_undoes_a_class_weighted_classifiers_tilt():
+    from training.engine.aggnet import AggNetEM
+
+    votes = CrowdVotes(np.array([0, 1]), np.array([0, 0]), np.array([1, 0]), n_workers=1)
+    em = AggNetEM(votes, np.array([[0.5, 0.5], [0.5, 0.5]]), init_confusions=np.array(
+        [[[0.8, 0.2], [0.3, 0.7]]]
+    ))  # fmt: skip
+    tilted = np.array([[0.6, 0.4], [0.5, 0.5]])  # trained with class 0 weighted 3x
+    weights = np.array([3.0, 1.0])
+    corrected = em.e_step(tilted, weights)
+    prior = tilted / weights
+    prior /= prior.sum(axis=1, keepdims=True)  # item 0: [0.333, 0.667]
+    unnormalised = prior * np.array([[0.2, 0.7], [0.8, 0.3]])  # the vote's likelihood
+    np.testing.assert_allclose(corrected, unnormalised / unnormalised.sum(1, keepdims=True))
+    # without the weights the tilt stays in the targets
+    assert em.e_step(tilted)[0, 0] > corrected[0, 0]
