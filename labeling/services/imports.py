@@ -251,7 +251,9 @@ def _coco_items(run: _Run, coco: CocoDataset) -> dict[int, Item]:
     lines = [line for line in run.report if line["status"] in (IMPORTED, DUPLICATE)]
     matched: dict[int, int] = {}
     for index, image in enumerate(coco.images):
-        wanted = image.file_name.replace("\\", "/").lstrip("./")
+        wanted = image.file_name.replace("\\", "/")
+        while wanted.startswith("./"):
+            wanted = wanted[2:]
         hits = [line for line in lines if line["name"] == wanted or line["name"].endswith("/" + wanted)]
         if not hits:
             base = Path(wanted).name

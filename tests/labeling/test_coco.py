@@ -279,6 +279,14 @@ def test_import_records_expert_regions_with_the_images(region_project):
 
 
 @pytest.mark.django_db
+def test_file_names_match_by_path_end_or_base_name(region_project):
+    doc = broken(lambda d: (d["images"][0].update(file_name="./smear/a.png"),
+                            d["images"][1].update(file_name="images/b.png")))
+    batch = import_files(region_project, [("set.zip", images_zip())], coco=doc)
+    assert batch.n_labels == 2
+
+
+@pytest.mark.django_db
 def test_category_names_match_the_classes_case_insensitively(region_project):
     doc = broken(lambda d: d["categories"][0].update(name="wbc"))
     import_files(region_project, [("set.zip", images_zip())], coco=doc)
