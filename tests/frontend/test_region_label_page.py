@@ -281,11 +281,37 @@ def test_points_undo_redo_class_keys_and_nothing_here(
     assert browser_errors == []
 
 
-def test_a_point_by_touch(worker, new_page, login, live_server, browser_errors):
+def test_touch_pinch_zooms_and_a_tap_marks_a_point(worker, new_page, login, live_server, browser_errors):
     project = region_project(Project.TaskType.POINTS, "Blood cells (touch)", n_items=2)
     join(project, worker)
     page = new_page(820, 1180, has_touch=True, is_mobile=True)
     item = open_label_page(page, login, live_server, project)
+    width_before = page.evaluate(
+        "() => document.querySelector('[data-testid=item-image]').getBoundingClientRect().width"
+    )
+    # Two fingers spread apart: a pinch zooms in, and the first finger marks nothing.
+    cdp = page.context.new_cdp_session(page)
+    x, y = on_screen(page, 180, 135)
+
+    def touch(kind: str, spread: float) -> None:
+        points = [] if kind == "touchEnd" else [
+            {"x": x - spread, "y": y, "id": 0}, {"x": x + spread, "y": y, "id": 1}
+        ]  # fmt: skip
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    cdp.send(
+        "Input.dispatchTouchEvent",
+        {"type": "touchStart", "touchPoints": [{"x": x - 40, "y": y, "id": 0}]},
+    )
+    touch("touchStart", 40)
+    for spread in (50, 60, 70, 80):
+        touch("touchMove", spread)
+    touch("touchEnd", 0)
+    width_after = page.evaluate(
+        "() => document.querySelector('[data-testid=item-image]').getBoundingClientRect().width"
+    )
+    assert width_after / width_before == pytest.approx(2, rel=0.05)
+    assert region_count(page) == 0
     page.keyboard.press("2")
     page.touchscreen.tap(*on_screen(page, 180, 130))
     page.wait_for_function(

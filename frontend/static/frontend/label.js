@@ -398,9 +398,13 @@ async function submitRegions(action) {
     regions.setReadOnly(true); // answered: nothing more is drawn on it while the next one loads
   } catch (error) {
     if (error.status === 403) return stop(error);
-    // The drawing stays: the worker fixes what the message names and submits again.
-    setStatus(error.message);
-    return;
+    if (error.status !== 404 && error.status !== 409) {
+      // The drawing stays: the worker fixes what the message names and submits again.
+      setStatus(error.message);
+      return;
+    }
+    // The lease is gone (expired and the item full, or answered elsewhere): nothing to fix.
+    setStatus(`${error.message} On to the next item.`, "info");
   } finally {
     busy = false;
     syncRegionButtons();

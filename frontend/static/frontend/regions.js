@@ -3,7 +3,7 @@
 // Used by the crowd label page of region projects and by the expert review page.
 //
 //   const regions = new RegionCanvas(viewer, { classes: ["WBC", "RBC"], taskType: "boxes" });
-//   regions.setImage(width, height);   // a new item: no shapes, no history, no overlays
+//   regions.setImage(width, height);   // a new item: no shapes, no history, no overlays (first)
 //   regions.load(shapes);              // wire format (label = class name) or stored (index)
 //   regions.shapes();                  // wire format, masks as uncompressed COCO RLE
 //   regions.addLayer("expert", shapes, { dash: [6, 4] });   // read-only overlay
@@ -11,6 +11,9 @@
 //   regions.setReadOnly(true);         // nothing editable; the viewer pans under it
 //   regions.mountControls({ tools, classes });   // tool bar and class legend buttons
 //   regions.handleKey(event)           // true when the key was the canvas's
+//
+// Touch: one finger draws as the mouse does, two fingers pinch to zoom and pan (what the first
+// finger had begun is undone).
 //
 // One overlay <canvas> the size of the stage, redrawn on every change of the shapes or of the
 // viewer's zoom/pan, so lines and handles keep their screen size at any zoom. Masks are one
@@ -158,6 +161,9 @@ export class RegionCanvas {
     this.brushRadius = 6;
     this.readOnly = false;
     this.controls = null;
+    this.touches = new Map(); // pointer id -> [clientX, clientY] of each finger on the canvas
+    this.pinch = null; // two fingers zoom and pan: {distance, middle}
+    this.firstTouch = null; // what the first finger's action changed, undone if a pinch follows
 
     this.canvas = document.createElement("canvas");
     this.canvas.dataset.testid = "region-canvas";
@@ -906,6 +912,37 @@ export class RegionCanvas {
     item.bitmap = null;
   }
 
+  // A second finger turns the first finger's stroke, mark or vertex into a pinch: undone.
+  #startPinch() {
+    const first = this.firstTouch;
+    this.firstTouch = null;
+    this.gesture = null;
+    if (first) {
+      this.items = first.items;
+      this.undoStack.length = Math.min(this.undoStack.length, first.undo);
+      this.redoStack = first.redo;
+      this.selected = first.selected;
+      if (first.draft === null) this.draft = null;
+      else if (this.draft) this.draft.points.length = first.draft;
+      this.#changed();
+    }
+    this.pinch = this.#fingers();
+  }
+
+  #fingers() {
+    const [[ax, ay], [bx, by]] = [...this.touches.values()];
+    return { distance: Math.max(1, Math.hypot(bx - ax, by - ay)), middle: [(ax + bx) / 2, (ay + by) / 2] };
+  }
+
+  #movePinch() {
+    const now = this.#fingers();
+    const box = this.stage.getBoundingClientRect();
+    const [mx, my] = now.middle;
+    this.viewer.zoomBy(now.distance / this.pinch.distance, mx - box.left, my - box.top);
+    this.viewer.panBy(mx - this.pinch.middle[0], my - this.pinch.middle[1]);
+    this.pinch = now;
+  }
+
   #listen() {
     const canvas = this.canvas;
     canvas.addEventListener("pointerdown", (e) => {
@@ -914,7 +951,20 @@ export class RegionCanvas {
       if (e.button === 2 || e.shiftKey) return;
       e.stopPropagation();
       e.preventDefault();
-      if (this.gesture) return; // a second finger while drawing
+      if (e.pointerType === "touch") {
+        this.touches.set(e.pointerId, [e.clientX, e.clientY]);
+        if (this.touches.size === 2) {
+          canvas.setPointerCapture(e.pointerId);
+          this.#startPinch();
+          return;
+        }
+        if (this.touches.size > 2 || this.pinch) return;
+        this.firstTouch = {
+          items: this.#snapshot(), undo: this.undoStack.length, redo: this.redoStack.slice(),
+          selected: this.selected, draft: this.draft ? this.draft.points.length : null,
+        };
+      }
+      if (this.gesture) return;
       canvas.setPointerCapture(e.pointerId);
       const box = this.stage.getBoundingClientRect();
       const sx = e.clientX - box.left;
@@ -962,6 +1012,11 @@ export class RegionCanvas {
       this.render();
     });
     canvas.addEventListener("pointermove", (e) => {
+      if (this.touches.has(e.pointerId)) this.touches.set(e.pointerId, [e.clientX, e.clientY]);
+      if (this.pinch) {
+        if (this.touches.size === 2) this.#movePinch();
+        return;
+      }
       const p = this.toImage(e.clientX, e.clientY);
       this.hover = p;
       const g = this.gesture;
@@ -979,6 +1034,13 @@ export class RegionCanvas {
     });
     const end = (e) => {
       if (canvas.hasPointerCapture(e.pointerId)) canvas.releasePointerCapture(e.pointerId);
+      this.touches.delete(e.pointerId);
+      if (this.pinch) {
+        // The fingers left after a pinch draw nothing until all are lifted.
+        if (!this.touches.size) this.pinch = null;
+        return;
+      }
+      if (!this.touches.size) this.firstTouch = null;
       if (this.gesture && this.gesture.type === "pan") this.gesture = null;
       else this.#finishGesture();
     };
