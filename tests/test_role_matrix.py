@@ -63,6 +63,10 @@ ACCESS: dict[str, dict[str, str]] = {
     "export-consensus-csv": {"GET": "admin"},
     "export-expert-labels-csv": {"GET": "admin"},
     "export-holdout-csv": {"GET": "admin"},
+    "export-consensus-coco": {"GET": "admin"},
+    "export-expert-regions-coco": {"GET": "admin"},
+    "export-votes-coco": {"GET": "admin"},
+    "export-consensus-masks": {"GET": "admin"},
     # pages
     "label": {"GET": "labeler"},
     "import": {"GET": "admin", "POST": "admin"},

@@ -223,3 +223,16 @@ def test_exported_votes_import_back_as_crowd_votes(scene, admin_client, other_pr
     # a second import of the same file adds nothing
     again = import_files(target, [("votes.zip", archive)], coco=text, coco_as="votes")
     assert again.n_duplicates == 2 and again.n_labels == 0 and Vote.objects.filter(project=target).count() == 3
+
+
+def test_dashboard_links_the_region_exports(scene, admin_user):
+    from django.test import Client
+
+    page = Client()
+    page.force_login(admin_user)
+    response = page.get(f"/projects/{scene['project'].id}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for name in ("consensus.coco.json", "consensus_masks.zip", "expert_regions.coco.json", "votes.coco.json"):
+        assert f"/api/projects/{scene['project'].id}/exports/{name}" in html
+    assert "exports/votes.csv" not in html  # class votes only: empty for a region project
