@@ -296,6 +296,12 @@ def test_run_page_shows_the_region_report(masks_project, admin_user, client):
     assert client.get(f"/runs/{run.pk}/regions/999999.png").status_code == 404
     assert 'data-testid="per-class"' not in page  # the class report's table is not shown
 
+    summary = client.get(f"/api/training-runs/{run.pk}/").json()["evaluation"]["summary"]
+    assert summary["flags"] == [] and summary["lead"]["value"] == run.evaluation.accuracy
+    train_page = client.get(f"/projects/{masks_project.pk}/train/").content.decode()
+    assert 'value="consensus" selected' in train_page and 'value="expert"' in train_page
+    assert 'value="dawid_skene"' not in train_page
+
     stranger = UserFactory(username="stranger")
     client.force_login(stranger)
     assert client.get(picture_url).status_code in (403, 404)

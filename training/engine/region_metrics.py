@@ -3,7 +3,8 @@
 * Masks: Dice (L. R. Dice, Ecology 26(3), 1945) and IoU (Jaccard) per image and class, averaged
   over the hold-out images (an image where neither the expert nor the model marks a class
   scores 1 for it, :func:`labeling.aggregation.regions.geometry.dice`'s convention), and the
-  pooled Dice over every pixel of the hold-out, which that convention cannot inflate.
+  pooled Dice over every pixel of the hold-out, which that convention cannot inflate (it is the
+  F1 of the pooled pixel precision and recall, also given per class).
 * Points and boxes: predictions matched one-to-one to the expert's marks of the same class
   (Hungarian algorithm, within the project's distance for points, at its IoU for boxes: the
   match rule consensus and gold scoring use, :func:`...regions.agreement.detection_matches`);
@@ -46,7 +47,8 @@ def mask_scores(
     dices = np.zeros((len(truth), n_classes))
     ious = np.zeros((len(truth), n_classes))
     overlap = np.zeros(n_classes)
-    total = np.zeros(n_classes)
+    marked = np.zeros(n_classes)  # pixels the model marks
+    expected = np.zeros(n_classes)  # pixels the expert marks
     support = np.zeros(n_classes, dtype=np.int64)
     for n, (p, t) in enumerate(zip(predicted, truth, strict=True)):
         p, t = np.asarray(p, dtype=bool), np.asarray(t, dtype=bool)
@@ -55,13 +57,18 @@ def mask_scores(
         for k in range(n_classes):
             dices[n, k], ious[n, k] = dice(p[k], t[k]), iou(p[k], t[k])
             overlap[k] += np.logical_and(p[k], t[k]).sum()
-            total[k] += p[k].sum() + t[k].sum()
+            marked[k] += p[k].sum()
+            expected[k] += t[k].sum()
             support[k] += bool(t[k].any())
     per_class = {
         name: {
             "dice": float(dices[:, k].mean()) if len(truth) else None,
             "iou": float(ious[:, k].mean()) if len(truth) else None,
-            "pooled_dice": float(2 * overlap[k] / total[k]) if total[k] else None,
+            # pixel precision and recall over the whole hold-out; their F1 is the pooled Dice
+            "precision": float(overlap[k] / marked[k]) if marked[k] else None,
+            "recall": float(overlap[k] / expected[k]) if expected[k] else None,
+            "f1": _ratio(2 * overlap[k], marked[k] + expected[k]),
+            "pooled_dice": _ratio(2 * overlap[k], marked[k] + expected[k]),
             "support": int(support[k]),
         }
         for k, name in enumerate(class_names)
@@ -76,6 +83,10 @@ def mask_scores(
         "iou": float(ious.mean()) if len(truth) else None,
         "per_class": per_class,
     }
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator / denominator) if denominator else None
 
 
 def detection_scores(

@@ -171,6 +171,8 @@ def test_mask_scores_on_known_masks():
     assert scores["per_class"]["nucleus"]["dice"] == pytest.approx((2 * 4 / 12 + 1) / 2)
     assert scores["per_class"]["nucleus"]["iou"] == pytest.approx((4 / 8 + 1) / 2)
     assert scores["per_class"]["nucleus"]["pooled_dice"] == pytest.approx(8 / 12)
+    nucleus = scores["per_class"]["nucleus"]
+    assert (nucleus["precision"], nucleus["recall"], nucleus["f1"]) == (1.0, 0.5, 8 / 12)
     assert scores["per_class"]["nucleus"]["support"] == 1
     with pytest.raises(ValueError, match="prediction"):
         mask_scores([predicted[0][:, :3]], [truth[0]], ["nucleus"])
