@@ -281,7 +281,9 @@ def test_points_undo_redo_class_keys_and_nothing_here(
     assert browser_errors == []
 
 
-def test_touch_pinch_zooms_and_a_tap_marks_a_point(worker, new_page, login, live_server, browser_errors):
+def test_touch_pinch_zooms_and_a_tap_marks_a_point(
+    worker, new_page, login, live_server, artifacts_dir, browser_errors
+):
     project = region_project(Project.TaskType.POINTS, "Blood cells (touch)", n_items=2)
     join(project, worker)
     page = new_page(820, 1180, has_touch=True, is_mobile=True)
@@ -314,6 +316,7 @@ def test_touch_pinch_zooms_and_a_tap_marks_a_point(worker, new_page, login, live
     assert region_count(page) == 0
     page.keyboard.press("2")
     page.touchscreen.tap(*on_screen(page, 180, 130))
+    page.screenshot(path=str(artifacts_dir / "region-label-tablet.png"))
     page.wait_for_function(
         "() => document.querySelector('[data-testid=region-canvas]').dataset.count === '1'"
     )
