@@ -159,7 +159,9 @@ def load_coco(coco: CocoInput, project: Project, coco_as: str = COCO_EXPERT) -> 
         raise ImportRefused(f"{COCO_REFUSED} {exc}") from exc
     class_names = project.class_names
     for image in dataset.images:
-        for annotator, shapes in image.regions_by_annotator().items():
+        # one answer per annotator (crowd votes), or the image's whole set (an expert answer)
+        answers = image.regions_by_annotator() if coco_as == COCO_VOTES else {None: image.regions}
+        for annotator, shapes in answers.items():
             if len(shapes) > project.max_regions:
                 who = f" by '{annotator}'" if annotator is not None else ""
                 raise ImportRefused(

@@ -343,6 +343,18 @@ def test_nothing_partial_on_any_error(region_project, settings, case, change, fi
 
 
 @pytest.mark.django_db
+def test_an_expert_answer_counts_every_annotators_regions_against_the_limit(region_project, settings):
+    region_project.max_regions = 2
+    region_project.save(update_fields=["max_regions"])
+    doc = broken(lambda d: [ann.update(annotator=f"a{k}") for k, ann in enumerate(d["annotations"])])
+    with pytest.raises(ImportRefused, match="'smear/a.png' has 3 regions; this project allows at most 2"):
+        import_files(region_project, [("set.zip", images_zip())], coco=doc)
+    assert_nothing_stored(settings)
+    # as crowd votes each annotator's answer holds one region
+    assert import_files(region_project, [("set.zip", images_zip())], coco=doc, coco_as="votes").n_labels == 3
+
+
+@pytest.mark.django_db
 def test_failure_while_recording_the_answers_deletes_the_stored_images(region_project, settings, monkeypatch):
     from labeling.services import imports
 
