@@ -25,6 +25,11 @@ method supply it. Learning ``theta`` against ``C`` alone (the E-step without the
 factor) was tried and rejected: the crowd's own errors then count as the model's, and on a
 simulated crowd a model 84% right was rated 54% and combined below its own accuracy (.78).
 
+:func:`dawid_skene_with_model` goes one step further, as AggNet does: the workers' confusions
+are re-learned from the combined posterior too (all confusions in one EM), which on one or two
+votes per item learns the workers much better than the crowd alone can (simulated: a 90% model
+on 1-2 votes per item, combined .82 with the crowd held fixed, .93 jointly).
+
 Guards against the model dominating the posterior:
 
 * items without crowd evidence teach ``theta`` nothing: there the posterior is the model's own
@@ -43,7 +48,7 @@ from typing import Self
 
 import numpy as np
 
-from labeling.aggregation.base import EPS, clamp_known
+from labeling.aggregation.base import EPS, VoteMatrix, clamp_known, expected_confusions
 
 
 def confidence_edges(probabilities: np.ndarray, n_bins: int) -> np.ndarray:
@@ -253,3 +258,49 @@ class ModelAnnotator:
         predicted = ~np.isnan(probs).any(axis=1)
         top = np.where(predicted[:, None], probs, -1.0).argmax(axis=1)
         return predicted & (top == np.asarray(combined).argmax(axis=1))
+
+
+def dawid_skene_with_model(
+    votes: VoteMatrix,
+    model_probabilities: np.ndarray,
+    crowd_posteriors: np.ndarray,
+    known: np.ndarray | None = None,
+    in_sample: np.ndarray | None = None,
+    annotator: ModelAnnotator | None = None,
+    n_iter: int = 50,
+    tol: float = 1e-5,
+    smoothing: float = 0.01,
+) -> tuple[np.ndarray, ModelAnnotator, np.ndarray]:
+    """Dawid-Skene with the model as one more annotator, all confusions learned together.
+
+    AggNet's E-step (Albarqouni et al. 2016, eq. 3; Raykar et al. 2010, eq. 8) with Dawid &
+    Skene's M-step: ``T ∝ p_k prod_j pi_j[k, y_ij] * theta[k, s_i] ** w_i``; the workers'
+    confusions ``pi`` (pseudo-count ``smoothing``) and the prior come from ``T``, so a good model
+    also sharpens what is learned of each worker (on one or two votes per item the crowd alone
+    cannot tell its workers apart), and ``theta`` comes from ``annotator.fit`` against the crowd
+    part of ``T``. Starts from ``crowd_posteriors`` (a Dawid-Skene fit). Returns the combined
+    posterior, the fitted annotator and the workers' confusions ``[n_workers, true, observed]``.
+    """
+    annotator = annotator if annotator is not None else ModelAnnotator()
+    k = votes.n_classes
+    known_codes = np.full(votes.n_tasks, -1) if known is None else np.asarray(known)
+    has_crowd = (np.bincount(votes.task_idx, minlength=votes.n_tasks) > 0) | (known_codes >= 0)
+    post = np.asarray(crowd_posteriors, dtype=np.float64)
+    confusions = expected_confusions(votes, post, smoothing)
+    for _ in range(n_iter):
+        confusions = expected_confusions(votes, post, smoothing)
+        log_crowd = np.tile(np.log(np.maximum(post.mean(axis=0), EPS)), (votes.n_tasks, 1))
+        per_vote = np.log(np.maximum(confusions, EPS))[votes.worker_idx, :, votes.label_idx]
+        for c in range(k):
+            log_crowd[:, c] += np.bincount(
+                votes.task_idx, weights=per_vote[:, c], minlength=votes.n_tasks
+            )
+        crowd = np.exp(log_crowd - log_crowd.max(axis=1, keepdims=True))
+        crowd /= crowd.sum(axis=1, keepdims=True)
+        clamp_known(crowd, known_codes)
+        new = annotator.fit_combine(crowd, model_probabilities, has_crowd, in_sample, known_codes)
+        change = float(np.abs(new - post).max()) if len(post) else 0.0
+        post = new
+        if change < tol:
+            break
+    return post, annotator, confusions

@@ -247,7 +247,7 @@ def _execute(run: AggregationRun) -> AggregationRun:
         extra = {"holdout": data.holdout} if isinstance(model, AutoSelect) else {}
         model.fit(data.votes, known_labels=data.known, **extra)
         # a finished training run's model joins as one more annotator (model_in_the_loop)
-        loop = combine_with_model(project, data.votes, data.known, model.posteriors_)
+        loop = combine_with_model(project, data.votes, data.known, model)
         with transaction.atomic():
             _store(run, project, data, model, started, loop)
     except AggregationError as exc:

@@ -2,7 +2,7 @@
 
 The newest succeeded training run of the project that stored predictions (hold-out items and the
 review queue, :mod:`training.services`) joins the next aggregation run: the method's crowd
-posterior on the voted items is combined with the model's answers, whose confusion is learned
+posterior on the voted items (for Dawid-Skene, its whole EM) is combined with the model's answers, whose confusion is learned
 from the data (:class:`labeling.aggregation.model_annotator.ModelAnnotator`, Raykar et al. 2010,
 Albarqouni et al. 2016). The combined posterior is what the run stores, so ``Item.uncertainty``,
 the review flag (the expert queue's order) and adaptive redundancy follow it; a model that agrees
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from labeling.aggregation import VoteMatrix
+from labeling.aggregation import Aggregator, DawidSkene, VoteMatrix
 from labeling.aggregation.base import tie_broken_argmax
-from labeling.aggregation.model_annotator import ModelAnnotator
+from labeling.aggregation.model_annotator import ModelAnnotator, dawid_skene_with_model
 from labeling.models import Project
 
 
@@ -61,10 +61,16 @@ def latest_model_run(project: Project):
 
 
 def combine_with_model(
-    project: Project, votes: VoteMatrix, known: np.ndarray, crowd_posteriors: np.ndarray
+    project: Project, votes: VoteMatrix, known: np.ndarray, fitted: Aggregator
 ) -> ModelInTheLoop | None:
-    """The crowd posterior combined with the latest model's predictions; None without a model
-    or when it predicted on none of the voted items."""
+    """The fitted method's posterior combined with the latest model's predictions; None without a
+    model or when it predicted on none of the voted items.
+
+    A Dawid-Skene fit (or auto's choice of it) is continued as one EM with the model in it, so
+    the workers are learned with its help (:func:`dawid_skene_with_model`); any other method's
+    posterior is combined as it stands. Either way the stored worker reliabilities stay the
+    method's own.
+    """
     from training.models import Prediction
 
     run = latest_model_run(project)
@@ -92,11 +98,18 @@ def combine_with_model(
             p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, None)
             probabilities[row] = p / p.sum() if p.sum() > 0 else 1.0 / k
             in_sample[row] = not is_holdout
+    crowd_posteriors = np.asarray(fitted.posteriors_, dtype=np.float64)
     annotator = ModelAnnotator()
-    # every task of the vote matrix has votes: all carry crowd evidence
-    combined = annotator.fit_combine(
-        crowd_posteriors, probabilities, np.ones(votes.n_tasks, dtype=bool), in_sample, known
-    )
+    joint = getattr(fitted, "chosen_", None) == "dawid_skene" or isinstance(fitted, DawidSkene)
+    if joint:
+        combined, annotator, _ = dawid_skene_with_model(
+            votes, probabilities, crowd_posteriors, known, in_sample, annotator
+        )
+    else:
+        # every task of the vote matrix has votes: all carry crowd evidence
+        combined = annotator.fit_combine(
+            crowd_posteriors, probabilities, np.ones(votes.n_tasks, dtype=bool), in_sample, known
+        )
     predicted = ~np.isnan(probabilities).any(axis=1)
     changed = predicted & (tie_broken_argmax(combined) != tie_broken_argmax(crowd_posteriors))
     record = {
@@ -112,6 +125,7 @@ def combine_with_model(
         "accuracy": round(annotator.accuracy_, 4),
         "confusion": np.round(annotator.confusion_argmax_, 4).tolist(),
         "labels_changed": int(changed.sum()),
+        "workers_relearned_with_model": joint,
     }
     return ModelInTheLoop(
         training_run_id=run.pk,

@@ -98,12 +98,13 @@ def test_the_model_joins_the_posterior_with_a_learned_reliability(crowd_project)
     assert record["training_run"] == training.pk
     assert record["n_predictions"] == N_ITEMS and record["n_out_of_sample"] == N_HOLDOUT
     assert record["confusion_learned_from"] == "out_of_sample"
-    # measured .745 for a model right on 90%: learned against a crowd itself right on about .74
-    assert record["accuracy"] > 0.7
+    # measured .80 for a model right on 90% (one EM with the workers; .745 with them held fixed)
+    assert record["accuracy"] > 0.75 and record["workers_relearned_with_model"]
     assert np.asarray(record["confusion"]).shape == (2, 2)
 
-    # measured: hold-out accuracy .74 from the crowd alone, .85 with the model
-    assert with_model.holdout_accuracy >= crowd_only.holdout_accuracy + 0.08
+    # measured: hold-out accuracy .74 from the crowd alone, .89 with the model (.85 with the
+    # workers' confusions held fixed)
+    assert with_model.holdout_accuracy >= crowd_only.holdout_accuracy + 0.1
     # the stored posterior is the combined one, and Item.uncertainty is its entropy
     consensus = stored(with_model)
     uncertainty = dict(Item.objects.filter(project=project).values_list("id", "uncertainty"))
@@ -114,6 +115,7 @@ def test_the_model_joins_the_posterior_with_a_learned_reliability(crowd_project)
     # other methods' runs take the model in as well
     mv = aggregate_project(project.pk, "majority_vote")
     assert mv.selection["model"]["training_run"] == training.pk
+    assert not mv.selection["model"]["workers_relearned_with_model"]
 
 
 def test_agreeing_model_stops_votes_early_and_the_queues_follow_the_combined_posterior(
