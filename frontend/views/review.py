@@ -41,6 +41,10 @@ def review_page(request: HttpRequest, project: Project) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @project_role_required(Membership.Role.EXPERT)
 def holdout_page(request: HttpRequest, project: Project) -> HttpResponse:
+    if project.is_region_task:
+        # region hold-out items are drawn blind in the review queue (no crowd region shown)
+        messages.info(request, "Hold-out items of a region project are drawn blind on this page.")
+        return redirect("review", project_id=project.id)
     if request.method == "POST":
         return _holdout_post(request, project)
     todo = review.holdout_todo(project, request.user)

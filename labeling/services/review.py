@@ -199,6 +199,8 @@ def label_holdout(item: Item, expert, label: str | int) -> str:
     item = Item.objects.select_for_update().select_related("project").get(pk=item.pk)
     if not item.is_holdout:
         raise ReviewError("This item is not in the hold-out.")
+    if item.project.is_region_task:
+        raise ReviewError("A region hold-out item is answered with regions (POST /api/review/items/<id>/regions/).")
     cls = resolve_label(item.project, label)
     others = item.expert_labels.filter(source=Source.HOLDOUT).exclude(expert=expert)
     if item.expert_labels.filter(source__in=[Source.TIEBREAK, Source.IMPORT]).exists():

@@ -197,3 +197,14 @@ def test_dashboard_summarises_the_latest_region_run(scene):
         detail = run.reliabilities.get(worker=user).detail
         assert f'{detail["sensitivity"]:.2f}' in row.split("</tr>")[0]
         assert f'{detail["precision"]:.2f}' in row.split("</tr>")[0]
+
+
+def test_region_holdout_is_answered_on_the_review_page_not_by_class(scene):
+    held, expert = scene["held"], scene["expert"]
+    client = Client()
+    client.force_login(expert)
+    page = client.get(f"/holdout/{scene['project'].pk}/")
+    assert page.status_code == 302 and page["Location"] == f"/review/{scene['project'].pk}/"
+    refused = scene["client"].post(f"/api/holdout/{held.pk}/label/", {"label": "RBC"}, format="json")
+    assert refused.status_code == 400 and "answered with regions" in refused.json()["detail"]
+    assert not ExpertLabel.objects.filter(item=held).exists()
