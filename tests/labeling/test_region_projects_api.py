@@ -68,3 +68,11 @@ def test_settings_change_but_the_task_type_not_once_items_exist(admin_client, pr
     assert admin_client.patch(url, {"region_match_iou": 2}, format="json").status_code == 400
     project.refresh_from_db()
     assert (project.task_type, project.region_match_iou) == ("points", 0.75)
+
+
+def test_a_member_name_with_a_nul_byte_is_a_400(admin_client, project):
+    response = admin_client.post(
+        f"/api/projects/{project.id}/members/", {"user": "crowd\x00", "role": "crowd"}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"user": ["Null characters are not allowed."]}

@@ -167,9 +167,19 @@ class CrowdProjectSerializer(serializers.ModelSerializer):
         return Membership.Role.CROWD
 
 
+class UsernameField(serializers.SlugRelatedField):
+    """A user by username; a NUL byte is refused before the lookup (PostgreSQL cannot even
+    compare text with one: a 500 found by schemathesis)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            raise serializers.ValidationError("Null characters are not allowed.")
+        return super().to_internal_value(data)
+
+
 class MembershipSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
-    user = serializers.SlugRelatedField(
+    user = UsernameField(
         slug_field="username", queryset=Membership._meta.get_field("user").related_model.objects.all()
     )
 
