@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -98,11 +99,17 @@ def bag_label_source(run: TrainingRun) -> str:
     return run.label_source
 
 
-def build_training_data(run: TrainingRun) -> TrainingData:
-    """Everything :func:`training.engine.train` needs for ``run``; see the module docstring."""
+def build_training_data(
+    run: TrainingRun, source: str | None = None, exclude: Collection[int] = ()
+) -> TrainingData:
+    """Everything :func:`training.engine.train` needs for ``run``; see the module docstring.
+
+    ``source`` overrides the run's label source and ``exclude`` leaves items out of training
+    (an ``auto`` run's candidates: the source being tried, without the validation items).
+    """
     from training.engine import CrowdVotes, ItemSet
 
-    source = bag_label_source(run)
+    source = source or bag_label_source(run)
     names, code_of = class_codes(run)
     holdout = list(holdout_items(run))
     holdout_set = (
@@ -114,7 +121,9 @@ def build_training_data(run: TrainingRun) -> TrainingData:
         if holdout
         else None
     )
-    candidates = Item.objects.filter(project=run.project, is_holdout=False).order_by("id")
+    candidates = (
+        Item.objects.filter(project=run.project, is_holdout=False).exclude(pk__in=exclude).order_by("id")
+    )
     if source == Source.EXPERT:
         items = list(candidates.filter(expert_answer__isnull=False))
         if not items:

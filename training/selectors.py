@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, QuerySet
 
 from labeling.models import AggregationRun, Item, Project, WorkerReliability
+from training import crowd_models
 from training.datasets import counted_votes
 from training.models import Evaluation, TrainingRun
 
@@ -46,6 +47,28 @@ def model_file(run: TrainingRun) -> Path | None:
     """The trained model (safetensors with its metadata), once the run succeeded."""
     path = run_folder(run) / MODEL_NAME
     return path if path.is_file() else None
+
+
+def annotator_picture_path(run: TrainingRun) -> Path:
+    """Where the report's grid of learned annotator confusions is drawn."""
+    return run_folder(run) / "annotator-confusions.png"
+
+
+def annotator_picture_file(run: TrainingRun) -> Path | None:
+    """The grid of learned annotator confusions, for runs whose crowd model learns them."""
+    path = annotator_picture_path(run)
+    return path if path.is_file() else None
+
+
+def crowd_model_of(run: TrainingRun) -> dict[str, Any] | None:
+    """The crowd model the run trained (its report's record) or, before the report, an auto
+    run's stored pick; with ``sentence``, what the run page says about it."""
+    evaluation = evaluation_of(run)
+    record = (evaluation.extra or {}).get("crowd_model") if evaluation else None
+    record = record or (run.params or {}).get("crowd_model")
+    if record is None and run.label_source != TrainingRun.LabelSource.AUTO:
+        record = crowd_models.launch_record(run)
+    return {**record, "sentence": crowd_models.sentence(record)} if record else None
 
 
 def project_runs(project: Project) -> QuerySet[TrainingRun]:

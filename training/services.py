@@ -32,7 +32,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.models import Item, Project, Region
 from labeling.services.aggregation import PUBLISH_RETRY_POLICY
-from training import devices, leases, region_runs, selectors
+from training import crowd_models, devices, leases, region_runs, selectors
 from training.datasets import (
     MIL_LABELS,
     NoLabelledItems,
@@ -77,11 +77,18 @@ PARAM_FIELDS = {
     # region runs (training.region_runs): Dice's weight beside BCE, the detection peak threshold
     "dice_weight": "dice_weight",
     "peak_threshold": "peak_threshold",
+    # the crowd layer's form and start (crowd_layer runs); auto's candidates (no TrainConfig
+    # field: training.crowd_models reads it)
+    "crowd_layer_form": "crowd_layer_form",
+    "crowd_layer_init": "crowd_layer_init",
+    "auto_candidates": "auto_candidates",
 }
 MIL_PARAMS = ("mil_labels", "patch_size", "patch_stride", "patch_input_size", "attention_dim")
 PARAM_TYPES = {"schedule": str, "mil_labels": str, "amp": bool, "num_workers": int} | {
     key: int for key in MIL_PARAMS[1:]
-} | {"class_balance": str, "lead_metric": str}
+} | {"class_balance": str, "lead_metric": str} | {
+    key: str for key in ("crowd_layer_form", "crowd_layer_init", "auto_candidates")
+}
 BALANCE_MODES = ("auto", "none", "loss", "sampler")  # training.engine.balance's, without torch
 # hold-out heatmaps rendered as PNGs for the run page's gallery
 GALLERY_SIZE = 12
@@ -139,10 +146,37 @@ def check_launch_settings(project: Project, values: dict[str, Any]) -> None:
     if params.get("lead_metric", selectors.DEFAULT_LEAD_METRIC) not in selectors.LEAD_METRICS:
         raise LaunchError("params", f"lead_metric must be one of {list(selectors.LEAD_METRICS)}")
     region_runs.check_launch(project, values)
+    _check_crowd_model_params(source, params)
     if source == TrainingRun.LabelSource.MIL:
         _check_mil_params(project, params)
     elif set(params) & set(MIL_PARAMS):
         raise LaunchError("params", f"{sorted(set(params) & set(MIL_PARAMS))} apply to MIL runs only")
+
+
+def _check_crowd_model_params(source: str | None, params: dict[str, Any]) -> None:
+    layer = {"crowd_layer_form", "crowd_layer_init"} & set(params)
+    if layer and source != TrainingRun.LabelSource.CROWD_LAYER:
+        hint = "; auto picks them by validation" if source == TrainingRun.LabelSource.AUTO else ""
+        raise LaunchError("params", f"{sorted(layer)} apply to crowd_layer runs only{hint}")
+    form = params.get("crowd_layer_form", crowd_models.CROWD_LAYER_FORMS[0])
+    if form not in crowd_models.CROWD_LAYER_FORMS:
+        raise LaunchError(
+            "params",
+            f"unknown crowd_layer_form {form!r}; one of {list(crowd_models.CROWD_LAYER_FORMS)}",
+        )
+    init = params.get("crowd_layer_init", "dawid_skene")
+    if init not in crowd_models.CROWD_LAYER_INITS:
+        raise LaunchError(
+            "params",
+            f"unknown crowd_layer_init {init!r}; one of {list(crowd_models.CROWD_LAYER_INITS)}",
+        )
+    if "auto_candidates" in params:
+        if source != TrainingRun.LabelSource.AUTO:
+            raise LaunchError("params", "auto_candidates applies to auto runs only")
+        try:
+            crowd_models.check_candidates(params["auto_candidates"])
+        except ValueError as error:
+            raise LaunchError("params", f"auto_candidates: {error}") from error
 
 
 def _check_mil_params(project: Project, params: dict[str, Any]) -> None:
@@ -398,15 +432,20 @@ def _claim(run_id: int, task_id: str, holder: str, name: str) -> TrainingRun | d
     return run
 
 
-def train_config(run: TrainingRun, data: TrainingData):
-    """The engine's TrainConfig for this run (checkpoints under MEDIA_ROOT/runs/<id>/)."""
+def train_config(
+    run: TrainingRun, data: TrainingData, crowd_model: crowd_models.CrowdModel | None = None
+):
+    """The engine's TrainConfig for this run (checkpoints under MEDIA_ROOT/runs/<id>/);
+    ``crowd_model`` (an ``auto`` run's candidate or pick) sets the source, form and init."""
     from training.engine import TrainConfig
 
     options = {PARAM_FIELDS[key]: value for key, value in (run.params or {}).items()
                if key in PARAM_FIELDS}
+    if crowd_model is not None:
+        options |= crowd_model.config_changes()
     known = {f.name for f in dataclass_fields(TrainConfig)}
     return TrainConfig(
-        label_source=run.label_source,
+        label_source=options.pop("label_source", run.label_source),
         num_classes=len(data.class_names),
         model_name=run.backbone,
         weights=_engine_weights(run),
@@ -509,6 +548,17 @@ class RunProgress:
                 raise leases.LeaseLost(f"training run {self.run_id} is held by another worker")
         self._last_beat = time.monotonic()
 
+    def heartbeat(self) -> None:
+        """A sign of life between epochs that are not the run's own (auto's candidates)."""
+        now = timezone.now()
+        updated = self._mine().update(
+            heartbeat_at=now,
+            **({"lease_until": leases.expiry(now)} if self.lease is not None else {}),
+        )
+        if not updated:
+            raise leases.LeaseLost(f"training run {self.run_id} is held by another worker")
+        self._last_beat = time.monotonic()
+
     def should_stop(self) -> bool:
         if self.lease is not None:
             self.lease.check()
@@ -540,9 +590,21 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
         return region_runs.train_and_report(run, lease)
     from training.engine import train, train_mil
 
-    data = build_training_data(run)
+    progress = RunProgress(run, lease)
+    crowd_model = _crowd_model(run, progress, train)
+    if crowd_model is None:  # cancelled while auto tried its candidates
+        with transaction.atomic():
+            _still_held(run.pk, lease)
+            _finish(run.pk, Status.CANCELLED)
+        return
+    chosen = (
+        crowd_models.CrowdModel.parse(crowd_model["name"])
+        if run.label_source == TrainingRun.LabelSource.AUTO
+        else None
+    )
+    data = build_training_data(run, source=chosen.source if chosen else None)
     is_mil = run.label_source == TrainingRun.LabelSource.MIL
-    config = mil_config(run, data) if is_mil else train_config(run, data)
+    config = mil_config(run, data) if is_mil else train_config(run, data, chosen)
     resume_from = selectors.checkpoint_file(run)
     TrainingRun.objects.filter(pk=run.pk).update(
         n_train_items=len(data.train),
@@ -556,7 +618,7 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
         votes=data.votes,
         init_posteriors=data.init_posteriors,
         init_confusions=data.init_confusions,
-        callbacks=RunProgress(run, lease),
+        callbacks=progress,
         resume_from=resume_from,
     )
     if result.cancelled:
@@ -567,6 +629,8 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
             _finish(run.pk, Status.CANCELLED, device=result.device)
         return
     report = _build_report(run, data, result)
+    if crowd_model:
+        report["extra"] = {**report.get("extra", {}), "crowd_model": crowd_model}
     with transaction.atomic():
         _still_held(run.pk, lease)
         for record in result.history:  # epochs restored from a checkpoint may lack their row
@@ -581,6 +645,32 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
             checkpoint=f"runs/{run.pk}/{selectors.CHECKPOINT_NAME}",
             annotator_reliability=report["reliability"],
         )
+
+
+def _crowd_model(run: TrainingRun, progress: RunProgress, train) -> dict[str, Any] | None:
+    """The run's crowd model record (``{}`` for sources without one); None if cancelled.
+
+    An ``auto`` run picks once (training.crowd_models) and keeps the pick in its params, so a
+    resumed run trains the model it chose, not a new pick.
+    """
+    if run.label_source != TrainingRun.LabelSource.AUTO:
+        return crowd_models.launch_record(run) or {}
+    stored = (run.params or {}).get("crowd_model")
+    if stored:
+        return stored
+    record = crowd_models.choose(
+        run,
+        progress,
+        train,
+        build_data=lambda source, exclude: build_training_data(run, source=source, exclude=exclude),
+        make_config=lambda data, model: train_config(run, data, model),
+    )
+    if record is None:
+        return None
+    params = {**(run.params or {}), "crowd_model": record}
+    progress._mine().update(params=params)
+    run.params = params
+    return record
 
 
 def _still_held(run_id: int, lease: leases.Lease | None) -> None:
@@ -643,7 +733,29 @@ def _build_report(run: TrainingRun, data: TrainingData, result) -> dict[str, Any
             (item_id, p, None) for item_id, p in zip([i.id for i in review], probabilities, strict=True)
         ]
     report["reliability"] = _learned_reliability(data, result)
+    _draw_annotator_confusions(run, data, result, report["reliability"])
     return report
+
+
+def _draw_annotator_confusions(run: TrainingRun, data: TrainingData, result, reliability) -> None:
+    """The learned confusions of the most active annotators as a grid of heatmaps (a file in
+    the run's folder, like the MIL gallery), for crowd-layer, AggNet and CoNAL runs."""
+    from training.annotator_pictures import plot_annotator_confusions
+    from training.engine.checkpoints import atomic_write
+
+    path = selectors.annotator_picture_path(run)
+    if not reliability or result.annotator_confusions is None:
+        path.unlink(missing_ok=True)  # a resumed run that learned none keeps no stale picture
+        return
+    by_user = {row["user_id"]: name for name, row in reliability.items()}
+    names = [by_user.get(user_id, str(user_id)) for user_id in data.worker_ids]
+    png = plot_annotator_confusions(
+        result.annotator_confusions,
+        names,
+        [reliability[name]["n_votes"] for name in names],
+        data.class_names,
+    )
+    atomic_write(path, lambda tmp: tmp.write_bytes(png))
 
 
 def _mil_report(run: TrainingRun, result) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from rest_framework.fields import empty
 from frontend.access import project_role_required
 from labeling.models import Membership, Project
 from labeling.selectors import has_role
-from training import devices, region_runs, selectors, services
+from training import crowd_models, devices, region_runs, selectors, services
 from training.api.serializers import CLASS_BALANCE_CHOICES, PARAM_CHOICES, LaunchRunSerializer
 from training.models import Prediction, TrainingRun
 
@@ -66,6 +66,10 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
                     for source in TrainingRun.LabelSource.values
                 },
                 "n_holdout": counts["holdout"],
+                "auto": {
+                    "candidates": len(crowd_models.CANDIDATES),
+                    "epochs": crowd_models.CANDIDATE_EPOCHS,
+                },
             },
             "runs": _with_flags(selectors.project_runs(project)),
             "comparison": selectors.comparison_rows(project),
@@ -147,6 +151,14 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             "comparison": selectors.comparison_rows(project),
             "reliability": [] if regions else selectors.reliability_rows(run),
             "interruptions": selectors.interruption_rows(run),
+            "crowd_model": selectors.crowd_model_of(run),
+            # the launch's options; auto's stored pick is said in words instead
+            "params": {k: v for k, v in (run.params or {}).items() if k != "crowd_model"},
+            "annotators_plot": (
+                reverse("training-run-plot", args=[run.pk, "annotators"])
+                if selectors.annotator_picture_file(run)
+                else None
+            ),
             "api_url": reverse("training-run-detail", args=[run.pk]),
             "localisation": extra.get("localisation"),
             "regions": regions,

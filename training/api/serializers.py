@@ -96,11 +96,14 @@ class EvaluationSerializer(serializers.ModelSerializer):
         return selectors.report_summary(evaluation.run, evaluation)
 
     def get_plots(self, evaluation: Evaluation) -> dict[str, str]:
-        return {
+        plots = {
             name: reverse("training-run-plot", args=[evaluation.run_id, name])
             for name, field in selectors.PLOTS.items()
             if getattr(evaluation, field)
         }
+        if selectors.annotator_picture_file(evaluation.run) is not None:
+            plots["annotators"] = reverse("training-run-plot", args=[evaluation.run_id, "annotators"])
+        return plots
 
 
 class AttentionSerializer(serializers.Serializer):
@@ -127,6 +130,11 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     epoch_metrics = EpochMetricSerializer(many=True, read_only=True)
     evaluation = serializers.SerializerMethodField()
     checkpoint_url = serializers.SerializerMethodField()
+    crowd_model = serializers.SerializerMethodField(
+        help_text="The crowd model trained (source, crowd-layer form and init), how it was "
+        "picked (launch, validation or default) with the validation scores, and the sentence "
+        "the run page shows; null for sources without one."
+    )
 
     class Meta:
         model = TrainingRun
@@ -137,12 +145,16 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "n_holdout_items", "cancel_requested", "failure_reason", "annotator_reliability",
             "created_at", "started_at", "heartbeat_at", "finished_at", "epoch_metrics",
             "evaluation", "checkpoint_url", "holder_name", "lease_until", "interruptions",
+            "crowd_model",
         ]
         read_only_fields = fields
 
     def get_evaluation(self, run: TrainingRun) -> dict | None:
         evaluation = selectors.evaluation_of(run)
         return EvaluationSerializer(evaluation).data if evaluation is not None else None
+
+    def get_crowd_model(self, run: TrainingRun) -> dict | None:
+        return selectors.crowd_model_of(run)
 
     def get_checkpoint_url(self, run: TrainingRun) -> str | None:
         if run.status != TrainingRun.Status.SUCCEEDED:

@@ -106,10 +106,16 @@ class TrainingRunViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(responses={(200, "image/png"): OpenApiResponse()})
     @action(
-        detail=True, methods=["get"], url_path="plots/(?P<name>confusion|roc|calibration)",
-        url_name="plot",
+        detail=True, methods=["get"],
+        url_path="plots/(?P<name>confusion|roc|calibration|annotators)", url_name="plot",
     )
     def plot(self, request: Request, pk: str, name: str) -> FileResponse:
+        """A report plot; ``annotators``: the learned confusions of the most active annotators."""
+        if name == "annotators":
+            path = selectors.annotator_picture_file(self.get_object())
+            if path is None:
+                raise Http404("This run learned no annotator confusions.")
+            return FileResponse(path.open("rb"), content_type="image/png")
         evaluation = selectors.evaluation_of(self.get_object())
         stored = getattr(evaluation, selectors.PLOTS[name]) if evaluation else None
         if not stored:

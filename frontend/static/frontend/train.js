@@ -36,11 +36,15 @@
       const measured = basis.rates[backbone];
       const rate = measured === undefined ? basis.default_rate : measured;
       const items = nTrain + basis.holdout_cost * basis.n_holdout;
-      const seconds = basis.startup_seconds + epochs * items * (basis.item_overhead + rate * size * size);
-      valueOut.textContent = `about ${duration(seconds)}`;
-      noteOut.textContent = measured === undefined
+      // auto first trains each candidate crowd model for a few epochs (training.crowd_models)
+      const auto = form.elements.label_source.value === "auto";
+      const extra = auto ? basis.auto.candidates * Math.min(epochs, basis.auto.epochs) : 0;
+      const seconds = basis.startup_seconds + (epochs + extra) * items * (basis.item_overhead + rate * size * size);
+      valueOut.textContent = `${auto ? "at most" : "about"} ${duration(seconds)}`;
+      noteOut.textContent = (measured === undefined
         ? `on ${device}; a rough default, no ${backbone} run measured there yet`
-        : `on ${device}, from the last ${backbone} run measured there`;
+        : `on ${device}, from the last ${backbone} run measured there`)
+        + (auto ? `; includes ${basis.auto.candidates} candidate runs of ${Math.min(epochs, basis.auto.epochs)} epoch(s) when there are enough validation items` : "");
     }
     form.addEventListener("input", update);
     form.addEventListener("change", update);
