@@ -385,3 +385,27 @@ def test_a_late_region_vote_is_taken_while_a_slot_is_free_and_refused_once_full(
     with pytest.raises(LeaseConflict, match="lease expired and the item already has enough votes"):
         submit_vote(late, lease.pk, label=None, kind="regions", regions=[BOX], idempotency_key="l")
     assert Item.objects.get().vote_count == 1 and Vote.objects.count() == 1
+
+
+def test_the_database_function_sends_region_projects_to_python_and_the_lane_passes_regions_on():
+    from django.db import connection
+
+    from labeling.api.crowd_lane import plain_answer
+    from labeling.services.votes import record_vote_row
+
+    assert plain_answer(json.dumps({"regions": [], "idempotency_key": "k"}).encode()) is None
+    assert plain_answer(json.dumps({"kind": "regions", "idempotency_key": "k"}).encode()) is None
+    if connection.vendor != "postgresql":
+        pytest.skip("quorum_record_vote is PostgreSQL's")
+    project = region_project()
+    region_item(project)
+    worker = member(project, "direct")
+    lease = next_item(worker, project)
+    for kind, label in (("label", "WBC"), ("skip", None), ("regions", None)):
+        row = record_vote_row(
+            worker.pk, lease.pk, label=label, kind=kind, idempotency_key=kind, source="api",
+            check_role=True, site_admin=False,
+        )  # fmt: skip
+        assert (row.outcome, row.project_id) == ("region_project", project.pk)
+    assert not Vote.objects.exists() and Item.objects.get().vote_count == 0
+    assert Assignment.objects.get(pk=lease.pk).status == Assignment.Status.OPEN
