@@ -22,7 +22,8 @@ Initialisation (``init``): ``"identity"`` (the paper's: ``W_a = I``, ``w_a = 1``
 for ``confusion_trace`` 0.9 on the diagonal) or ``"dawid_skene"``: the layer starts where it
 reproduces Dawid-Skene's confusion ``pi_a`` for a confident classifier (one-hot ``sigma``):
 ``W_a = log pi_a`` for ``mw``; for the vector forms the least-squares fit of their (few)
-parameters to ``log pi_a`` up to a per-row constant (exact for the diagonal of ``vw``).
+parameters to ``log pi_a`` up to a per-row constant (exact for ``vw`` when the annotator's
+errors are uniform within each row).
 
 :meth:`annotator_confusions` gives every form's ``[n_workers, K, K]`` confusion,
 ``[worker, true, observed]``: the parameters themselves for ``confusion_trace``, the rows
