@@ -286,6 +286,26 @@ def _item_means(values: pd.Series, marked: set[int], n_classes: int, items: list
     return out
 
 
+def _split_single(data: RegionVotes) -> tuple[set[int], list[int]]:
+    """Items one worker annotated and nobody knows the answer of (kept out of the fit), and
+    the items the fit takes."""
+    single = {i for i, r in data.raters.items() if len(r) == 1 and i not in data.known}
+    return single, [i for i in data.raters if i not in single]
+
+
+def _fit_input(data: RegionVotes, frame: pd.DataFrame, single: set[int], fit_items: list[int], per_class):
+    """The frame's rows the fit takes and the known answers of its items as ``(item, class)``
+    task -> array (``per_class(item)``: one array per class)."""
+    c = data.n_classes
+    known = {
+        _task(i, cls, c): arr
+        for i in fit_items
+        if i in data.known
+        for cls, arr in enumerate(per_class(i))
+    }
+    return frame[~(frame["task"] // c).isin(single)], known
+
+
 def fit_regions(project: Project, data: RegionVotes, model) -> RegionResult:
     """Fit ``model`` (an engine estimator) on the votes and shape what is stored."""
     if data.task_type == TaskType.MASKS:
@@ -304,19 +324,12 @@ def _fit_detections(project: Project, data: RegionVotes, model) -> RegionResult:
             if len(arr):
                 marked.add(_task(item, cls, c))
     frame = pd.DataFrame(rows, columns=["task", "worker", kind])
-    single = {i for i, r in data.raters.items() if len(r) == 1 and i not in data.known}
-    fit_items = [i for i in data.raters if i not in single]
+    single, fit_items = _split_single(data)
     consensus: dict[int, list] = {i: [] for i in data.raters}
     confidence: dict[int, float] = {}
     workers: dict[int, dict[str, Any]] = {}
     if fit_items:
-        fitted = frame[~(frame["task"] // c).isin(single)]
-        known = {
-            _task(i, cls, c): arr
-            for i in fit_items
-            if i in data.known
-            for cls, arr in enumerate(class_marks(data.known[i], c, kind))
-        }
+        fitted, known = _fit_input(data, frame, single, fit_items, lambda i: class_marks(data.known[i], c, kind))
         model.fit(fitted, known=known or None)
         for task, coords in model.consensus_.items():
             item, cls = divmod(int(task), c)
@@ -369,17 +382,12 @@ def _fit_masks(data: RegionVotes, model) -> RegionResult:
             if stack[cls].any():
                 marked.add(_task(item, cls, c))
     frame = pd.DataFrame(rows, columns=["task", "worker", "segmentation"])
-    single = {i for i, r in data.raters.items() if len(r) == 1 and i not in data.known}
-    fit_items = [i for i in data.raters if i not in single]
+    single, fit_items = _split_single(data)
     maps: dict[int, np.ndarray] = {}
     if fit_items:
-        fitted = frame[~(frame["task"] // c).isin(single)]
-        known = {
-            _task(i, cls, c): m
-            for i in fit_items
-            if i in data.known
-            for cls, m in enumerate(stored_masks(data.known[i], c, data.sizes[i]))
-        }
+        fitted, known = _fit_input(
+            data, frame, single, fit_items, lambda i: stored_masks(data.known[i], c, data.sizes[i])
+        )
         model.fit(fitted, known=known or None)
         for item in fit_items:
             maps[item] = np.stack([np.asarray(model.probas_[_task(item, cls, c)]) for cls in range(c)])
