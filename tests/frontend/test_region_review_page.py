@@ -139,3 +139,48 @@ def test_expert_accepts_a_consensus_and_another_edits_one(
         assert_points_close(got["points"], expected_box["points"])
     assert "All 1 items reviewed" in other.inner_text("[data-testid=status]")
     assert browser_errors == []
+
+
+def test_blind_holdout_mask_is_drawn_without_the_crowds_regions(
+    page, login, live_server, artifacts_dir, browser_errors
+):
+    project = region_project(Project.TaskType.MASKS, "Blood cells (blind masks)", n_items=1)
+    Project.objects.filter(pk=project.pk).update(default_method="auto")
+    (item,) = project.items.all()
+    Item.objects.filter(pk=item.pk).update(is_holdout=True)
+    crowd = [UserFactory(username=f"mask-crowd-{i}") for i in range(2)]
+    for i, user in enumerate(crowd):
+        MembershipFactory(project=project, user=user, role=Membership.Role.CROWD)
+        x0 = 150 + 4 * i
+        square = [[x0, 100], [x0 + 50, 100], [x0 + 50, 150], [x0, 150]]
+        vote(item, user, [{"label": 0, "shape": "polygon", "points": square}])
+    run = aggregate_project(project.pk, "auto")
+    assert run.status == AggregationRun.Status.SUCCEEDED and run.holdout_size == 0
+    reviewer = expert(project, "blind-expert")
+
+    assert open_review(page, login, live_server, project, reviewer.username) == item.pk
+    assert page.get_attribute("[data-testid=review-app]", "data-mode") == "blind"
+    assert "Blind hold-out" in page.inner_text("[data-testid=mode]")
+    assert "Hidden" in page.inner_text("[data-testid=annotator-layers]")
+    assert page.locator("[data-testid=annotator-layers] input").count() == 0
+    for button in ("accept-consensus", "edit-consensus", "redraw"):
+        assert page.is_disabled(f"[data-testid={button}]")
+    assert "mask-crowd" not in page.content() and "150" not in page.inner_text("[data-testid=region-panel]")
+    # the expert's own outline of the white cell, closed on its first vertex
+    for x, y in [(150, 100), (200, 100), (200, 150), (150, 150), (150, 100)]:
+        click(page, x, y)
+    assert page.get_attribute("[data-testid=region-canvas]", "data-count") == "1"
+    page.screenshot(path=str(artifacts_dir / "region-review-blind.png"))
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("[data-testid=review-app][data-finished=true]")
+    item.refresh_from_db()
+    answer = item.expert_regions
+    assert answer.source == ExpertLabel.Source.HOLDOUT and answer.expert == reviewer
+    (stored,) = answer_regions([answer.pk])[answer.pk]
+    assert stored["shape"] == "polygon"
+    assert_points_close(stored["points"], [[150, 100], [200, 100], [200, 150], [150, 150]])
+    # the run is scored against it at once: the crowd's mask (x 152..202) against the expert's
+    run.refresh_from_db()
+    assert run.holdout_size == 1 and run.selection["holdout_metric"] == "dice"
+    assert 0.9 < run.holdout_accuracy < 1.0
+    assert browser_errors == []
