@@ -18,6 +18,7 @@ from labeling.aggregation.agreement import fleiss_kappa, krippendorff_alpha
 from labeling.exports import worker_pseudonym
 from labeling.models import ConsensusLabel, Item, Membership, Project, Vote, WorkerReliability
 from labeling.services.review import holdout_agreement, holdout_disputes, latest_runs, review_queue
+from labeling.services.votes import COUNTED_KINDS
 
 CALIBRATION_BINS = 10
 # Points of the agreement-over-time series.
@@ -120,7 +121,7 @@ def progress(project: Project) -> dict:
     ))
     return {
         "items": counts["n"],
-        "votes": Vote.objects.filter(project=project, kind=Vote.Kind.LABEL, is_excluded=False).count(),
+        "votes": Vote.objects.filter(project=project, kind__in=COUNTED_KINDS, is_excluded=False).count(),
         "votes_per_item": [{"votes": k, "items": histogram[k]} for k in sorted(histogram)],
         "awaiting_review": review_queue(project).count(),
         "holdout_total": counts["holdout"],
@@ -197,7 +198,7 @@ def annotators(project: Project) -> list[dict]:
     confusion matrix of the default method's latest run."""
     per_worker = {
         row["worker_id"]: row
-        for row in Vote.objects.filter(project=project, kind=Vote.Kind.LABEL)
+        for row in Vote.objects.filter(project=project, kind__in=COUNTED_KINDS)
         .values("worker_id")
         .annotate(
             votes=Count("id"),

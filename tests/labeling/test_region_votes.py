@@ -409,3 +409,19 @@ def test_the_database_function_sends_region_projects_to_python_and_the_lane_pass
         assert (row.outcome, row.project_id) == ("region_project", project.pk)
     assert not Vote.objects.exists() and Item.objects.get().vote_count == 0
     assert Assignment.objects.get(pk=lease.pk).status == Assignment.Status.OPEN
+
+
+def test_the_dashboard_counts_region_votes_and_their_voters():
+    from labeling import reports
+
+    project = region_project("points", gold_rate=1.0)
+    give_expert_regions(region_item(project), POINTS_TRUTH)
+    region_item(project)
+    worker = member(project, "counted")
+    client = client_of(worker)
+    for key in ("a", "b"):
+        body = next_body(client, project)
+        assert post_vote(client, body["id"], regions=[], idempotency_key=key).status_code == 201
+    assert reports.progress(project)["votes"] == 2
+    (row,) = [r for r in reports.annotators(project) if r["votes"]]
+    assert (row["votes"], row["gold_answered"], row["gold_accuracy"]) == (2, 1, 0.0)
