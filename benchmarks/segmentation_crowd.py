@@ -17,6 +17,7 @@ The same model (``--backbone`` with its ImageNet weights through the engine, U-N
 ``training.engine.region_trainer``), epochs, learning rate and seed are trained on:
 
 * ``staple``: STAPLE's soft foreground map (the target a ``consensus`` run uses);
+* ``staple_mask``: STAPLE's map binarised at 0.5;
 * ``majority``: the majority-vote mask (hard);
 * ``single``: one rater's mask per crop (what one annotation per image would give);
 * ``expert``: the expert's mask (the upper bound, what an ``expert`` run uses).
@@ -59,7 +60,7 @@ from training.engine.region_trainer import (  # noqa: E402
     train_regions,
 )
 
-SOURCES = ("staple", "majority", "single", "expert")
+SOURCES = ("staple", "staple_mask", "majority", "single", "expert")
 
 
 def tiles(image: np.ndarray, labels: np.ndarray, crop: int) -> tuple[list, list]:
@@ -84,6 +85,7 @@ def crowd_targets(truth: list[np.ndarray], args, seed: int) -> tuple[dict[str, l
     first = frame.groupby("task", sort=True)["segmentation"].first()
     targets = {
         "staple": [staple.probas_[n] for n in range(len(truth))],
+        "staple_mask": [staple.segmentations_[n] for n in range(len(truth))],
         "majority": [majority.segmentations_[n] for n in range(len(truth))],
         "single": [first[n] for n in range(len(truth))],
         "expert": [t > 0 for t in truth],
@@ -105,7 +107,8 @@ def main() -> None:
     parser.add_argument("--per-item", type=int, default=5, help="raters per crop")
     parser.add_argument("--mix", default=DEFAULT_MIX, help="rater archetypes (simulation.py)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    parser.add_argument("--sources", nargs="+", default=["staple", "majority", "single", "expert"],
+                        choices=SOURCES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one seed, 4 epochs")
     args = parser.parse_args()
