@@ -166,6 +166,38 @@ def test_worker_draws_boxes_deletes_one_and_submits(
     assert browser_errors == []
 
 
+def test_worker_draws_two_boxes_and_a_polygon_deletes_one_and_submits(
+    worker, page, login, live_server, artifacts_dir, browser_errors
+):
+    """The issue's test, on a masks project (a box there is a rectangle mask): two boxes and a
+    polygon drawn with the mouse, one box deleted, the rest submitted as one vote."""
+    project = region_project(Project.TaskType.MASKS, "Blood cells (boxes and polygons)")
+    join(project, worker)
+    item = open_label_page(page, login, live_server, project)
+    page.keyboard.press("x")  # box tool
+    assert page.locator("[data-testid=tool-box]").get_attribute("class") == "on"
+    drag(page, (150, 100), (200, 150))  # WBC
+    page.keyboard.press("2")  # RBC
+    drag(page, (40, 30), (90, 75))
+    page.keyboard.press("g")  # polygon tool, still RBC
+    for x, y in [(230, 160), (290, 170), (270, 220), (230, 160)]:
+        click(page, x, y)
+    assert region_count(page) == 3
+    page.keyboard.press("v")
+    click(page, 60, 50)  # the RBC box
+    page.keyboard.press("Delete")
+    assert region_count(page) == 2
+    page.screenshot(path=str(artifacts_dir / "region-label-boxes-and-polygon.png"))
+
+    vote = submit_and_wait(page, item)
+    assert vote.kind == Vote.Kind.REGIONS
+    shapes = sorted(vote.regions, key=lambda r: r["shape"])
+    assert [(r["shape"], r["label"]) for r in shapes] == [("box", 0), ("polygon", 1)]
+    assert_points_close(shapes[0]["points"], [[150, 100], [200, 150]])
+    assert_points_close(shapes[1]["points"], [[230, 160], [290, 170], [270, 220]])
+    assert browser_errors == []
+
+
 def test_worker_draws_polygons_and_a_brush_mask(
     worker, page, login, live_server, artifacts_dir, browser_errors
 ):

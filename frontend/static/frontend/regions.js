@@ -37,7 +37,7 @@ export const TOOLS = {
 export const TOOLS_OF_TASK = {
   points: ["point", "select", "pan"],
   boxes: ["box", "select", "pan"],
-  masks: ["polygon", "brush", "eraser", "select", "pan"],
+  masks: ["polygon", "box", "brush", "eraser", "select", "pan"],  // a box there is a rectangle mask
 };
 
 const HANDLE = 5; // half the side of a resize handle, screen px

@@ -39,7 +39,9 @@ ShapeName = Literal["point", "box", "polygon", "mask"]
 ALLOWED_SHAPES: dict[str, tuple[str, ...]] = {
     "points": ("point",),
     "boxes": ("box",),
-    "masks": ("polygon", "mask"),
+    # A box on a mask project is a rectangle mask (CVAT and Label Studio offer it there too):
+    # the quickest outline of a lesion that fills its box
+    "masks": ("polygon", "box", "mask"),
 }
 # A polygon's edges are tested pairwise for crossings (about 50 ms at 1,000 vertices): bounded
 # per polygon and per answer so that one answer cannot cost seconds of CPU (a traced outline
@@ -167,6 +169,10 @@ def _drop_repeats(v: np.ndarray) -> np.ndarray:
     return v[:-1] if len(v) > 1 and (v[-1] == v[0]).all() else v
 
 
+def _either(names: Sequence[str]) -> str:
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def polygon_area(v: np.ndarray) -> float:
     """Unsigned area (shoelace formula)."""
     x, y = v[:, 0], v[:, 1]
@@ -248,10 +254,10 @@ def parse_shape(
     allowed = ALLOWED_SHAPES[task_type]
     shape = raw.get("shape")
     if shape not in ALLOWED_SHAPES["points"] + ALLOWED_SHAPES["boxes"] + ALLOWED_SHAPES["masks"]:
-        raise RegionAnswerError(f"{where}: unknown shape {shape!r}; use {' or '.join(allowed)}")
+        raise RegionAnswerError(f"{where}: unknown shape {shape!r}; use {_either(allowed)}")
     if shape not in allowed:
         raise RegionAnswerError(
-            f"{where}: a {shape} is not allowed in a {task_type} project; use {' or '.join(allowed)}"
+            f"{where}: a {shape} is not allowed in a {task_type} project; use {_either(allowed)}"
         )
     label = raw.get("label")
     if not isinstance(label, str) or label not in classes:
@@ -352,17 +358,21 @@ def shapes_from_stored(stored: Iterable[dict]) -> list[Shape]:
 
 
 def shape_mask(shape: Shape, height: int, width: int) -> np.ndarray:
-    """A polygon's or mask's bool ``[h, w]`` mask: pixel (r, c) covers ``c..c+1``, ``r..r+1``
-    and is inside a polygon when its centre ``(c + 0.5, r + 0.5)`` is."""
+    """A polygon's, box's or mask's bool ``[h, w]`` mask: pixel (r, c) covers ``c..c+1``,
+    ``r..r+1`` and is inside a polygon or box when its centre ``(c + 0.5, r + 0.5)`` is."""
     if shape.shape == "mask":
         return rle_decode(shape.rle)
     if shape.shape == "polygon":
         return polygon_mask(shape.points - 0.5, (height, width), include_outline=False)
+    if shape.shape == "box":
+        (x0, y0), (x1, y1) = shape.points
+        cols, rows = np.arange(width) + 0.5, np.arange(height) + 0.5
+        return ((rows >= y0) & (rows <= y1))[:, None] & ((cols >= x0) & (cols <= x1))[None, :]
     raise ValueError(f"a {shape.shape} has no mask")
 
 
 def class_masks(shapes: Iterable[Shape], n_classes: int, height: int, width: int) -> np.ndarray:
-    """Bool ``[n_classes, h, w]``: each class's union of its polygons and masks."""
+    """Bool ``[n_classes, h, w]``: each class's union of its polygons, boxes and masks."""
     out = np.zeros((n_classes, height, width), dtype=bool)
     for s in shapes:
         out[s.label] |= shape_mask(s, height, width)

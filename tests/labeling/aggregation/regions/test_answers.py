@@ -40,8 +40,8 @@ def square(x0=10, y0=10, side=20):
         ("boxes", [{"label": "WBC", "shape": "box", "points": [[1, 1], [2, 2]]},
                    {"label": "WBC", "shape": "point", "points": [[1, 1]]}],
          "region 1: a point is not allowed in a boxes project; use box"),
-        ("masks", [{"label": "WBC", "shape": "box", "points": [[1, 1], [2, 2]]}],
-         "region 0: a box is not allowed in a masks project; use polygon or mask"),
+        ("masks", [{"label": "WBC", "shape": "point", "points": [[1, 1]]}],
+         "region 0: a point is not allowed in a masks project; use polygon, box or mask"),
         ("points", [{"label": "WBC", "shape": "circle", "points": [[1, 1]]}],
          "region 0: unknown shape 'circle'; use point"),
         ("boxes", [{"label": "WBC", "shape": "box", "points": [[5, 1], [5, 9]]}],
@@ -160,6 +160,21 @@ def test_polygon_rasterisation_covers_pixels_whose_centre_is_inside():
     masks = class_masks([shape], 2, 80, 100)
     assert masks[0].sum() == 400 and masks[1].sum() == 0
     assert masks[0][10:30, 10:30].all()
+
+
+def test_a_box_on_a_mask_project_is_the_rectangle_of_pixels_whose_centre_is_inside():
+    (box, polygon) = parse([{"label": "WBC", "shape": "box", "points": [[10, 10], [30, 20]]},
+                            {"label": "WBC", "shape": "polygon", "points": square(25, 15, 10)}],
+                           task_type="masks")  # fmt: skip
+    masks = class_masks([box], 2, 80, 100)
+    assert masks[0].sum() == 200 and masks[0][10:20, 10:30].all() and masks[1].sum() == 0
+    # the same area drawn as a polygon or as a box is the same mask
+    (as_polygon,) = parse([{"label": "WBC", "shape": "polygon",
+                            "points": [[10, 10], [30, 10], [30, 20], [10, 20]]}], task_type="masks")  # fmt: skip
+    assert (class_masks([as_polygon], 2, 80, 100) == masks).all()
+    union = class_masks([box, polygon], 2, 80, 100)[0]
+    assert union.sum() == 200 + 100 - 5 * 5  # squares overlap on x 25..30, y 15..20
+    assert _score("masks", [box], [as_polygon]) == ("dice", 1.0)
 
 
 def _score(task_type, answer, truth, **kw):
