@@ -109,6 +109,9 @@ def make_region_project(
                 )
                 Region.objects.create(item=item, answer=answer, label=nucleus, shape=shape,
                                       x0=x0, y0=y0, x1=x1, y1=y1, geometry=geometry)
+            elif task == Project.TaskType.BOXES:
+                Region.objects.create(item=item, answer=answer, label=nucleus,
+                                      shape=Region.Shape.BOX, x0=x0, y0=y0, x1=x1, y1=y1)
             else:
                 cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
                 Region.objects.create(item=item, answer=answer, label=nucleus,
@@ -126,6 +129,11 @@ def make_region_project(
             row.regions = [{"label": 0, "shape": "mask", "rle": rle_encode(soft[0] >= 0.5),
                             "confidence": 0.9}]
             row.probability_map.save(f"c{n}.npy", ContentFile(_npy(soft)), save=False)
+        elif task == Project.TaskType.BOXES:
+            row.regions = [
+                {"label": 0, "shape": "box", "points": [[b[0], b[1]], [b[2], b[3]]], "confidence": 0.8}
+                for b in boxes
+            ]
         else:
             row.regions = [
                 {"label": 0, "shape": "point", "points": [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]],
@@ -218,6 +226,17 @@ def test_points_run_reports_precision_recall_and_counts(db):
     assert cell["support"] == 6  # hold-out items 16..19 have 1, 2, 1, 2 squares
     assert {"precision", "recall", "f1", "count_error", "predicted"} <= set(cell)
     assert regions["f1"] > 0.5 and regions["count_error"] is not None
+
+
+def test_boxes_run_stores_its_report_and_pictures(db):
+    project = make_region_project(Project.TaskType.BOXES, n_train=6, name="Smears")
+    run = run_regions(project, epochs=1)
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.failure_reason
+    regions = run.evaluation.extra["regions"]
+    assert regions["task"] == "boxes" and regions["match"] == {"iou": 0.5}
+    assert run.evaluation.per_class["nucleus"]["support"] == 6  # hold-out items 6..9
+    for item_id in regions["gallery"]:
+        assert region_runs.picture_file(run, str(item_id)) is not None
 
 
 def test_launch_rules_for_region_and_class_projects(masks_project, project):
