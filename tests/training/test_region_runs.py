@@ -198,6 +198,31 @@ def test_masks_run_on_the_consensus_stores_its_report(masks_project):
     assert selectors.model_file(run) is not None
 
 
+def test_consensus_from_the_region_aggregation_trains(masks_project):
+    """The whole path: crowd masks as region votes, STAPLE through the aggregation service, then
+    a consensus run on the map it stored."""
+    from labeling.aggregation.regions.answers import class_masks, shapes_from_stored
+    from labeling.services.aggregation import aggregate_project
+    from labeling.services.review import answer_regions
+    from tests.labeling.test_region_aggregation import vote
+
+    AggregationRun.objects.all().delete()
+    annotators = [UserFactory(username=f"Nuclei-annotator{k}") for k in range(3)]
+    for item in Item.objects.filter(project=masks_project, is_holdout=False):
+        stored = answer_regions([item.expert_regions_id])[item.expert_regions_id]
+        truth = class_masks(shapes_from_stored(stored), 1, SIDE, SIDE)[0]
+        for k, annotator in enumerate(annotators):
+            drawn = np.roll(truth, k - 1, axis=1)  # one rater left, one right, one exact
+            vote(item, annotator, [{"label": 0, "shape": "mask", "rle": rle_encode(drawn)}])
+    consensus = aggregate_project(masks_project.pk, "staple")
+    assert consensus.status == AggregationRun.Status.SUCCEEDED, consensus.failure_reason
+    run = run_regions(masks_project, epochs=1)
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.failure_reason
+    assert run.n_train_items == 10
+    assert run.evaluation.extra["regions"]["consensus_run"] == consensus.pk
+    assert set(run.annotator_reliability) == {f"Nuclei-annotator{k}" for k in range(3)}
+
+
 def test_expert_run_trains_on_expert_regions(masks_project):
     RegionConsensus.objects.all().delete()
     run = run_regions(masks_project, label_source="expert", epochs=1)
