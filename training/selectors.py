@@ -241,6 +241,11 @@ def report_summary(run: TrainingRun, evaluation: Evaluation) -> dict[str, Any]:
                 "is the share of that class, not skill.",
             },
         )
+    regions = (evaluation.extra or {}).get("regions")
+    if regions:  # a region run leads with its own score (Dice or F1), stored in accuracy
+        headline = {"metric": regions["headline"], "label": regions["headline_label"],
+                    "value": evaluation.accuracy}  # fmt: skip
+        return {"lead": headline, "others": [], "classes": rows, "flags": [], "class_balance": None}
     return {
         "lead": {"metric": lead, "label": LEAD_METRICS[lead], "value": values[lead]},
         "others": [

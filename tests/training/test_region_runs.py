@@ -342,6 +342,8 @@ def test_run_page_shows_the_region_report(masks_project, admin_user, client):
 
     summary = client.get(f"/api/training-runs/{run.pk}/").json()["evaluation"]["summary"]
     assert summary["flags"] == [] and summary["lead"]["value"] == run.evaluation.accuracy
+    assert summary["lead"]["label"] == "Mean Dice" and summary["others"] == []
+    assert "<h3>Hold-out Dice</h3>" in page
     train_page = client.get(f"/projects/{masks_project.pk}/train/").content.decode()
     assert 'value="consensus" selected' in train_page and 'value="expert"' in train_page
     assert 'value="dawid_skene"' not in train_page
