@@ -76,3 +76,19 @@ def test_a_member_name_with_a_nul_byte_is_a_400(admin_client, project):
     )
     assert response.status_code == 400
     assert response.json() == {"user": ["Null characters are not allowed."]}
+
+
+@pytest.mark.parametrize(
+    ("task_type", "method", "ok"),
+    [("masks", "staple", True), ("masks", "auto", True), ("points", "point_consensus", True),
+     ("masks", "dawid_skene", False), ("boxes", "staple", False), ("image", "staple", False),
+     ("image", "dawid_skene", True), ("image", "auto", True)],
+)
+def test_the_default_method_must_suit_the_task_type(staff_client, task_type, method, ok):
+    """A region project with a class method (or the reverse) would only ever fail its runs."""
+    answer = create(staff_client, name=f"{task_type} {method}", task_type=task_type, default_method=method)
+    if ok:
+        assert answer.status_code == 201, answer.json()
+    else:
+        assert answer.status_code == 400 and "default_method" in answer.json()
+        assert not Project.objects.filter(name=f"{task_type} {method}").exists()

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from labeling.models import REGION_TASK_TYPES, LabelClass, Membership, Project
 from labeling.services.projects import create_project, validate_class_names
+from labeling.services.aggregation import InvalidAggregation, check_method
 
 
 class LabelClassSerializer(serializers.ModelSerializer):
@@ -129,6 +130,14 @@ class ProjectSerializer(serializers.ModelSerializer):
                 raise serializers.ValidationError(
                     {"task_type": "The task type cannot change once the project has items."}
                 )
+        method = attrs.get("default_method")
+        if method is not None:
+            # the method must be one the project's kind of task can run (no failed runs later)
+            kind = Project(task_type=task_type or getattr(self.instance, "task_type", Project.TaskType.IMAGE))
+            try:
+                check_method(method, None, kind)
+            except InvalidAggregation as exc:
+                raise serializers.ValidationError({"default_method": str(exc)}) from exc
         if self.instance is None and task_type not in REGION_TASK_TYPES and len(attrs.get("classes", ())) < 2:
             raise serializers.ValidationError(
                 {"classes": "A project needs at least two label classes (one is enough to mark regions)."}
