@@ -7,6 +7,7 @@ marks it with a box on some hold-out images, as BCCD's white-cell boxes).
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -73,7 +74,7 @@ def make_bag_project(*, n_train: int = 24, n_holdout: int = 8, name: str = "Smea
         holdout = n >= n_train
         item = Item(
             project=project,
-            content_hash=f"{project.pk}-bag-{n:054d}",
+            content_hash=hashlib.sha256(f"{project.pk}-bag-{n}".encode()).hexdigest(),
             source_name=f"smear-{n}.png",
             width=SIDE,
             height=SIDE,

@@ -8,6 +8,7 @@ consensus map is soft at the squares' rims, so a model that learned anything sco
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -88,7 +89,7 @@ def make_region_project(
         pixels, boxes = _squares(n)
         holdout = n >= n_train
         item = Item(
-            project=project, content_hash=f"{project.pk}-nuclei-{n:052d}", source_name=f"n{n}.png",
+            project=project, content_hash=hashlib.sha256(f"{project.pk}-nuclei-{n}".encode()).hexdigest(), source_name=f"n{n}.png",
             width=SIDE, height=SIDE, channels=1, is_holdout=holdout,
         )  # fmt: skip
         item.image.save(f"n{n}.png", ContentFile(_png(pixels)), save=False)

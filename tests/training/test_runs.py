@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import timedelta
 
@@ -67,7 +68,7 @@ def make_training_set(
         holdout = n >= n_train
         item = Item(
             project=project,
-            content_hash=f"{project.pk}-{n:060d}",
+            content_hash=hashlib.sha256(f"{project.pk}-{n}".encode()).hexdigest(),
             source_name=f"case-{n}.png",
             width=16,
             height=16,
