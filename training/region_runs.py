@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Q
@@ -213,7 +212,7 @@ def _consensus_target(project: Project, row: RegionConsensus, n_classes: int) ->
 def region_config(run: TrainingRun, data: RegionTrainingData) -> RegionConfig:
     """The engine's RegionConfig for ``run`` (checkpoints under MEDIA_ROOT/runs/<id>/)."""
     from training.engine.region_trainer import RegionConfig
-    from training.services import PARAM_FIELDS, _engine_weights
+    from training.services import PARAM_FIELDS, engine_run_fields
 
     known = {f.name for f in dataclass_fields(RegionConfig)}
     options = {
@@ -226,16 +225,9 @@ def region_config(run: TrainingRun, data: RegionTrainingData) -> RegionConfig:
         task=project.task_type,
         label_source=run.label_source,
         num_classes=len(data.class_names),
-        model_name=run.backbone,
-        weights=_engine_weights(run),
         image_size=run.image_size,
-        epochs=run.epochs,
         batch_size=run.batch_size,
-        lr=run.learning_rate,
-        augment=run.augment,
-        seed=run.seed,
-        checkpoint_dir=str(selectors.run_folder(run)),
-        cache_dir=str(Path(settings.QUORUM_CACHE_DIR) / "weights"),
+        **engine_run_fields(run),
         match_distance=project.region_match_distance,
         match_iou=project.region_match_iou,
         max_objects=project.max_regions,

@@ -447,17 +447,10 @@ def train_config(
     return TrainConfig(
         label_source=options.pop("label_source", run.label_source),
         num_classes=len(data.class_names),
-        model_name=run.backbone,
-        weights=_engine_weights(run),
         in_chans=3,
         image_size=run.image_size,
-        epochs=run.epochs,
         batch_size=run.batch_size,
-        lr=run.learning_rate,
-        augment=run.augment,
-        seed=run.seed,
-        checkpoint_dir=str(selectors.run_folder(run)),
-        cache_dir=str(Path(settings.QUORUM_CACHE_DIR) / "weights"),
+        **engine_run_fields(run),
         **{k: v for k, v in options.items() if k in known},
     )
 
@@ -483,18 +476,26 @@ def mil_config(run: TrainingRun, data: TrainingData):
     return MILConfig(
         label_source=bag_label_source(run),
         num_classes=len(data.class_names),
-        model_name=run.backbone,
-        weights=_engine_weights(run),
         in_chans=3,
-        epochs=run.epochs,
         bags_per_batch=run.batch_size,
-        lr=run.learning_rate,
-        augment=run.augment,
-        seed=run.seed,
-        checkpoint_dir=str(selectors.run_folder(run)),
-        cache_dir=str(Path(settings.QUORUM_CACHE_DIR) / "weights"),
+        **engine_run_fields(run),
         **options,
     )
+
+
+def engine_run_fields(run: TrainingRun) -> dict[str, Any]:
+    """What every engine config (classes, bags, regions) takes from the run as it is:
+    backbone and weights, schedule, seed, and where checkpoints and converted weights go."""
+    return {
+        "model_name": run.backbone,
+        "weights": _engine_weights(run),
+        "epochs": run.epochs,
+        "lr": run.learning_rate,
+        "augment": run.augment,
+        "seed": run.seed,
+        "checkpoint_dir": str(selectors.run_folder(run)),
+        "cache_dir": str(Path(settings.QUORUM_CACHE_DIR) / "weights"),
+    }
 
 
 def _engine_weights(run: TrainingRun) -> str:
