@@ -151,33 +151,85 @@ def _bccd_gold(project) -> None:
             give_expert_answer(ItemFactory(project=project), BCCD[k], gold=True)
 
 
-@pytest.mark.parametrize("functions", [True, False], ids=["db-functions", "python"])
-def test_a_one_class_worker_is_blocked_through_the_browser_path(settings, functions):
-    """The demo's case, through the label page's requests (session, CSRF-exempt test client):
-    '1' to every gold question of a BCCD-like gold set is blocked after gold_min_answers, on
-    PostgreSQL both with the database functions and without. The order gold is served in is
-    the worker's secret schedule (it changes with the day and the ids), so each vote's status
-    is checked against the rule applied to the answers so far, and a worker who had missed a
-    question before the blocking vote was warned first."""
+class _SessionPage:
+    """The label page's requests: a logged-in session (the test client skips CSRF)."""
+
+    def __init__(self, worker):
+        self.client = Client()
+        self.client.force_login(worker)
+
+    def next(self, project):
+        return self.client.get(f"/api/projects/{project.id}/next/", HTTP_ACCEPT="application/json")
+
+    def vote(self, lease_id: int, body: dict):
+        return self.client.post(f"/api/assignments/{lease_id}/vote/", body, content_type="application/json")
+
+
+class _TokenClient:
+    """A crowd platform's requests: token auth, through the crowd lane when it is on."""
+
+    def __init__(self, worker):
+        from rest_framework.authtoken.models import Token
+
+        from tests.lane_client import ServerAPIClient
+
+        self.client = ServerAPIClient()
+        self.client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=worker).key}")
+
+    def next(self, project):
+        return self.client.get(f"/api/projects/{project.id}/next/")
+
+    def vote(self, lease_id: int, body: dict):
+        return self.client.post(f"/api/assignments/{lease_id}/vote/", body, format="json")
+
+
+# Every path a crowd vote can take: (client, database functions, crowd lane).
+VOTE_PATHS = {
+    "session-db-functions": (_SessionPage, True, False),
+    "session-python": (_SessionPage, False, False),
+    "token-lane": (_TokenClient, True, True),
+    "token-full-stack": (_TokenClient, False, False),
+}
+
+
+@pytest.mark.parametrize("path", list(VOTE_PATHS))
+def test_a_one_class_worker_is_blocked_on_every_vote_path(settings, monkeypatch, path):
+    """The demo's case: '1' to every gold question of a BCCD-like gold set is blocked after
+    gold_min_answers, through the label page's session requests and a token client's, with the
+    database functions and without, and through the crowd lane (PostgreSQL; the lane then
+    records every vote itself, the blocking one too). On SQLite the function paths run the
+    Python services, as the product does there. The order gold is served in is the worker's
+    secret schedule (it changes with the day and the ids), so each vote's status is checked
+    against the rule applied to the answers so far, and a worker who had missed a question
+    before the blocking vote was warned first."""
+    from labeling.api import crowd_lane
+
+    make_client, functions, lane = VOTE_PATHS[path]
+    if lane and connection.vendor != "postgresql":
+        pytest.skip("the crowd lane answers on PostgreSQL only; set DATABASE_URL")
     settings.QUORUM_CROWD_DB_FUNCTIONS = functions
+    settings.QUORUM_CROWD_LANE = lane
+    lane_answered: list[str] = []
+    respond = crowd_lane.CrowdLane._respond
+    monkeypatch.setattr(crowd_lane.CrowdLane, "_respond", staticmethod(
+        lambda route, code, body: lane_answered.append(route) or respond(route, code, body)
+    ))  # fmt: skip
     project = _bccd_project()
     _bccd_gold(project)
     worker = UserFactory(username="one-class")
     MembershipFactory(project=project, user=worker, role=Membership.Role.CROWD)
-    page = Client()
-    page.force_login(worker)
+    client = make_client(worker)
     record: dict[str, list[int]] = {}  # expert class -> [answered, right]
     statuses, missed_before = [], []
     for n in range(len(BCCD_GOLD) * 10):
-        served = page.get(f"/api/projects/{project.id}/next/", HTTP_ACCEPT="application/json")
+        served = client.next(project)
         if served.status_code == 403:
             assert "You are blocked from this project: gold accuracy" in served.json()["detail"]
             break
+        assert served.status_code == 200, served.content
         truth = Assignment.objects.get(pk=served.json()["id"]).item.expert_answer.name
         missed_before.append(any(right < answered for answered, right in record.values()))
-        body = {"label": "NEUTROPHIL", "idempotency_key": f"k{n}"}
-        answered = page.post(f"/api/assignments/{served.json()['id']}/vote/", body,
-                             content_type="application/json")  # fmt: skip
+        answered = client.vote(served.json()["id"], {"label": "NEUTROPHIL", "idempotency_key": f"k{n}"})
         assert answered.status_code == 201
         tally = record.setdefault(truth, [0, 0])
         tally[0] += 1
@@ -188,7 +240,12 @@ def test_a_one_class_worker_is_blocked_through_the_browser_path(settings, functi
     assert statuses[-1] == "blocked" and len(statuses) <= 27 and statuses.index("blocked") >= 4
     if missed_before[-1]:  # a miss was scored before the blocking vote: the worker was warned
         assert "warning" in statuses[:-1]
-    assert Membership.objects.get(project=project, user=worker).is_blocked
+    membership = Membership.objects.get(project=project, user=worker)
+    assert membership.is_blocked and membership.blocked_reason.startswith("gold accuracy")
+    # The lane served and recorded every lease and vote on its path (the 403 is the full
+    # stack's), and none on the others.
+    expected_routes = ["crowd-next", "crowd-vote"] * len(statuses) if lane else []
+    assert lane_answered == expected_routes
 
 
 def test_gold_record_is_counted_the_same_by_the_vote_function_and_python(settings):
