@@ -25,7 +25,9 @@ right with a probability in ``--accuracy``.
 
 Label sources (``--sources``, default all): ``expert`` (the true labels: the ceiling),
 ``majority_vote`` (hard), ``dawid_skene`` (soft posteriors), ``aggnet`` (EM with the classifier
-in the loop, from Dawid-Skene), ``crowd_layer/<form>/<init>`` for every form of
+in the loop, from Dawid-Skene), ``crossfit_em`` (the same EM with each item's classifier prior
+predicted by a head trained on the other folds, :mod:`training.engine.crossfit_em`; frozen
+backbone only), ``crowd_layer/<form>/<init>`` for every form of
 :mod:`training.engine.crowd_layer` (``confusion_trace``, ``mw``, ``vw``, ``vb``, ``vw+b``,
 ``conal``) and init (``identity``, ``dawid_skene``), and ``auto``: the crowd-trained variant
 that :func:`training.engine.selection.pick_by_validation` picks on ``--validation`` training
@@ -51,7 +53,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,7 @@ from training.engine import (  # noqa: E402
     plan_class_balance,
     train,
 )
+from training.engine.crossfit_em import cross_fitted_em, undo_class_weights  # noqa: E402
 from training.engine.crowd_layer import (  # noqa: E402
     CROWD_LAYER_FORMS,
     CROWD_LAYER_INITS,
@@ -90,7 +93,10 @@ VAR_DIR = Path(os.environ.get("QUORUM_VAR_DIR", ROOT / "var"))
 CROWD_LAYER_SOURCES = tuple(
     f"crowd_layer/{form}/{init}" for form in CROWD_LAYER_FORMS for init in CROWD_LAYER_INITS
 )
-SOURCES = ("expert", "majority_vote", "dawid_skene", "aggnet", *CROWD_LAYER_SOURCES, "auto")
+SOURCES = (
+    "expert", "majority_vote", "dawid_skene", "aggnet", "crossfit_em", *CROWD_LAYER_SOURCES,
+    "auto",
+)  # fmt: skip
 # round one's names still work: "crowd_layer" is the confusion_trace form from Dawid-Skene
 ALIASES = {"crowd_layer": "crowd_layer/confusion_trace/dawid_skene"}
 DATASETS = ("pneumoniamnist", "bccd")
@@ -335,6 +341,8 @@ def fit_head(
         targets = np.eye(num_classes)[truth]
     elif source == "majority_vote":
         targets = hard_majority(crowd.majority_vote, seed)
+    elif source == "crossfit_em":
+        targets = crossfit_targets(train_features, truth, crowd, num_classes, args, seed)
     else:  # Dawid-Skene's soft labels; also AggNet's and the crowd layer's starting point
         targets = crowd.dawid_skene
     balance = plan_class_balance("auto", targets)
@@ -390,6 +398,38 @@ def fit_head(
             aggnet.m_step()
             target_tensor = torch.as_tensor(aggnet.posteriors_, dtype=torch.float32)
     return probabilities(head, x_train), probabilities(head, x_test)
+
+
+def crossfit_targets(
+    train_features: np.ndarray,
+    truth: np.ndarray,
+    crowd: Crowd,
+    num_classes: int,
+    args: argparse.Namespace,
+    seed: int,
+) -> np.ndarray:
+    """Soft targets of :func:`training.engine.crossfit_em.cross_fitted_em` from Dawid-Skene's:
+    every fold's head is this benchmark's Dawid-Skene-soft head (``--crossfit-epochs``), trained
+    on the other folds' current posteriors."""
+    fold_args = argparse.Namespace(**{**vars(args), "epochs": args.crossfit_epochs})
+
+    def fit_predict(
+        trained_on: np.ndarray, targets: np.ndarray, held_out: np.ndarray, fold_seed: int
+    ) -> np.ndarray:
+        fold_crowd = replace(crowd, dawid_skene=targets)  # the "dawid_skene" source's targets
+        _, held_out_p = fit_head(
+            "dawid_skene", train_features[trained_on], train_features[held_out],
+            truth[trained_on], fold_crowd, num_classes, fold_args, fold_seed,
+        )  # fmt: skip
+        balance = plan_class_balance("auto", targets)
+        weights = np.asarray(balance.class_weights) if balance.applied != "none" else None
+        return undo_class_weights(held_out_p, weights)
+
+    result = cross_fitted_em(
+        crowd.votes, crowd.dawid_skene, fit_predict, crowd.dawid_skene_confusions,
+        n_folds=args.crossfit_folds, max_rounds=args.crossfit_rounds, seed=seed,
+    )  # fmt: skip
+    return result.posteriors
 
 
 @torch.no_grad()
@@ -477,7 +517,10 @@ def run_dataset(
     crowd_stats: dict[str, list[float]] = {"mv": [], "ds": [], "annotators": [], "coverage": []}
     trained = [s for s in sources if s != "auto"]
     if "auto" in sources:  # auto picks among the crowd-trained sources, so it needs them trained
-        trained = list(dict.fromkeys(trained + [s for s in SOURCES if s not in ("expert", "auto")]))
+        skipped = (
+            ("expert", "auto") if args.backbone == "frozen" else ("expert", "auto", "crossfit_em")
+        )
+        trained = list(dict.fromkeys(trained + [s for s in SOURCES if s not in skipped]))
     if args.backbone == "frozen":
         train_features, test_features = project(
             *cached_features(dataset, args), args.pca, args.whiten
@@ -626,6 +669,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128, help="frozen: head hidden units")
     parser.add_argument("--dropout", type=float, default=0.2, help="frozen: head dropout")
     parser.add_argument("--crowd-layer-lr-scale", type=float, default=10.0)
+    parser.add_argument("--crossfit-folds", type=int, default=4, help="crossfit_em's folds")
+    parser.add_argument("--crossfit-rounds", type=int, default=3, help="crossfit_em's most rounds")
+    parser.add_argument(
+        "--crossfit-epochs", type=int, default=10, help="crossfit_em: each fold head's epochs"
+    )
     parser.add_argument("--validation", type=int, default=100, help="auto's expert items")
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--model", default="tf_efficientnet_lite0")
@@ -655,6 +703,8 @@ def main() -> None:
     unknown = set(sources) - set(SOURCES)
     if unknown:
         parser.error(f"unknown sources {sorted(unknown)}; choose from {SOURCES}")
+    if not frozen and "crossfit_em" in sources:
+        parser.error("crossfit_em trains one head per fold and round: --backbone frozen only")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if set(datasets) - set(DATASETS):
         parser.error(f"unknown datasets; choose from {DATASETS}")
