@@ -175,6 +175,8 @@ def test_report_of_a_one_class_model_per_role(project, live_server, new_page, lo
         assert page.locator("[data-testid=report]").count() == 0
         page.screenshot(path=str(artifacts_dir / f"training-report-{role}.png"), full_page=True)
         return
+    # The header's counts are the run's own (15 hold-out items, as the report scored).
+    assert page.inner_text("[data-testid=item-counts]") == "40 training items · 15 hold-out items"
     lead = page.locator("[data-testid=lead-metric]")
     assert "Balanced accuracy" in lead.inner_text() and "0.500" in lead.inner_text()
     lead_size = lead.locator("b").evaluate("(b) => parseFloat(getComputedStyle(b).fontSize)")

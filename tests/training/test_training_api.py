@@ -17,7 +17,7 @@ from tests.conftest import _api_client, _page_client
 from tests.factories import MembershipFactory, UserFactory
 from tests.training.test_runs import TINY, make_training_set, new_run
 from training import devices, selectors
-from training.models import Evaluation, TrainingRun
+from training.models import EpochMetric, Evaluation, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -361,8 +361,14 @@ def test_remedy_and_lead_metric_land_in_params(project, admin_client):
 
 def one_class_evaluation(project, **run_values) -> TrainingRun:
     """The issue's run: a skewed hold-out (2 normal, 13 pneumonia) and a model that always says
-    pneumonia; a third class has no hold-out item."""
-    run = new_run(project, status="succeeded", **run_values)
+    pneumonia; a third class has no hold-out item. The run is whole, as a finished one is: its
+    item counts (set at launch) and its epoch, so that its page shows nothing a real run would
+    not."""
+    values = dict(status="succeeded", current_epoch=1, progress=1.0, n_train_items=40,
+                  n_holdout_items=15)  # fmt: skip
+    run = new_run(project, **{**values, **run_values})
+    EpochMetric.objects.create(run=run, epoch=1, train_loss=0.62, holdout_loss=0.48,
+                               holdout_accuracy=13 / 15, seconds=4.0, images_per_second=10.0)  # fmt: skip
     Evaluation.objects.create(
         run=run, n_items=15, accuracy=13 / 15, balanced_accuracy=0.5, roc_auc=0.5, ece=0.2,
         per_class={
