@@ -10,6 +10,7 @@ import pytest
 from labeling.models import Membership
 from tests.factories import MembershipFactory, UserFactory
 from tests.training.test_runs import make_training_set, new_run
+from training.engine import chart_style
 from training.models import TrainingRun
 from training.tasks import run_training
 
@@ -39,6 +40,13 @@ def test_finished_run_shows_report_plots_and_curves(project, live_server, browse
     page.wait_for_selector("[data-testid=loss-curve] svg polyline")
     assert page.locator("[data-testid=loss-curve] svg circle").count() == 6  # train + hold-out
     assert page.locator("[data-testid=accuracy-curve] svg circle").count() == 3
+    # Drawn in the site's palette (quorum.css), the one the dashboard's charts are drawn with.
+    fills = page.eval_on_selector_all(
+        "[data-testid=loss-curve] svg circle, [data-testid=accuracy-curve] svg circle",
+        "circles => [...new Set(circles.map((c) => c.getAttribute('fill')))]",
+    )
+    assert fills == [chart_style.ACCENT, chart_style.SECOND, chart_style.GOOD]
+    assert page.get_attribute("[data-testid=loss-curve] svg line", "stroke") == chart_style.GRID
     assert page.inner_text("[data-testid=run-status]") == "succeeded"
     for name in ("confusion", "roc", "calibration"):
         image = page.locator(f"img[data-testid=plot-{name}]")

@@ -108,3 +108,16 @@ def test_dashboard_and_report_plots_share_the_chart_style(project):
     accent = tuple(int(chart_style.ACCENT[i : i + 2], 16) for i in (1, 3, 5))
     assert accent in pixels
     assert (0x1F, 0x77, 0xB4) not in pixels  # matplotlib's default first colour
+
+
+def test_the_sites_stylesheet_holds_the_charts_palette():
+    """The run page's live curves (train.js) take their colours from quorum.css's variables:
+    they must be chart_style's, which the dashboard's and the report's charts are drawn with."""
+    from django.conf import settings
+
+    css = (settings.BASE_DIR / "frontend" / "static" / "frontend" / "quorum.css").read_text()
+    root = dict(re.findall(r"--([a-z]+):\s*(#[0-9a-fA-F]{3,6})", css.split("}", 1)[0]))
+    assert {name: root[name] for name in ("accent", "second", "ok", "grid", "muted", "fg")} == {
+        "accent": chart_style.ACCENT, "second": chart_style.SECOND, "ok": chart_style.GOOD,
+        "grid": chart_style.GRID, "muted": chart_style.MUTED, "fg": chart_style.FOREGROUND,
+    }  # fmt: skip

@@ -72,6 +72,11 @@
     return node;
   }
 
+  // The site's palette (quorum.css), the one the dashboard's and the report's charts use.
+  function siteColor(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(`--${name}`).trim();
+  }
+
   // series: [{name, color, points: [[epoch, value|null], ...]}]; x runs over 1..epochs
   function lineChart(container, series, epochs, yMin, yMax) {
     const width = 460, height = 236, left = 44, right = 12, top = 28, bottom = 30;
@@ -80,7 +85,7 @@
     const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
     for (let i = 0; i <= 4; i++) {
       const value = yMin + ((yMax - yMin) * i) / 4;
-      svg.append(el("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), stroke: "#e3e6eb" }));
+      svg.append(el("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), stroke: siteColor("grid") }));
       svg.append(el("text", { x: left - 6, y: y(value) + 4, "text-anchor": "end" }, value.toFixed(2)));
     }
     const step = Math.max(1, Math.ceil(epochs / 10));
@@ -111,11 +116,11 @@
     const epochs = Math.max(run.epochs, rows[rows.length - 1].epoch);
     const losses = rows.flatMap((r) => [r.train_loss, r.holdout_loss]).filter((v) => v !== null);
     lineChart(document.getElementById("loss-chart"), [
-      { name: "train", color: "#2f6fde", points: rows.map((r) => [r.epoch, r.train_loss]) },
-      { name: "hold-out", color: "#e07b39", points: rows.map((r) => [r.epoch, r.holdout_loss]) },
+      { name: "train", color: siteColor("accent"), points: rows.map((r) => [r.epoch, r.train_loss]) },
+      { name: "hold-out", color: siteColor("second"), points: rows.map((r) => [r.epoch, r.holdout_loss]) },
     ], epochs, 0, Math.max(...losses) * 1.1 || 1);
     lineChart(document.getElementById("accuracy-chart"), [
-      { name: "hold-out", color: "#1a7f37", points: rows.map((r) => [r.epoch, r.holdout_accuracy]) },
+      { name: "hold-out", color: siteColor("ok"), points: rows.map((r) => [r.epoch, r.holdout_accuracy]) },
     ], epochs, 0, 1);
   }
 
