@@ -49,7 +49,10 @@ def test_a_sixteen_bit_picture_is_windowed_on_its_stored_values(
     wait_for_pixels(page, item.pk)
     # The default window is the full stored range, in the picture's own values (no unit).
     center, width = (0 + 60000 + 1) / 2, 60001.0
-    assert page.inner_text("[data-testid=window-readout]") == f"W {_js_number(width)} · C {_js_number(center)}"
+    assert (
+        page.inner_text("[data-testid=window-readout]")
+        == f"W {_js_number(width)} · C {_js_number(center)}"
+    )
     shown = canvas_gray(page)
     assert np.abs(shown.astype(int) - window_to_uint8(values, center, width)).max() <= 1
     assert len(np.unique(shown[:, :32])) <= 3  # as the 8-bit rendering holds it
@@ -61,7 +64,10 @@ def test_a_sixteen_bit_picture_is_windowed_on_its_stored_values(
     for _ in range(10):
         page.keyboard.press("ArrowDown")
         center = center + width / 20
-    assert page.inner_text("[data-testid=window-readout]") == f"W {_js_number(width)} · C {_js_number(center)}"
+    assert (
+        page.inner_text("[data-testid=window-readout]")
+        == f"W {_js_number(width)} · C {_js_number(center)}"
+    )
     shown = canvas_gray(page)
     assert np.abs(shown.astype(int) - window_to_uint8(values, center, width)).max() <= 1
     assert len(np.unique(shown[:, :32])) > 200  # detail only the 16-bit values carry
@@ -71,6 +77,8 @@ def test_a_sixteen_bit_picture_is_windowed_on_its_stored_values(
     for col, row in ((5, 7), (20, 40), (50, 10)):
         page.mouse.move(box["x"] + (col + 0.5) * box["width"] / item.width,
                         box["y"] + (row + 0.5) * box["height"] / item.height)  # fmt: skip
-        assert page.inner_text("[data-testid=pixel-readout]") == f"x {col} y {row}: {values[row, col]}"
+        assert (
+            page.inner_text("[data-testid=pixel-readout]") == f"x {col} y {row}: {values[row, col]}"
+        )
     page.screenshot(path=str(artifacts_dir / "label-16bit-narrow-window.png"))
     assert browser_errors == []
