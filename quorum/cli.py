@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     subprocess.run(_manage("migrate", "--noinput", "-v", "0"), check=True, env=env)
     if not args.no_demo:
-        subprocess.run(_manage("seed_demo"), check=True, env=env)
+        size = [] if args.demo_items is None else [f"--max-items={args.demo_items}"]
+        subprocess.run(_manage("seed_demo", *size), check=True, env=env)
 
     processes: list[subprocess.Popen] = []
     if not args.no_worker:
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--host", default=os.environ.get("QUORUM_HOST", "127.0.0.1"))
     run_parser.add_argument("--port", type=int, default=int(os.environ.get("QUORUM_PORT", "8000")))
     run_parser.add_argument("--no-demo", action="store_true", help="Do not seed the demo projects.")
+    run_parser.add_argument(
+        "--demo-items", type=int, metavar="N",  # seed_demo refuses fewer than its minimum
+        help="At most N images in each demo project (a smaller demo that seeds faster).",
+    )
     run_parser.add_argument("--no-worker", action="store_true", help="Start no Celery worker.")
     run_parser.add_argument("--concurrency", type=int, default=1, help="Worker processes.")
     args = parser.parse_args(argv)

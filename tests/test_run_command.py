@@ -52,7 +52,9 @@ def test_embedded_run_serves_demo_and_stops_cleanly(tmp_path):
     env.update(QUORUM_VAR_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1")
     log = open(tmp_path / "run.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "quorum.cli", "run", "--port", str(port), "--concurrency", "1"],
+        # --demo-items: every demo project, on fewer images (the full demo seeds for minutes)
+        [sys.executable, "-m", "quorum.cli", "run", "--port", str(port), "--concurrency", "1",
+         "--demo-items", "24"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -91,6 +93,18 @@ def test_embedded_run_serves_demo_and_stops_cleanly(tmp_path):
     output = (tmp_path / "run.log").read_text()
     assert process.returncode == 0, output[-3000:]
     assert "Stopped." in output
+
+
+@pytest.mark.django_db
+def test_seed_demo_refuses_a_demo_too_small_for_gold_and_holdout(data_dir, settings):
+    from django.core.management import CommandError, call_command
+
+    from labeling.models import Project
+
+    settings.QUORUM_DATA_DIR = data_dir
+    with pytest.raises(CommandError, match="--max-items must be at least 20"):
+        call_command("seed_demo", "--max-items", "5")
+    assert not Project.objects.exists()
 
 
 def test_pyproject_builds_without_setuptools_warnings():

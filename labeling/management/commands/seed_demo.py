@@ -70,6 +70,7 @@ REGION_ITEMS = 30
 REGION_CROWD = "expert:1,good:2,careless:1,loose:1,tight:1,shifted:1,spammer:1"
 REGION_GOLD_FRACTION = 0.15
 BLIND_REGION_HOLDOUT_ITEMS = 2
+MIN_DEMO_ITEMS = 20
 
 
 @contextmanager
@@ -90,18 +91,26 @@ class Command(BaseCommand):
     help = "Create the demo accounts and projects (idempotent)."
 
     def add_arguments(self, parser):
+        parser.add_argument("--max-items", type=int, default=None,
+                            help="At most this many images in each demo project (a quicker seed).")
         parser.add_argument("--pneumonia-items", type=int, default=400)
         parser.add_argument("--region-items", type=int, default=REGION_ITEMS)
         parser.add_argument("--seed", type=int, default=7)
 
-    def handle(self, *args, pneumonia_items: int, region_items: int, seed: int, **options):
+    def handle(
+        self, *args, max_items: int | None, pneumonia_items: int, region_items: int, seed: int, **options
+    ):
         data_dir = Path(settings.QUORUM_DATA_DIR)
         if not data_dir.exists():
             raise CommandError(
                 f"The demo reads real images from {data_dir}; set QUORUM_DATA_DIR to that folder."
             )
+        if max_items is not None:
+            if max_items < MIN_DEMO_ITEMS:
+                raise CommandError(f"--max-items must be at least {MIN_DEMO_ITEMS} (gold and hold-out need items).")
+            pneumonia_items, region_items = min(pneumonia_items, max_items), min(region_items, max_items)
         users = self._accounts()
-        self._bccd(data_dir / "bccd", users, seed)
+        self._bccd(data_dir / "bccd", users, seed, max_items)
         self._pneumonia(data_dir / "pneumoniamnist" / "pneumoniamnist_28.npz", users, pneumonia_items, seed)
         for task_type in (Project.TaskType.BOXES, Project.TaskType.POINTS):
             self._bccd_region_project(data_dir / "bccd", users, task_type, region_items, seed)
@@ -124,13 +133,13 @@ class Command(BaseCommand):
             if not staff:
                 set_membership(project=project, user=users[username], role=role)
 
-    def _bccd(self, folder: Path, users: dict[str, User], seed: int) -> None:
+    def _bccd(self, folder: Path, users: dict[str, User], seed: int, n_items: int | None = None) -> None:
         if Project.objects.filter(name=BCCD_PROJECT).exists():
             return
         self.stdout.write("Importing the BCCD blood-smear demo project")
         with open(folder / "image_labels.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        labelled = [r for r in rows if r["wbc_type"]]
+        labelled = [r for r in rows if r["wbc_type"]][:n_items]
         labels = {Path(r["image"]).name: r["wbc_type"] for r in labelled}
         with transaction.atomic():
             project = create_project(
