@@ -10,7 +10,14 @@ from labeling.aggregation import (
     simulate_adaptive,
     votes_wanted,
 )
-from labeling.aggregation.adaptive import draw_vote_pool
+from labeling.aggregation.adaptive import (
+    draw_vote_pool,
+    expected_gain,
+    pooled_confusion,
+    replay_budget,
+    vote_priority,
+)
+from labeling.aggregation.base import VoteMatrix
 
 
 def test_policy():
@@ -60,3 +67,60 @@ def test_adaptive_reaches_fixed_k_accuracy_with_fewer_votes():
     )
     assert by_vote.n_votes < fixed_votes
     assert (by_vote.labels == truth).mean() >= fixed_mv
+
+
+def test_expected_gain_looks_two_votes_ahead():
+    conf = np.array([[0.8, 0.2], [0.2, 0.8]])
+    post = np.array([[0.5, 0.5], [0.9, 0.1], [1.0, 0.0]])
+    # one vote: sum over answers of the top joint; [.5, .5] -> .4 + .4 = .8, a gain of .3;
+    # [.9, .1] -> .72 + .18 = .9, no answer flips it: no gain from one vote
+    np.testing.assert_allclose(expected_gain(post, conf, lookahead=1), [0.3, 0.0, 0.0], atol=1e-12)
+    # two votes: two answers against can flip [.9, .1]: (.576 + .144 + .144 + .064 - .9) / 2
+    np.testing.assert_allclose(expected_gain(post, conf), [0.3, 0.014, 0.0], atol=1e-12)
+    with pytest.raises(ValueError):
+        expected_gain(post, np.eye(3))
+
+
+def test_pooled_confusion_is_the_average_worker():
+    votes = VoteMatrix.from_codes([0, 0, 1, 1, 2], [0, 1, 0, 1, 0], [0, 1, 1, 1, 0])
+    post = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    # true 0: answers 0, 1, 0 (+1 each); true 1: answers 1, 1 (+1 each)
+    np.testing.assert_allclose(pooled_confusion(votes, post), [[3 / 5, 2 / 5], [1 / 4, 3 / 4]])
+
+
+def test_expected_gain_ordering():
+    conf = np.array([[0.8, 0.2], [0.2, 0.8]])
+    post = np.array([[0.9, 0.1], [0.5, 0.5], [1.0, 0.0], [0.6, 0.4], [0.5, 0.5]])
+    counts = np.array([1, 3, 1, 0, 2])
+    remaining = np.array([1, 1, 1, 1, 0])
+    # below min_votes first, then the largest gain (the even split before the .9 item before
+    # the sure one); item 4 is out of votes
+    order = vote_priority(post, counts, remaining, ordering="expected_gain", confusion=conf)
+    np.testing.assert_array_equal(order, [3, 1, 0, 2])
+    with pytest.raises(ValueError):
+        vote_priority(post, counts, remaining, ordering="expected_gain")
+
+
+def _dawid_skene(votes, counts):
+    return DawidSkene().fit(votes).posteriors_
+
+
+def test_expected_gain_replay_beats_fixed_overlap_and_the_queue_order():
+    # three classes, 900 items, up to 6 votes each from 12 simulated workers
+    truth = np.random.default_rng(7).integers(0, 3, 900)
+    crowd = make_profiles("accurate:4,noisy:6,spammer:2", 3, seed=7, accuracy_jitter=0.05)
+    pool = draw_vote_pool(truth, crowd, k_max=6, seed=8)
+    marks = [900, 1800, 2700, 3600]
+    curves = {
+        (policy, ordering): replay_budget(
+            pool, truth, _dawid_skene, policy, marks, batch=90, ordering=ordering
+        )
+        for policy, ordering in [
+            ("fixed", "fewest_votes"), ("adaptive", "fewest_votes"), ("adaptive", "expected_gain"),
+        ]
+    }  # fmt: skip
+    fixed, queue, gain = curves.values()
+    # measured at 1,800 / 2,700 votes: fixed .764 / .843, queue order .798 / .893, gain .834 / .913
+    assert gain.accuracy[0] == fixed.accuracy[0]  # one vote each: the same votes
+    assert all(g > f for g, f in zip(gain.accuracy[1:], fixed.accuracy[1:], strict=True))
+    assert gain.accuracy[2] > queue.accuracy[2]
