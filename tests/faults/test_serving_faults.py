@@ -61,6 +61,9 @@ def server(tmp_path):
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "QUORUM_VAR_DIR": str(tmp_path),
         "LOG_LEVEL": "WARNING",
+        # Stopping: workers still holding the annotators' keep-alive connections are killed
+        # after 3 s instead of waited for (the audit is done by then; it cost ~7 s a run).
+        "GRANIAN_WORKERS_KILL_TIMEOUT": "3",
     }
     port = free_port()
     log = tmp_path / "granian.log"

@@ -95,6 +95,10 @@ def worker_process(settings, tmp_path: Path, *, pool: str = "solo", env: dict | 
         "CELERY_BROKER_URL": broker_url,
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "PYTHONUNBUFFERED": "1",
+        # the tests' runs are tiny: more torch threads only contend with the machine's other
+        # work (the broker-outage fault test: 51-79 s with torch's default, 24 s with one, on
+        # a loaded 2-core machine)
+        "OMP_NUM_THREADS": "1",
         **(env or {}),
     }
     log_path = tmp_path / "worker.log"
