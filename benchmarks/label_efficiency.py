@@ -30,8 +30,8 @@ next one (an item is out when its real votes are used up). Policies
 Curves start at one vote per item (every policy spends that first). Accuracy is on the tasks
 with a truth, averaged over the seeds. The summary says, per set, the accuracy of majority vote
 on every vote (the target), the share of the votes adaptive DS needed to reach it, where
-adaptive redundancy would stop asking (every item confident at ``--threshold``, 0.95, or out of
-votes) and whether the adaptive curve is at or above both fixed-overlap curves at every 5% mark.
+adaptive redundancy would stop asking (every item confident at ``--threshold``, 0.95, on at least
+2 votes, as the crowd service asks, or out of votes) and whether the adaptive curve is at or above both fixed-overlap curves at every 5% mark.
 
 PneumoniaMNIST (the model-in-the-loop part): the 4,708 training images, a simulated crowd of 40
 workers with class-dependent accuracies (each worker's accuracy per class uniform in 0.55-0.90,
@@ -142,7 +142,7 @@ def replay(
         curve = replay_budget(
             pools[seed], truth, aggregate, "fixed" if kind == "fixed" else "adaptive",
             checkpoints=fixed_marks if kind == "fixed" else marks,
-            batch=batch, min_votes=1, threshold=threshold, seed=seed,
+            batch=batch, min_votes=1, threshold=threshold, seed=seed, stop_min_votes=2,
             ordering="fewest_votes" if kind == "fixed" else kind,
         )  # fmt: skip
         curve.policy = policy

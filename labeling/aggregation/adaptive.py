@@ -312,6 +312,7 @@ def replay_budget(
     threshold: float = 0.95,
     seed: Seed = 0,
     ordering: str = "fewest_votes",
+    stop_min_votes: int | None = None,
 ) -> BudgetCurve:
     """Spend the pool's votes under ``policy``, scoring at each checkpoint (votes spent).
 
@@ -322,8 +323,9 @@ def replay_budget(
     :func:`vote_priority`'s order (``ordering``; ``"expected_gain"`` under the average worker of
     the posterior so far, :func:`pooled_confusion`), re-aggregating every ``batch`` votes, and
     records where adaptive redundancy would stop asking (``stop_votes``): every item out of votes or confident
-    at ``threshold`` with at least ``min_votes``. Past that point it keeps spending on the least
-    certain items, so the curve runs to the whole pool.
+    at ``threshold`` with at least ``stop_min_votes`` (default ``min_votes``; a posterior from one
+    vote, majority vote's above all, is sure of anything). Past that point it keeps spending on
+    the items the ordering serves first, so the curve runs to the whole pool.
     """
     if policy not in ("fixed", "adaptive"):
         raise ValueError("policy must be 'fixed' or 'adaptive'")
@@ -358,7 +360,8 @@ def replay_budget(
             next_mark += 1
         remaining = available - counts
         if curve.stop_votes is None:
-            done = (remaining == 0) | ((post.max(axis=1) >= threshold) & (counts >= min_votes))
+            enough = counts >= (min_votes if stop_min_votes is None else stop_min_votes)
+            done = (remaining == 0) | ((post.max(axis=1) >= threshold) & enough)
             if done.all():
                 curve.stop_votes, curve.stop_accuracy = spent, score(post)
         if spent >= total or next_mark >= len(marks):

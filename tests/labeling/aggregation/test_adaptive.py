@@ -124,3 +124,18 @@ def test_expected_gain_replay_beats_fixed_overlap_and_the_queue_order():
     assert gain.accuracy[0] == fixed.accuracy[0]  # one vote each: the same votes
     assert all(g > f for g, f in zip(gain.accuracy[1:], fixed.accuracy[1:], strict=True))
     assert gain.accuracy[2] > queue.accuracy[2]
+
+
+def test_stop_needs_stop_min_votes():
+    truth = np.random.default_rng(3).integers(0, 2, 300)
+    crowd = make_profiles("accurate:4,noisy:2", 2, seed=3)
+    pool = draw_vote_pool(truth, crowd, k_max=4, seed=4)
+
+    def shares(votes, counts):
+        return MajorityVote().fit(votes).posteriors_
+
+    # one vote makes majority vote sure of every item: it would stop at once
+    once = replay_budget(pool, truth, shares, "adaptive", [300, 1200], batch=30)
+    assert once.stop_votes == 300
+    twice = replay_budget(pool, truth, shares, "adaptive", [300, 1200], batch=30, stop_min_votes=2)
+    assert twice.stop_votes is not None and twice.stop_votes >= 600
