@@ -2,7 +2,9 @@
 every aggregation method scored against the expert hold-out.
 
 Scoring uses only hold-out items with an expert answer (blind labels, agreed or tie-broken):
-the crowd is never its own yardstick.
+the crowd is never its own yardstick. A class project's methods are scored by accuracy and
+recall per class here; a region project's runs (points, boxes, masks) carry their own hold-out
+score, mean F1 or mean Dice against the expert regions, stored when the run ended.
 """
 
 from __future__ import annotations
@@ -16,13 +18,24 @@ from django.db.models import Count, Q
 
 from labeling.aggregation.agreement import fleiss_kappa, krippendorff_alpha
 from labeling.exports import worker_pseudonym
-from labeling.models import ConsensusLabel, Item, Membership, Project, Vote, WorkerReliability
+from labeling.models import (
+    AggregationRun,
+    ConsensusLabel,
+    Item,
+    Membership,
+    Project,
+    Vote,
+    WorkerReliability,
+)
+from labeling.services.region_aggregation import HOLDOUT_METRIC, review_run
 from labeling.services.review import holdout_agreement, holdout_disputes, latest_runs, review_queue
 from labeling.services.votes import COUNTED_KINDS
 
 CALIBRATION_BINS = 10
 # Points of the agreement-over-time series.
 AGREEMENT_POINTS = 20
+# A region run's hold-out score (``selection["holdout_metric"]``), in words.
+REGION_SCORE_LABELS = {"f1": "Mean F1", "dice": "Mean Dice"}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -107,14 +120,61 @@ def score_methods(project: Project) -> list[MethodScore]:
     return scores
 
 
+def score_region_methods(project: Project) -> list[dict]:
+    """Each region method's latest run with the hold-out score it stored (mean F1 at the match
+    rule, or mean Dice, over the hold-out items with expert regions), default method first."""
+    default_metric = HOLDOUT_METRIC[project.task_type]
+    rows = []
+    for run in latest_runs(project):
+        metric = run.selection.get("holdout_metric", default_metric)
+        rows.append(
+            {
+                "method": run.method,
+                "run": run.id,
+                "chosen": run.selection.get("chosen"),
+                "metric": metric,
+                "metric_label": REGION_SCORE_LABELS[metric],
+                "score": run.holdout_accuracy,
+                "n": run.holdout_size,
+                "mean_agreement": run.selection.get("mean_agreement"),
+                "selection": run.selection if run.selection.get("chosen") else {},
+            }
+        )
+    return rows
+
+
+def region_run(project: Project) -> dict | None:
+    """The latest region run experts and admins see (the default method's, else any): its
+    method (auto's pick named), mean pairwise agreement and hold-out metric; None before one."""
+    run = review_run(project)
+    if run is None:
+        return None
+    return {
+        "run": run,
+        "method": run.selection.get("chosen") or run.method,
+        "mean_agreement": run.selection.get("mean_agreement"),
+        "holdout_metric": run.selection.get("holdout_metric", HOLDOUT_METRIC[project.task_type]),
+    }
+
+
+def reliability_run(project: Project) -> AggregationRun | None:
+    """The run whose worker estimates the annotator table shows: a class project's default
+    method's latest run; a region project's latest region run (:func:`review_run`)."""
+    if project.is_region_task:
+        return review_run(project)
+    return next((r for r in latest_runs(project) if r.method == project.default_method), None)
+
+
 def progress(project: Project) -> dict:
     items = Item.objects.filter(project=project)
+    # an expert answers with a class or, in a region project, with regions
+    answered = Q(expert_answer__isnull=False) | Q(expert_regions__isnull=False)
     counts = items.aggregate(
         n=Count("id"),
         holdout=Count("id", filter=Q(is_holdout=True)),
-        holdout_labelled=Count("id", filter=Q(is_holdout=True, expert_answer__isnull=False)),
+        holdout_labelled=Count("id", filter=Q(is_holdout=True) & answered),
         gold=Count("id", filter=Q(is_gold=True)),
-        expert=Count("id", filter=Q(expert_answer__isnull=False)),
+        expert=Count("id", filter=answered),
     )
     histogram = Counter(dict(
         items.values("vote_count").annotate(n=Count("id")).values_list("vote_count", "n")
@@ -194,8 +254,10 @@ def agreement_series(project: Project, points: int = AGREEMENT_POINTS) -> list[d
 
 
 def annotators(project: Project) -> list[dict]:
-    """One row per crowd member or voter: votes, gold accuracy, and the estimated accuracy and
-    confusion matrix of the default method's latest run."""
+    """One row per crowd member or voter: votes, gold accuracy, and the estimate of them by the
+    :func:`reliability_run`: accuracy and confusion matrix (class runs) or sensitivity,
+    precision and specificity (region runs, ``WorkerReliability.detail``)."""
+    run = reliability_run(project)
     per_worker = {
         row["worker_id"]: row
         for row in Vote.objects.filter(project=project, kind__in=COUNTED_KINDS)
@@ -206,14 +268,7 @@ def annotators(project: Project) -> list[dict]:
             gold_correct=Count("id", filter=Q(was_gold=True, gold_correct=True)),
         )
     }
-    default_run = next(
-        (r for r in latest_runs(project) if r.method == project.default_method), None
-    )
-    reliability = (
-        {r.worker_id: r for r in WorkerReliability.objects.filter(run=default_run)}
-        if default_run
-        else {}
-    )
+    reliability = {r.worker_id: r for r in WorkerReliability.objects.filter(run=run)} if run else {}
     members = {
         m.user_id: m
         for m in Membership.objects.filter(project=project).select_related("user")
@@ -234,6 +289,10 @@ def annotators(project: Project) -> list[dict]:
                 "gold_accuracy": stats["gold_correct"] / answered if answered else None,
                 "estimated_accuracy": rel.accuracy if rel else None,
                 "confusion": rel.confusion if rel else None,
+                **{
+                    key: (rel.detail or {}).get(key) if rel else None
+                    for key in ("sensitivity", "precision", "specificity")
+                },
                 "is_blocked": m.is_blocked,
                 "blocked_reason": m.blocked_reason,
             }
@@ -243,6 +302,8 @@ def annotators(project: Project) -> list[dict]:
 
 def dashboard(project: Project) -> dict:
     agreement = holdout_agreement(project)
+    estimates = reliability_run(project)
+    region = project.is_region_task
     return {
         "project": {"id": project.id, "name": project.name},
         "classes": project.class_names,
@@ -256,5 +317,12 @@ def dashboard(project: Project) -> dict:
             "cohen_kappa": agreement.kappa,
         },
         "annotators": annotators(project),
-        "methods": [asdict(s) for s in score_methods(project)],
+        # the method whose estimates the annotator table shows (auto's pick named)
+        "reliability_method": (
+            (estimates.selection.get("chosen") or estimates.method) if estimates else None
+        ),
+        "region_run": region_run(project) if region else None,
+        # class scores (accuracy, recall, calibration) or a region project's own scores
+        "methods": [] if region else [asdict(s) for s in score_methods(project)],
+        "region_methods": score_region_methods(project) if region else [],
     }

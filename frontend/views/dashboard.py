@@ -1,4 +1,6 @@
-"""The admin dashboard: progress, agreement, annotators (block / unblock), methods vs experts.
+"""The admin dashboard: progress, agreement, annotators (block / unblock), methods vs experts;
+a region project's runs and annotators by their own measures (mean F1 or Dice, sensitivity
+and precision).
 
 Charts are drawn here as SVG (matplotlib) and inlined, so the page needs no chart library.
 """
@@ -16,21 +18,21 @@ from frontend.access import project_role_required
 from labeling import charts, reports
 from labeling.models import Membership, Project
 from labeling.services import gold, review, votes
-from labeling.services.region_aggregation import region_run_summary
 
 
 @project_role_required(Membership.Role.ADMIN)
 def dashboard(request: HttpRequest, project: Project) -> HttpResponse:
     data = reports.dashboard(project)
     classes = data["classes"]
-    for row in data["annotators"]:
-        row["heatmap"] = mark_safe(charts.confusion_heatmap(row["confusion"], classes))
-    svg = {
-        "votes": charts.votes_histogram(data["progress"]["votes_per_item"]),
-        "agreement": charts.agreement_over_time(data["agreement_series"]),
-        "methods": charts.method_accuracy(data["methods"]),
-        "calibration": charts.calibration(data["methods"]),
-    }
+    svg = {"votes": charts.votes_histogram(data["progress"]["votes_per_item"])}
+    # confusions, kappa and alpha over class votes, accuracy and calibration of a class
+    # consensus: a region project's estimates and scores are in its own cards instead
+    if not project.is_region_task:
+        for row in data["annotators"]:
+            row["heatmap"] = mark_safe(charts.confusion_heatmap(row["confusion"], classes))
+        svg["agreement"] = charts.agreement_over_time(data["agreement_series"])
+        svg["methods"] = charts.method_accuracy(data["methods"])
+        svg["calibration"] = charts.calibration(data["methods"])
     return render(
         request,
         "frontend/dashboard.html",
@@ -39,7 +41,6 @@ def dashboard(request: HttpRequest, project: Project) -> HttpResponse:
             "data": data,
             "classes": classes,
             "charts": {k: mark_safe(v) for k, v in svg.items()},
-            "region_run": region_run_summary(project) if project.is_region_task else None,
         },
     )
 

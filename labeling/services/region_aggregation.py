@@ -56,7 +56,7 @@ from labeling.aggregation.regions.answers import (
     score_answer,
     shapes_from_stored,
 )
-from labeling.exports import latest_region_run, worker_pseudonym
+from labeling.exports import latest_region_run
 from labeling.models import (
     AggregationRun,
     ExpertLabel,
@@ -598,30 +598,3 @@ def review_run(project: Project) -> AggregationRun | None:
     """The run whose consensus and reliabilities experts and admins see: the default method's
     newest, else the newest region run of any method."""
     return latest_region_run(project, project.default_method) or latest_region_run(project)
-
-
-def region_run_summary(project: Project) -> dict[str, Any] | None:
-    """The dashboard's summary of the latest region run: method, items, mean agreement, the
-    hold-out score and each annotator's sensitivity and precision (None before any run)."""
-    run = review_run(project)
-    if run is None:
-        return None
-    rows = WorkerReliability.objects.filter(run=run).select_related("worker").order_by("worker__username")
-    return {
-        "run": run,
-        "method": run.selection.get("chosen") or run.method,
-        "mean_agreement": run.selection.get("mean_agreement"),
-        "holdout_metric": run.selection.get("holdout_metric", HOLDOUT_METRIC[project.task_type]),
-        "annotators": [
-            {
-                "username": r.worker.username,
-                "pseudonym": worker_pseudonym(project.pk, r.worker_id),
-                "n_votes": r.n_votes,
-                "reliability": r.accuracy,
-                "sensitivity": r.detail.get("sensitivity"),
-                "precision": r.detail.get("precision"),
-                "specificity": r.detail.get("specificity"),
-            }
-            for r in rows
-        ],
-    }

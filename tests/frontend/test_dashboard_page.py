@@ -1,10 +1,11 @@
-"""The admin dashboard renders real charts with data, and blocks / unblocks a worker."""
+"""The admin dashboard renders real charts with data, and blocks / unblocks a worker; a region
+project's dashboard scores its runs and annotators by their own measures."""
 
 from __future__ import annotations
 
 import pytest
 
-from labeling.models import Membership
+from labeling.models import AggregationRun, Item, Membership
 from tests.labeling.test_review import build_scene
 
 pytestmark = pytest.mark.slow
@@ -79,3 +80,51 @@ def test_dash_without_holdout_items_is_explained(admin_user, page, login, live_s
     assert "No hold-out item has the expert answer other" in dash.get_attribute("title")
     assert "no hold-out item with that expert answer" in page.inner_text("[data-testid=methods-footnote]")
     page.locator("[data-testid=methods]").screenshot(path=str(artifacts_dir / "dashboard_methods_dash.png"))
+
+
+def test_region_dashboard_scores_by_f1_and_names_the_region_run(
+    admin_user, page, login, live_server, artifacts_dir, browser_errors
+):
+    """A boxes project's dashboard: Methods vs experts gives the run's mean F1 on the expert
+    hold-out, Annotators the region run's sensitivity and precision, Exports the COCO files."""
+    from labeling.models import ExpertLabel, WorkerReliability
+    from labeling.models import Membership as Member
+    from labeling.services.region_aggregation import rescore_holdout
+    from tests.factories import MembershipFactory
+    from tests.frontend.test_region_review_page import RBC_1, WBC, crowd_boxes_project
+    from tests.labeling.test_region_aggregation import box, expert_answer
+
+    boxes, items = crowd_boxes_project()
+    MembershipFactory(project=boxes, user=admin_user, role=Member.Role.ADMIN)
+    # the first smear becomes the blind hold-out, answered by an expert who boxed two of the
+    # consensus's three cells: the run is rescored, F1 = 2 * 2 / (3 + 2)
+    Item.objects.filter(pk=items[0].pk).update(is_holdout=True)
+    truth = [box(*WBC, label=0), box(*RBC_1, label=1)]
+    expert_answer(items[0], truth, source=ExpertLabel.Source.HOLDOUT)
+    rescore_holdout(boxes)
+    run = AggregationRun.objects.get(project=boxes, method="auto")
+    assert run.holdout_size == 1 and run.holdout_accuracy == pytest.approx(0.8)
+
+    login(page, admin_user.username)
+    page.goto(f"{live_server.url}/projects/{boxes.id}/")
+    assert page.inner_text("[data-testid=n-holdout]") == "1 / 1"  # answered with regions
+    assert page.locator("[data-testid=chart-agreement]").count() == 0  # kappa of class votes
+    methods = page.locator("[data-testid=methods]")
+    assert page.inner_text("[data-testid=region-score-heading]") == "Mean F1"
+    assert page.inner_text("[data-testid=region-score-auto]") == f"{run.holdout_accuracy:.3f}"
+    assert "→ box_consensus" in page.inner_text("[data-testid=method-auto]")
+    assert "Accuracy" not in methods.inner_text() and "Recall" not in methods.inner_text()
+    assert page.locator("[data-testid=chart-methods], [data-testid=chart-calibration]").count() == 0
+
+    source = page.inner_text("[data-testid=annotators-source]")
+    assert "from the latest box_consensus run" in source and "dawid_skene" not in source
+    for estimate in WorkerReliability.objects.filter(run=run).select_related("worker"):
+        row = page.locator(f"[data-testid=annotator-{estimate.worker.username}]")
+        assert row.locator("[data-testid=sensitivity]").inner_text() == f"{estimate.detail['sensitivity']:.2f}"
+        assert row.locator("[data-testid=precision]").inner_text() == f"{estimate.detail['precision']:.2f}"
+    assert "Confusion" not in page.inner_text("[data-testid=annotators] thead")
+
+    links = page.locator("[data-testid=exports] a").all_inner_texts()
+    assert links == ["consensus.coco.json", "expert_regions.coco.json", "votes.coco.json", "votes.jsonl"]
+    page.screenshot(path=str(artifacts_dir / "region-dashboard.png"), full_page=True)
+    assert browser_errors == []

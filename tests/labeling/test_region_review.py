@@ -178,25 +178,84 @@ def test_crowd_and_other_projects_experts_cannot_use_the_review_api(scene):
     assert Item.objects.get(pk=item.pk).expert_regions_id is None
 
 
-def test_dashboard_summarises_the_latest_region_run(scene):
-    project, run = scene["project"], scene["run"]
+def _admin_client(project) -> Client:
     admin = UserFactory(username="region-admin")
     MembershipFactory(project=project, user=admin, role=Membership.Role.ADMIN)
     client = Client()
     client.force_login(admin)
-    page = client.get(f"/projects/{project.pk}/")
+    return client
+
+
+def _card(html: str, testid: str) -> str:
+    start = html.index(f'data-testid="{testid}"')
+    return html[start : html.index("</section>", start)]
+
+
+def test_dashboard_summarises_the_latest_region_run(scene):
+    project, run = scene["project"], scene["run"]
+    page = _admin_client(project).get(f"/projects/{project.pk}/")
     assert page.status_code == 200
-    html = page.content.decode()
-    summary = html[html.index('data-testid="region-run"') : html.index('data-testid="methods"')]
+    summary = _card(page.content.decode(), "region-run")
     assert 'data-testid="region-method">box_consensus<' in summary
     assert f'data-testid="region-items">{run.n_items}<' in summary
     assert f'{run.selection["mean_agreement"]:.3f}' in summary
     assert "hold-out F1" in summary and "no hold-out item with expert regions yet" in summary
+
+
+def test_dashboard_scores_region_methods_and_annotators_by_their_own_measures(scene):
+    """Methods vs experts shows the run's mean F1 on the hold-out, the annotators the region
+    run's sensitivity and precision, and the exports are the region ones: nothing class-shaped."""
+    project, held = scene["project"], scene["held"]
+    # the crowd's one box and one more the expert saw: the run's hold-out F1 becomes 2/3
+    regions = [
+        {"label": "RBC", "shape": "box", "points": [[10, 10], [30, 30]]},
+        {"label": "RBC", "shape": "box", "points": [[40, 40], [60, 60]]},
+    ]
+    answer = scene["client"].post(f"/api/review/items/{held.pk}/regions/", {"regions": regions}, format="json")
+    assert answer.status_code == 200, answer.content
+    run = AggregationRun.objects.get(pk=scene["run"].pk)
+    assert run.holdout_accuracy == pytest.approx(2 / 3)
+    client = _admin_client(project)
+    html = client.get(f"/projects/{project.pk}/").content.decode()
+
+    methods = _card(html, "methods")
+    assert "Mean F1" in methods and "Accuracy" not in methods and "Recall" not in methods
+    row = methods[methods.index('data-testid="method-auto"') :].split("</tr>")[0]
+    assert f'data-testid="region-score-auto">{run.holdout_accuracy:.3f}<' in row
+    assert "→ box_consensus" in row and "(default)" in row
+    assert '<td class="num">1</td>' in row  # one hold-out item scored
+    assert 'data-chart="methods"' not in html and 'data-chart="calibration"' not in html
+
+    annotators = _card(html, "annotators")
+    assert "from the latest box_consensus run" in annotators and "dawid_skene" not in annotators
+    assert "Confusion" not in annotators and "Estimated accuracy" not in annotators
     for user in scene["crowd"]:
-        row = summary[summary.index(f'data-testid="region-annotator-{user.username}"') :]
+        row = annotators[annotators.index(f'data-testid="annotator-{user.username}"') :].split("</tr>")[0]
+        reliability = run.reliabilities.get(worker=user)
+        assert f'data-testid="sensitivity">{reliability.detail["sensitivity"]:.2f}<' in row
+        assert f'data-testid="precision">{reliability.detail["precision"]:.2f}<' in row
+        assert f"{reliability.accuracy:.2f}" in row and f"block-{user.username}" in row
+
+    exports = _card(html, "exports")
+    assert "holdout.csv" not in exports and "votes.csv" not in exports
+    for name in ("consensus.coco.json", "expert_regions.coco.json", "votes.coco.json", "votes.jsonl"):
+        assert name in exports
+    assert "consensus_masks.zip" not in exports  # masks projects only
+
+    # the JSON holds the same numbers
+    data = client.get(f"/api/projects/{project.pk}/dashboard/").json()
+    assert data["methods"] == [] and data["reliability_method"] == "box_consensus"
+    assert (data["progress"]["holdout_labelled"], data["progress"]["holdout_total"]) == (1, 1)
+    (method,) = data["region_methods"]
+    assert method["method"] == "auto" and method["chosen"] == "box_consensus"
+    assert (method["metric"], method["metric_label"], method["n"]) == ("f1", "Mean F1", 1)
+    assert method["score"] == pytest.approx(2 / 3)
+    assert data["region_run"]["run"] == run.pk and data["region_run"]["holdout_score"] == pytest.approx(2 / 3)
+    by_name = {a["username"]: a for a in data["annotators"]}
+    for user in scene["crowd"]:
         detail = run.reliabilities.get(worker=user).detail
-        assert f'{detail["sensitivity"]:.2f}' in row.split("</tr>")[0]
-        assert f'{detail["precision"]:.2f}' in row.split("</tr>")[0]
+        assert by_name[user.username]["sensitivity"] == detail["sensitivity"]
+        assert by_name[user.username]["precision"] == detail["precision"]
 
 
 def test_region_holdout_is_answered_on_the_review_page_not_by_class(scene):

@@ -280,6 +280,9 @@ class DashboardAnnotatorSerializer(serializers.Serializer):
     confusion = serializers.ListField(
         child=serializers.ListField(child=serializers.FloatField()), allow_null=True
     )
+    sensitivity = serializers.FloatField(allow_null=True, help_text="Region runs only.")
+    precision = serializers.FloatField(allow_null=True, help_text="Region runs only.")
+    specificity = serializers.FloatField(allow_null=True, help_text="Mask runs only.")
     is_blocked = serializers.BooleanField()
     blocked_reason = serializers.CharField(allow_blank=True)
 
@@ -304,6 +307,28 @@ class DashboardMethodScoreSerializer(serializers.Serializer):
     calibration = DashboardCalibrationBinSerializer(many=True)
 
 
+class DashboardRegionMethodSerializer(serializers.Serializer):
+    method = serializers.CharField()
+    run = serializers.IntegerField()
+    chosen = serializers.CharField(allow_null=True, help_text="auto's pick.")
+    metric = serializers.ChoiceField(choices=["f1", "dice"])
+    metric_label = serializers.CharField()
+    score = serializers.FloatField(
+        allow_null=True, help_text="Mean F1 or Dice against the expert regions of the hold-out."
+    )
+    n = serializers.IntegerField(help_text="Hold-out items scored.")
+    mean_agreement = serializers.FloatField(allow_null=True)
+
+
+class DashboardRegionRunSerializer(serializers.Serializer):
+    run = serializers.IntegerField(source="run.id")
+    method = serializers.CharField()
+    mean_agreement = serializers.FloatField(allow_null=True)
+    holdout_metric = serializers.CharField()
+    holdout_score = serializers.FloatField(source="run.holdout_accuracy", allow_null=True)
+    holdout_size = serializers.IntegerField(source="run.holdout_size", allow_null=True)
+
+
 class DashboardProjectSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -317,4 +342,9 @@ class DashboardSerializer(serializers.Serializer):
     agreement = DashboardAgreementPointSerializer(many=True)
     expert_agreement = ExpertAgreementSerializer()
     annotators = DashboardAnnotatorSerializer(many=True)
-    methods = DashboardMethodScoreSerializer(many=True)
+    reliability_method = serializers.CharField(
+        allow_null=True, help_text="The method whose run estimated the annotators."
+    )
+    methods = DashboardMethodScoreSerializer(many=True, help_text="Class projects.")
+    region_run = DashboardRegionRunSerializer(allow_null=True, help_text="Region projects.")
+    region_methods = DashboardRegionMethodSerializer(many=True, help_text="Region projects.")
