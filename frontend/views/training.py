@@ -12,6 +12,7 @@ from rest_framework.fields import empty
 from frontend.access import project_role_required
 from labeling.models import Membership, Project
 from labeling.selectors import has_role
+from labeling.services.region_aggregation import HOLDOUT_METRIC
 from training import crowd_models, devices, region_runs, selectors, services
 from training.api.serializers import CLASS_BALANCE_CHOICES, PARAM_CHOICES, LaunchRunSerializer
 from training.models import Prediction, TrainingRun
@@ -73,6 +74,7 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
             },
             "runs": _with_flags(selectors.project_runs(project)),
             "comparison": selectors.comparison_rows(project),
+            "score_heading": _score_heading(project),
         },
         status=400 if errors else 200,
     )
@@ -89,6 +91,15 @@ def _label_sources(project: Project) -> list[tuple[str, str]]:
         if value != Source.CONSENSUS
         and (value != Source.MIL or project.task_type == Project.TaskType.BAG)
     ]
+
+
+def _score_heading(project: Project) -> str:
+    """The runs tables' lead column: balanced accuracy for a class project; a region project's
+    runs lead with their own hold-out score, named as their reports name it (Mean Dice for
+    masks, F1 for points and boxes), and have no class metrics beside it."""
+    if project.is_region_task:
+        return region_runs.HEADLINES[HOLDOUT_METRIC[project.task_type]]
+    return "Balanced acc."
 
 
 def _with_flags(runs) -> list[TrainingRun]:
@@ -149,6 +160,7 @@ def _run_page(request: HttpRequest, project: Project, run: TrainingRun) -> HttpR
             "per_class": summary["classes"] if summary else [],
             "class_names": [c["name"] for c in summary["classes"]] if summary else [],
             "comparison": selectors.comparison_rows(project),
+            "score_heading": _score_heading(project),
             "reliability": [] if regions else selectors.reliability_rows(run),
             "interruptions": selectors.interruption_rows(run),
             "crowd_model": selectors.crowd_model_of(run),

@@ -54,6 +54,7 @@ def test_finished_run_shows_report_plots_and_curves(project, live_server, browse
         page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle())
     comparison = page.locator("[data-testid=comparison] tbody tr")
     assert comparison.count() == 2
+    assert page.inner_text("[data-testid=comparison] [data-testid=score-heading]") == "Balanced acc."
     assert page.locator("[data-testid=reliability] tbody tr").count() == 3
     assert page.locator("[data-testid=download]").is_visible()
     page.screenshot(path=str(artifacts_dir / "training-run-report.png"), full_page=True)
@@ -61,6 +62,7 @@ def test_finished_run_shows_report_plots_and_curves(project, live_server, browse
 
     page.goto(f"{live_server.url}/projects/{project.pk}/train/")
     assert page.locator("[data-testid=runs] tbody tr").count() == 2
+    assert page.inner_text("[data-testid=runs] [data-testid=score-heading]") == "Balanced acc."
     page.screenshot(path=str(artifacts_dir / "training-launch-page.png"), full_page=True)
 
 

@@ -345,7 +345,13 @@ def test_run_page_shows_the_region_report(masks_project, admin_user, client):
     assert summary["flags"] == [] and summary["lead"]["value"] == run.evaluation.accuracy
     assert summary["lead"]["label"] == "Mean Dice" and summary["others"] == []
     assert "<h3>Hold-out Dice</h3>" in page
+    # the runs by label source lead with the run's own score, as its summary names it
+    comparison = page[page.index('data-testid="comparison"') :]
+    assert 'data-testid="score-heading">Mean Dice<' in comparison
+    assert "Balanced acc." not in page and "ROC AUC" not in comparison.split("</thead>")[0]
     train_page = client.get(f"/projects/{masks_project.pk}/train/").content.decode()
+    runs = train_page[train_page.index('data-testid="runs"') :].split("</thead>")[0]
+    assert 'data-testid="score-heading">Mean Dice<' in runs and "Balanced acc." not in runs
     assert 'value="consensus" selected' in train_page and 'value="expert"' in train_page
     assert 'value="dawid_skene"' not in train_page
 
