@@ -8,6 +8,7 @@
 // should be held idle. A gold item's feedback (score, the expert's regions) stays on screen
 // until the worker moves on.
 
+import { ApiError, callApi } from "./api.js";
 import { RegionCanvas } from "./regions.js";
 import { Viewer } from "./viewer.js";
 
@@ -34,31 +35,8 @@ const regions = regionConfig ? makeRegions(JSON.parse(regionConfig.textContent))
 let busy = false; // a region vote is on its way
 let goldReview = false; // a gold item's feedback is shown; Next moves on
 
-class ApiError extends Error {
-  constructor(status, detail) {
-    super(detail);
-    this.status = status;
-  }
-}
-
-async function call(url, { method = "GET", body } = {}) {
-  const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (method !== "GET") headers["X-CSRFToken"] = csrf;
-  const response = await fetch(url, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (response.status === 204) return null;
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const fields = Object.keys(data).length ? JSON.stringify(data) : "";
-    throw new ApiError(response.status, data.detail || fields || `The server answered ${response.status}.`);
-  }
-  return data;
-}
+// every request of this page carries its CSRF token
+const call = (url, options) => callApi(url, csrf, options);
 
 function preload(url) {
   const image = new Image();

@@ -3,6 +3,7 @@
 // Region projects: each crowd annotator's regions and the consensus as toggleable overlays of
 // the drawing canvas (regions.js); the expert accepts the consensus, edits it or redraws.
 
+import { callApi } from "./api.js";
 import { RegionCanvas } from "./regions.js";
 import { Viewer } from "./viewer.js";
 
@@ -24,21 +25,6 @@ else if (reviewApp) startReview(reviewApp);
 function nextOpen(queue, index) {
   const after = queue.findIndex((q, j) => j > index && !q.done);
   return after !== -1 ? after : queue.findIndex((q) => !q.done);
-}
-
-async function callJson(url, csrf, { method = "GET", body } = {}) {
-  const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (method !== "GET") headers["X-CSRFToken"] = csrf;
-  const response = await fetch(url, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.detail || JSON.stringify(data));
-  return data;
 }
 
 function startHoldout(app) {
@@ -156,7 +142,7 @@ function startReview(app) {
     $("status").className = `status ${kind}`;
   };
 
-  const call = (url, options) => callJson(url, csrf, options);
+  const call = (url, options) => callApi(url, csrf, options);
 
   function pick(label) {
     picked = label;
@@ -332,7 +318,7 @@ function startReview(app) {
 function startRegionReview(app, config) {
   const $ = (id) => app.querySelector(`[data-testid=${id}]`);
   const csrf = app.dataset.csrf;
-  const call = (url, options) => callJson(url, csrf, options);
+  const call = (url, options) => callApi(url, csrf, options);
   const itemUrl = (id) => app.dataset.itemUrl.replace("/0/", `/${id}/`);
   const regionsUrl = (id) => app.dataset.regionsUrl.replace("/0/", `/${id}/`);
   const img = $("item-image");
