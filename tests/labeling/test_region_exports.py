@@ -236,3 +236,9 @@ def test_dashboard_links_the_region_exports(scene, admin_user):
     for name in ("consensus.coco.json", "consensus_masks.zip", "expert_regions.coco.json", "votes.coco.json"):
         assert f"/api/projects/{scene['project'].id}/exports/{name}" in html
     assert "exports/votes.csv" not in html  # class votes only: empty for a region project
+    assert "exports/holdout.csv" not in html  # a class export too
+    # a masks project's runs are scored by Dice, its annotators by specificity as well
+    assert 'data-testid="region-score-heading">Mean Dice<' in html
+    assert 'data-testid="method-mask_majority"' in html and 'data-testid="method-staple"' in html
+    annotators = html[html.index('data-testid="annotators"') :].split("</thead>")[0]
+    assert "Specificity" in annotators and "Confusion" not in annotators
