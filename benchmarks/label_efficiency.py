@@ -126,6 +126,7 @@ def replay(
     policies: dict[str, tuple[str, object]],
     step: float,
     threshold: float = THRESHOLD,
+    lookahead: int = 2,
 ) -> SetResult:
     available = pools[0].available
     n_items, total = len(available), int(available.sum())
@@ -143,6 +144,7 @@ def replay(
             pools[seed], truth, aggregate, "fixed" if kind == "fixed" else "adaptive",
             checkpoints=fixed_marks if kind == "fixed" else marks,
             batch=batch, min_votes=1, threshold=threshold, seed=seed, stop_min_votes=2,
+            lookahead=lookahead,
             ordering="fewest_votes" if kind == "fixed" else kind,
         )  # fmt: skip
         curve.policy = policy
@@ -159,7 +161,9 @@ def mean_curve(curves: list[BudgetCurve], marks: list[int]) -> np.ndarray:
     return np.array([[c.accuracy_at(m) for m in marks] for c in curves]).mean(axis=0)
 
 
-def real_set(name: str, seeds: list[int], step: float, threshold: float = THRESHOLD) -> SetResult:
+def real_set(
+    name: str, seeds: list[int], step: float, threshold: float = THRESHOLD, lookahead: int = 2
+) -> SetResult:
     frame, truth_series = load(name)
     votes = code_votes(frame)
     classes = list(votes.classes)
@@ -178,7 +182,7 @@ def real_set(name: str, seeds: list[int], step: float, threshold: float = THRESH
         "adaptive DS": ("expected_gain", dawid_skene_or_majority),
         "adaptive DS, fewest votes": ("fewest_votes", dawid_skene),
     }
-    return replay(name, pools, truth, policies, step, threshold)
+    return replay(name, pools, truth, policies, step, threshold, lookahead)
 
 
 def pneumonia_set(
@@ -187,6 +191,7 @@ def pneumonia_set(
     with_model_policy: bool,
     threshold: float = THRESHOLD,
     joint: bool = False,
+    lookahead: int = 2,
 ) -> SetResult:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -227,14 +232,15 @@ def pneumonia_set(
                 f"  pneumoniamnist seed {seed}: model out-of-fold accuracy {acc:.3f}",
                 file=sys.stderr,
             )
-    result = replay("pneumoniamnist", pools, truth, policies, step, threshold)
+    result = replay("pneumoniamnist", pools, truth, policies, step, threshold, lookahead)
     if not with_model_policy:
         return result
     model_curves = []
     for seed, probabilities in enumerate(models):
         one = replay(
             "pneumoniamnist+model", [pools[seed]], truth,
-            {"adaptive DS + model": ("expected_gain", with_model(probabilities, joint))}, step, threshold,
+            {"adaptive DS + model": ("expected_gain", with_model(probabilities, joint))},
+            step, threshold, lookahead,
         )  # fmt: skip
         model_curves += one.curves["adaptive DS + model"]
     result.curves["adaptive DS + model"] = model_curves
@@ -369,6 +375,10 @@ def main(argv: list[str] | None = None) -> None:
         default=THRESHOLD,
         help="posterior at which adaptive redundancy stops asking for an item",
     )
+    parser.add_argument(
+        "--lookahead", type=int, default=2,
+        help="votes ahead the adaptive policy's expected gain looks (adaptive.expected_gain)",
+    )  # fmt: skip
     parser.add_argument("--no-model", action="store_true", help="skip the PneumoniaMNIST part")
     parser.add_argument(
         "--joint-model", action="store_true",
@@ -384,12 +394,17 @@ def main(argv: list[str] | None = None) -> None:
         if not (DATA_DIR / "crowd" / name / "answer.csv").exists():
             print(f"  {name}: missing under {DATA_DIR}, skipped", file=sys.stderr)
             continue
-        summaries.append(summarise(real_set(name, seeds, args.step, args.threshold)))
+        result = real_set(name, seeds, args.step, args.threshold, args.lookahead)
+        summaries.append(summarise(result))
         print(f"  {name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     if not args.no_model:
         if (DATA_DIR / "pneumoniamnist" / "pneumoniamnist_28.npz").exists():
             summaries.append(
-                summarise(pneumonia_set(seeds, args.step, True, args.threshold, args.joint_model))
+                summarise(
+                    pneumonia_set(
+                        seeds, args.step, True, args.threshold, args.joint_model, args.lookahead
+                    )
+                )
             )
         else:
             print("  pneumoniamnist: missing, skipped", file=sys.stderr)

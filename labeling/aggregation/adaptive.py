@@ -247,6 +247,7 @@ def vote_priority(
     threshold: float = 0.95,
     ordering: str = "fewest_votes",
     confusion: np.ndarray | None = None,
+    lookahead: int = 2,
 ) -> np.ndarray:
     """Items that can still get a vote, in the order to ask for it.
 
@@ -256,7 +257,8 @@ def vote_priority(
     order, :mod:`labeling.services.assignment`) serves fewer votes first and, among equals, the
     least certain posterior (highest entropy), ``"most_uncertain"`` the highest entropy first.
     ``"expected_gain"`` serves the highest :func:`expected_gain` under ``confusion`` (the
-    average worker, :func:`pooled_confusion`) first, then fewer votes. Remaining ties: lower index.
+    average worker, :func:`pooled_confusion`; up to ``lookahead`` votes ahead) first, then fewer
+    votes. Remaining ties: lower index.
     """
     if ordering not in ORDERINGS:
         raise ValueError(f"ordering must be one of {ORDERINGS}")
@@ -268,7 +270,8 @@ def vote_priority(
     if ordering == "expected_gain":
         if confusion is None:
             raise ValueError("ordering 'expected_gain' needs the average worker's confusion")
-        gain = expected_gain(p, confusion)
+        # rounded, so a gain that is zero but for rounding (no answer flips the item) ties
+        gain = np.round(expected_gain(p, confusion, lookahead), 12)
         # lexsort: the last key sorts first
         return eligible[np.lexsort((eligible, n, -gain, n >= min_votes))]
     entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
@@ -313,6 +316,7 @@ def replay_budget(
     seed: Seed = 0,
     ordering: str = "fewest_votes",
     stop_min_votes: int | None = None,
+    lookahead: int = 2,
 ) -> BudgetCurve:
     """Spend the pool's votes under ``policy``, scoring at each checkpoint (votes spent).
 
@@ -321,7 +325,7 @@ def replay_budget(
     ``policy``: ``"fixed"`` hands votes out round robin (fixed overlap k at every multiple of
     the item count, items in an order drawn from ``seed``), ``"adaptive"`` asks in
     :func:`vote_priority`'s order (``ordering``; ``"expected_gain"`` under the average worker of
-    the posterior so far, :func:`pooled_confusion`), re-aggregating every ``batch`` votes, and
+    the posterior so far, :func:`pooled_confusion`, ``lookahead`` votes ahead), re-aggregating every ``batch`` votes, and
     records where adaptive redundancy would stop asking (``stop_votes``): every item out of votes or confident
     at ``threshold`` with at least ``stop_min_votes`` (default ``min_votes``; a posterior from one
     vote, majority vote's above all, is sure of anything). Past that point it keeps spending on
@@ -371,7 +375,9 @@ def replay_budget(
         confusion = None
         if ordering == "expected_gain":
             confusion = pooled_confusion(pool.take(counts), post)
-        priority = vote_priority(post, counts, remaining, min_votes, threshold, ordering, confusion)
+        priority = vote_priority(
+            post, counts, remaining, min_votes, threshold, ordering, confusion, lookahead
+        )
         chosen = priority[:step]
         counts[chosen] += 1
         spent += len(chosen)

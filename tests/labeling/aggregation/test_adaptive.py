@@ -99,6 +99,11 @@ def test_expected_gain_ordering():
     np.testing.assert_array_equal(order, [3, 1, 0, 2])
     with pytest.raises(ValueError):
         vote_priority(post, counts, remaining, ordering="expected_gain")
+    # one vote ahead the .9 item and the sure one are both worth nothing: fewer votes first
+    two = dict(remaining=np.ones(2), ordering="expected_gain", confusion=conf)
+    sure_fewer = (np.array([[0.9, 0.1], [1.0, 0.0]]), np.array([2, 1]))
+    np.testing.assert_array_equal(vote_priority(*sure_fewer, **two, lookahead=1), [1, 0])
+    np.testing.assert_array_equal(vote_priority(*sure_fewer, **two), [0, 1])
 
 
 def _dawid_skene(votes, counts):
