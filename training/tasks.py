@@ -4,9 +4,20 @@ sweep for runs that dead workers left behind on ``default``, every minute (Celer
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 from training import devices, services
+
+
+@worker_init.connect
+def preload_engine(**kwargs) -> None:
+    """Import torch and the engine in the worker before its pool forks: each pool child (and the
+    one that replaces a killed child and takes its run over) starts with them loaded. The web
+    process, which imports only the engine's light modules, never loads torch."""
+    import training.engine as engine
+
+    for name in engine.__all__:
+        getattr(engine, name)
 
 
 @worker_ready.connect

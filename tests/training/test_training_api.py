@@ -284,6 +284,35 @@ def test_the_web_process_launches_without_importing_torch(project, tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_the_web_application_loads_without_torch_and_the_worker_preloads_it():
+    """The site (WSGI application and every URL's views, the dashboard's charts among them)
+    imports no torch, timm or torchvision: the engine's names load their modules on first use.
+    A worker imports them before its pool forks (training.tasks.preload_engine)."""
+    script = (
+        "import sys\n"
+        "import quorum.wsgi\n"
+        "from django.urls import get_resolver\n"
+        "get_resolver().url_patterns\n"
+        "heavy = ('torch', 'timm', 'torchvision')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import training.engine as engine\n"
+        "print(engine.train.__module__, engine.trainer.__name__)\n"
+        "from training.tasks import preload_engine\n"
+        "preload_engine()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "quorum.settings"},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    web, engine, worker = done.stdout.strip().splitlines()[-3:]
+    assert web == "[]"
+    assert engine == "training.engine.trainer training.engine.trainer"
+    assert worker == "['timm', 'torch', 'torchvision']"
+
+
 @pytest.mark.parametrize(
     "report, expected",
     [("cuda", (224, 10, "CUDA (NVIDIA H200), reported by the worker")),

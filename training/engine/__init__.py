@@ -3,92 +3,79 @@
 The Django side calls :func:`train` (or :func:`train_mil` for bag projects) with a :class:`TrainConfig`, :class:`ItemSet` s and (for
 crowd-aware label sources) :class:`CrowdVotes`, and :func:`evaluate` / the ``plot_*`` functions
 on the hold-out predictions it gets back.
+
+The names below load their module (and torch) on first use: importing one light module of the
+package, as the web process does for :mod:`chart_style`, does not import torch.
 """
 
-from training.engine.aggnet import AggNetEM, sensitivity_specificity
-from training.engine.backbones import DataConfig, build_model
-from training.engine.balance import BALANCE_MODES, ClassBalance, plan_class_balance
-from training.engine.checkpoints import CheckpointError
-from training.engine.crowd_layer import CrowdLayer
-from training.engine.data import CrowdVotes, ItemDataset, ItemSet, Preprocessing, make_loader
-from training.engine.inference import load_trained_model, predict
-from training.engine.metrics import (
-    EvaluationReport,
-    evaluate,
-    plot_confusion_matrix,
-    plot_reliability_diagram,
-    plot_roc_curves,
-    plot_training_curves,
-)
-from training.engine.mil import (
-    MIL_LABEL_SOURCES,
-    BagDataset,
-    BagPreprocessing,
-    GatedAttentionMIL,
-    MILConfig,
-    MILResult,
-    load_mil_model,
-    predict_bags,
-    train_mil,
-)
-from training.engine.patches import (
-    PatchGrid,
-    attention_heatmap,
-    localisation_scores,
-    overlay_attention,
-)
-from training.engine.trainer import (
-    LABEL_SOURCES,
-    EpochRecord,
-    TrainConfig,
-    TrainingCallbacks,
-    TrainingResult,
-    train,
-)
-from training.engine.weights import WeightsError, converted_weights_path
+from __future__ import annotations
 
-__all__ = [
-    "BALANCE_MODES",
-    "ClassBalance",
-    "plan_class_balance",
-    "LABEL_SOURCES",
-    "MIL_LABEL_SOURCES",
-    "AggNetEM",
-    "BagDataset",
-    "BagPreprocessing",
-    "GatedAttentionMIL",
-    "MILConfig",
-    "MILResult",
-    "PatchGrid",
-    "attention_heatmap",
-    "localisation_scores",
-    "load_mil_model",
-    "overlay_attention",
-    "predict_bags",
-    "train_mil",
-    "CheckpointError",
-    "CrowdLayer",
-    "CrowdVotes",
-    "DataConfig",
-    "EpochRecord",
-    "EvaluationReport",
-    "ItemDataset",
-    "ItemSet",
-    "Preprocessing",
-    "TrainConfig",
-    "TrainingCallbacks",
-    "TrainingResult",
-    "WeightsError",
-    "build_model",
-    "converted_weights_path",
-    "evaluate",
-    "load_trained_model",
-    "make_loader",
-    "plot_confusion_matrix",
-    "plot_reliability_diagram",
-    "plot_roc_curves",
-    "plot_training_curves",
-    "predict",
-    "sensitivity_specificity",
-    "train",
-]
+import importlib
+from typing import Any
+
+_MODULE_OF = {
+    "AggNetEM": "aggnet",
+    "sensitivity_specificity": "aggnet",
+    "build_model": "backbones",
+    "DataConfig": "backbones",
+    "BALANCE_MODES": "balance",
+    "ClassBalance": "balance",
+    "plan_class_balance": "balance",
+    "CheckpointError": "checkpoints",
+    "CrowdLayer": "crowd_layer",
+    "CrowdVotes": "data",
+    "ItemDataset": "data",
+    "ItemSet": "data",
+    "make_loader": "data",
+    "Preprocessing": "data",
+    "load_trained_model": "inference",
+    "predict": "inference",
+    "evaluate": "metrics",
+    "EvaluationReport": "metrics",
+    "plot_confusion_matrix": "metrics",
+    "plot_reliability_diagram": "metrics",
+    "plot_roc_curves": "metrics",
+    "plot_training_curves": "metrics",
+    "BagDataset": "mil",
+    "BagPreprocessing": "mil",
+    "GatedAttentionMIL": "mil",
+    "load_mil_model": "mil",
+    "MIL_LABEL_SOURCES": "mil",
+    "MILConfig": "mil",
+    "MILResult": "mil",
+    "predict_bags": "mil",
+    "train_mil": "mil",
+    "attention_heatmap": "patches",
+    "localisation_scores": "patches",
+    "overlay_attention": "patches",
+    "PatchGrid": "patches",
+    "EpochRecord": "trainer",
+    "LABEL_SOURCES": "trainer",
+    "train": "trainer",
+    "TrainConfig": "trainer",
+    "TrainingCallbacks": "trainer",
+    "TrainingResult": "trainer",
+    "converted_weights_path": "weights",
+    "WeightsError": "weights",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        # a submodule reached as an attribute (training.engine.trainer) without its import
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
