@@ -45,6 +45,10 @@ SOURCE_NAMES = {
     Source.DAWID_SKENE: "Dawid-Skene soft labels",
     Source.AGGNET: "AggNet (EM with the CNN in the loop)",
 }
+# sources an admin launches but auto never tries (too costly to train as a candidate)
+LAUNCH_ONLY_NAMES = {
+    Source.CROSSFIT_EM: "cross-fitted EM (out-of-fold CNN prior, then its soft labels)",
+}
 
 # the same floor as auto aggregation's: fewer reference items and their accuracy is noise
 MIN_VALIDATION = MIN_REFERENCE
@@ -105,7 +109,7 @@ class CrowdModel:
         """What people read: ``MW, Dawid-Skene init`` or ``Dawid-Skene soft labels``."""
         if self.source == Source.CROWD_LAYER:
             return f"crowd layer {FORM_NAMES[self.form]}, {INIT_NAMES[self.init]}"
-        return SOURCE_NAMES[self.source]
+        return (SOURCE_NAMES | LAUNCH_ONLY_NAMES)[self.source]
 
     def config_changes(self) -> dict[str, Any]:
         """The TrainConfig fields this model sets."""
@@ -150,7 +154,7 @@ def launch_record(run: TrainingRun) -> dict[str, Any] | None:
             params.get("crowd_layer_form", "confusion_trace"),
             params.get("crowd_layer_init", "dawid_skene"),
         )
-    elif source == Source.AGGNET:
+    elif source in (Source.AGGNET, Source.CROSSFIT_EM):
         model = CrowdModel(source)
     else:
         return None
@@ -216,7 +220,7 @@ def choose(run: TrainingRun, progress, train, build_data, make_config) -> dict[s
                 result = train(
                     config, data.train, held, votes=data.votes,
                     init_posteriors=data.init_posteriors, init_confusions=data.init_confusions,
-                    callbacks=_CandidateProgress(progress),
+                    callbacks=CandidateProgress(progress),
                 )  # fmt: skip
             except Exception as error:  # a candidate that cannot train is reported, not fatal
                 if _cancel_like(error):
@@ -255,7 +259,7 @@ def _cancel_like(error: BaseException) -> bool:
     return isinstance(error, LeaseLost)
 
 
-class _CandidateProgress:
+class CandidateProgress:
     """A candidate's callbacks: the run's cancel check and lease, no epoch rows (the run's
     epochs are the chosen model's)."""
 
@@ -294,4 +298,13 @@ def sentence(record: dict[str, Any] | None) -> str:
         )
     if record.get("picked_by") == "default":
         return f"{head} — the default: {record['reason']}"
+    if "rounds" in record:  # crossfit_em: its EM rounds, each item's prior out of fold
+        changed = ", ".join(f"{share:.1%}" for share in record["changed"])
+        epochs = record["fold_epochs"]
+        return (
+            f"{head} — set at launch; {record['rounds']} EM round"
+            f"{'s' if record['rounds'] != 1 else ''} of {record['folds']} fold classifiers "
+            f"({epochs} epoch{'s' if epochs != 1 else ''} each), items changed per round: "
+            f"{changed}"
+        )
     return f"{head} — set at launch"

@@ -7,8 +7,9 @@
   ``[0, n_workers)`` with :attr:`TrainingData.worker_ids` as the code -> user id lookup.
 * ``majority_vote`` and ``dawid_skene`` targets are computed here, at launch, from those votes
   with ``labeling.aggregation`` (always current, unlike the latest stored ConsensusLabel);
-  ``aggnet`` and ``crowd_layer`` start from the same Dawid-Skene fit. Expert answers given in
-  review are final, so they are clamped as known labels in both fits.
+  ``aggnet``, ``crowd_layer`` and ``crossfit_em`` start from the same Dawid-Skene fit. Expert
+  answers given in review (and gold answers) are final, so they are clamped as known labels in
+  both fits (:attr:`TrainingData.known_labels`).
 * ``mil`` (bag projects) trains on bag labels from ``params["mil_labels"]`` (one of the sources
   above or ``crowd_layer``; default ``dawid_skene``), built exactly as for that source.
 """
@@ -32,7 +33,11 @@ if TYPE_CHECKING:  # torch loads only in the worker, not in every web process
     from training.engine import CrowdVotes, ItemSet
 
 Source = TrainingRun.LabelSource
-CROWD_SOURCES = (Source.MAJORITY_VOTE, Source.DAWID_SKENE, Source.AGGNET, Source.CROWD_LAYER)
+CROWD_SOURCES = (
+    Source.MAJORITY_VOTE, Source.DAWID_SKENE, Source.AGGNET, Source.CROWD_LAYER, Source.CROSSFIT_EM
+)
+# the sources trained on the votes themselves, not only on targets computed from them
+VOTE_SOURCES = (Source.AGGNET, Source.CROWD_LAYER, Source.CROSSFIT_EM)
 MIL_LABELS = (Source.EXPERT, Source.MAJORITY_VOTE, Source.DAWID_SKENE, Source.CROWD_LAYER)
 
 
@@ -49,6 +54,8 @@ class TrainingData:
     init_posteriors: np.ndarray | None = None
     init_confusions: np.ndarray | None = None
     worker_ids: list[int] = field(default_factory=list)
+    # [N] class code of each training item whose answer is known (gold or expert), else -1
+    known_labels: np.ndarray | None = None
 
 
 def item_image(item: Item) -> np.ndarray | str:
@@ -161,10 +168,12 @@ def build_training_data(
     aggregator = METHODS[method]().fit(matrix, known_labels=known)
     posteriors = np.asarray(aggregator.posteriors_, dtype=np.float64)
     train = ItemSet([item_image(i) for i in items], None, [i.id for i in items])
-    data = TrainingData(names, train, holdout_set, worker_ids=[int(w) for w in worker_ids])
+    data = TrainingData(
+        names, train, holdout_set, worker_ids=[int(w) for w in worker_ids], known_labels=known
+    )
     # the engine takes majority vote's argmax itself, breaking ties with the run's seed
     data.init_posteriors = posteriors
-    if source in (Source.AGGNET, Source.CROWD_LAYER):
+    if source in VOTE_SOURCES:
         data.votes = CrowdVotes(item_codes, worker_codes, label_codes, n_workers=len(worker_ids))
         data.init_confusions = np.asarray(aggregator.confusions_, dtype=np.float64)
     return data

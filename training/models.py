@@ -26,6 +26,7 @@ class TrainingRun(models.Model):
         MIL = "mil", "Attention MIL on bags"
         AUTO = "auto", "Picked by validation (gold or expert items outside the hold-out)"
         CONSENSUS = "consensus", "Region consensus (STAPLE soft map, fused points or boxes)"
+        CROSSFIT_EM = "crossfit_em", "Cross-fitted EM (out-of-fold CNN prior, then soft labels)"
 
     class Weights(models.TextChoices):
         IMAGENET = "imagenet", "ImageNet-pretrained"

@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from dataclasses import fields as dataclass_fields
+from dataclasses import replace as dataclass_replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.models import Item, Project, Region
 from labeling.services.aggregation import PUBLISH_RETRY_POLICY
-from training import crowd_models, devices, leases, region_runs, selectors
+from training import crossfit_runs, crowd_models, devices, leases, region_runs, selectors
 from training.datasets import (
     MIL_LABELS,
     NoLabelledItems,
@@ -82,11 +83,14 @@ PARAM_FIELDS = {
     "crowd_layer_form": "crowd_layer_form",
     "crowd_layer_init": "crowd_layer_init",
     "auto_candidates": "auto_candidates",
+    # cross-fitted EM's folds and most rounds (crossfit_em runs; training.crossfit_runs reads them)
+    "crossfit_folds": "crossfit_folds",
+    "crossfit_rounds": "crossfit_rounds",
 }
 MIL_PARAMS = ("mil_labels", "patch_size", "patch_stride", "patch_input_size", "attention_dim")
 PARAM_TYPES = {"schedule": str, "mil_labels": str, "amp": bool, "num_workers": int} | {
     key: int for key in MIL_PARAMS[1:]
-} | {"class_balance": str, "lead_metric": str} | {
+} | {"class_balance": str, "lead_metric": str, "crossfit_folds": int, "crossfit_rounds": int} | {
     key: str for key in ("crowd_layer_form", "crowd_layer_init", "auto_candidates")
 }
 BALANCE_MODES = ("auto", "none", "loss", "sampler")  # training.engine.balance's, without torch
@@ -170,6 +174,13 @@ def _check_crowd_model_params(source: str | None, params: dict[str, Any]) -> Non
             "params",
             f"unknown crowd_layer_init {init!r}; one of {list(crowd_models.CROWD_LAYER_INITS)}",
         )
+    crossfit = {"crossfit_folds", "crossfit_rounds"} & set(params)
+    if crossfit and source != TrainingRun.LabelSource.CROSSFIT_EM:
+        raise LaunchError("params", f"{sorted(crossfit)} apply to crossfit_em runs only")
+    if not 2 <= params.get("crossfit_folds", crossfit_runs.FOLDS) <= 20:
+        raise LaunchError("params", "crossfit_folds must lie between 2 and 20")
+    if not 1 <= params.get("crossfit_rounds", crossfit_runs.MAX_ROUNDS) <= 20:
+        raise LaunchError("params", "crossfit_rounds must lie between 1 and 20")
     if "auto_candidates" in params:
         if source != TrainingRun.LabelSource.AUTO:
             raise LaunchError("params", "auto_candidates applies to auto runs only")
@@ -604,6 +615,17 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
         else None
     )
     data = build_training_data(run, source=chosen.source if chosen else None)
+    crossfit = None
+    if run.label_source == TrainingRun.LabelSource.CROSSFIT_EM:
+        # the final model trains on EM's posteriors as the dawid_skene source trains on its own
+        chosen = crowd_models.CrowdModel(TrainingRun.LabelSource.DAWID_SKENE)
+        crossfit = _cross_fitted_targets(run, data, progress, train, chosen)
+        if crossfit is None:  # cancelled while the fold classifiers trained
+            with transaction.atomic():
+                _still_held(run.pk, lease)
+                _finish(run.pk, Status.CANCELLED)
+            return
+        crowd_model, data.init_posteriors, confusions = crossfit
     is_mil = run.label_source == TrainingRun.LabelSource.MIL
     config = mil_config(run, data) if is_mil else train_config(run, data, chosen)
     resume_from = selectors.checkpoint_file(run)
@@ -629,6 +651,10 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
                 _store_epoch(run.pk, record)
             _finish(run.pk, Status.CANCELLED, device=result.device)
         return
+    if crossfit is not None:  # the confusions EM learned, for the report's annotators
+        result = dataclass_replace(
+            result, annotator_confusions=confusions, train_posteriors=data.init_posteriors
+        )
     report = _build_report(run, data, result)
     if crowd_model:
         report["extra"] = {**report.get("extra", {}), "crowd_model": crowd_model}
@@ -672,6 +698,19 @@ def _crowd_model(run: TrainingRun, progress: RunProgress, train) -> dict[str, An
     progress._mine().update(params=params)
     run.params = params
     return record
+
+
+def _cross_fitted_targets(run: TrainingRun, data: TrainingData, progress: RunProgress, train, model):
+    """``crossfit_em``'s (record, posteriors, confusions), the record kept in the run's params
+    (a resumed run reuses the stored targets); None if cancelled."""
+    outcome = crossfit_runs.cross_fitted_targets(
+        run, data, progress, train, make_config=lambda fold_data: train_config(run, fold_data, model)
+    )
+    if outcome is not None and (run.params or {}).get("crowd_model") != outcome[0]:
+        params = {**(run.params or {}), "crowd_model": outcome[0]}
+        progress._mine().update(params=params)
+        run.params = params
+    return outcome
 
 
 def _still_held(run_id: int, lease: leases.Lease | None) -> None:
