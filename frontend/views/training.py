@@ -13,7 +13,7 @@ from frontend.access import project_role_required
 from labeling.models import Membership, Project
 from labeling.selectors import has_role
 from labeling.services.region_aggregation import HOLDOUT_METRIC
-from training import crowd_models, devices, region_runs, selectors, services
+from training import crossfit_runs, crowd_models, devices, region_runs, selectors, services
 from training.api.serializers import CLASS_BALANCE_CHOICES, PARAM_CHOICES, LaunchRunSerializer
 from training.models import Prediction, TrainingRun
 
@@ -70,6 +70,11 @@ def train(request: HttpRequest, project: Project) -> HttpResponse:
                 "auto": {
                     "candidates": len(crowd_models.CANDIDATES),
                     "epochs": crowd_models.CANDIDATE_EPOCHS,
+                },
+                "crossfit_em": {
+                    "folds": crossfit_runs.FOLDS,
+                    "rounds": crossfit_runs.MAX_ROUNDS,
+                    "epochs": crossfit_runs.FOLD_EPOCHS,
                 },
             },
             "runs": _with_flags(selectors.project_runs(project)),

@@ -152,6 +152,12 @@ def test_launch_form_shows_device_counts_and_estimate_then_launches_at_once(
     page.fill("input[name=epochs]", "400")
     page.fill("input[name=image_size]", "512")
     assert page.inner_text("[data-testid=estimate-value]") not in ("–", first)
+    plain = page.inner_text("[data-testid=estimate-value]")
+    page.select_option("select[name=label_source]", "crossfit_em")  # + the fold classifiers
+    assert page.inner_text("[data-testid=estimate-value]").startswith("at most ")
+    assert page.inner_text("[data-testid=estimate-value]") != plain.replace("about", "at most")
+    assert "EM rounds of 4 fold classifiers (2 epoch(s) each)" in page.inner_text("[data-testid=estimate-basis]")
+    page.select_option("select[name=label_source]", "dawid_skene")
     page.fill("input[name=epochs]", "1")
     page.fill("input[name=image_size]", "16")
     page.screenshot(path=str(artifacts_dir / "training-launch-form-estimate.png"), full_page=True)

@@ -36,15 +36,26 @@
       const measured = basis.rates[backbone];
       const rate = measured === undefined ? basis.default_rate : measured;
       const items = nTrain + basis.holdout_cost * basis.n_holdout;
-      // auto first trains each candidate crowd model for a few epochs (training.crowd_models)
-      const auto = form.elements.label_source.value === "auto";
-      const extra = auto ? basis.auto.candidates * Math.min(epochs, basis.auto.epochs) : 0;
+      // auto first trains each candidate crowd model for a few epochs (training.crowd_models);
+      // crossfit_em trains a classifier per fold and EM round on the other folds' items
+      // (training.crossfit_runs), at most its round limit
+      const source = form.elements.label_source.value;
+      const fit = basis.crossfit_em;
+      const foldEpochs = Math.min(epochs, fit.epochs);
+      let extra = 0;
+      let includes = "";
+      if (source === "auto") {
+        extra = basis.auto.candidates * Math.min(epochs, basis.auto.epochs);
+        includes = `; includes ${basis.auto.candidates} candidate runs of ${Math.min(epochs, basis.auto.epochs)} epoch(s) when there are enough validation items`;
+      } else if (source === "crossfit_em") {
+        extra = fit.rounds * fit.folds * foldEpochs * (fit.folds - 1) / fit.folds;
+        includes = `; includes up to ${fit.rounds} EM rounds of ${fit.folds} fold classifiers (${foldEpochs} epoch(s) each)`;
+      }
       const seconds = basis.startup_seconds + (epochs + extra) * items * (basis.item_overhead + rate * size * size);
-      valueOut.textContent = `${auto ? "at most" : "about"} ${duration(seconds)}`;
+      valueOut.textContent = `${extra ? "at most" : "about"} ${duration(seconds)}`;
       noteOut.textContent = (measured === undefined
         ? `on ${device}; a rough default, no ${backbone} run measured there yet`
-        : `on ${device}, from the last ${backbone} run measured there`)
-        + (auto ? `; includes ${basis.auto.candidates} candidate runs of ${Math.min(epochs, basis.auto.epochs)} epoch(s) when there are enough validation items` : "");
+        : `on ${device}, from the last ${backbone} run measured there`) + includes;
     }
     form.addEventListener("input", update);
     form.addEventListener("change", update);
