@@ -43,7 +43,6 @@ from training.engine.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_model_file,
-    save_checkpoint,
     save_model_file,
 )
 from training.engine.crowd_layer import CrowdLayer
@@ -62,9 +61,12 @@ from training.engine.trainer import (
     CHECKPOINT_NAME,
     MODEL_NAME,
     EpochRecord,
+    amp_autocast,
     build_crowd_layer,
     build_optimization,
+    end_epoch,
     restore_state,
+    seed_epoch,
     seed_everything,
     soft_cross_entropy,
     stop_check,
@@ -433,18 +435,12 @@ def train_mil(
             class_balance=balance.summary(),
         )
 
-    autocast = (
-        (lambda: torch.autocast(device_type="cuda", dtype=torch.float16))
-        if use_amp
-        else nullcontext
-    )
+    autocast = amp_autocast(use_amp)
     for epoch in range(start_epoch, config.epochs):
         if stop_requested():
             return result("cancelled", None)
         epoch_started = time.perf_counter()
-        # each epoch reseeds from (seed, epoch): a resumed run replays exactly the same stream
-        epoch_seed = config.seed * 100_003 + epoch
-        seed_everything(epoch_seed)
+        epoch_seed = seed_epoch(config.seed, epoch)
         loader = _loader(
             train_dataset, config.bags_per_batch, shuffle=True, seed=epoch_seed,
             sampler=balance.sampler(epoch_seed),
@@ -497,34 +493,17 @@ def train_mil(
             )
             holdout_accuracy = float((probabilities.argmax(1) == expected.argmax(1)).mean())
 
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=float(loss_sum) / max(bags_seen, 1),
-            holdout_loss=holdout_loss,
-            holdout_accuracy=holdout_accuracy,
-            seconds=time.perf_counter() - epoch_started,
-            # patches are what the backbone processes, so they measure throughput
-            images_per_second=patches_seen / max(train_seconds, 1e-9),
-            learning_rate=float(optimizer.param_groups[0]["lr"]),
-        )
-        history.append(record)
-        save_checkpoint(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch + 1,
-                "config": dataclasses.asdict(config),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "crowd_layer": crowd_layer.state_dict() if crowd_layer is not None else None,
-                "history": [dataclasses.asdict(r) for r in history],
+        end_epoch(
+            epoch=epoch, started=epoch_started, train_seconds=train_seconds,
+            samples_seen=patches_seen, train_loss=float(loss_sum) / max(bags_seen, 1),
+            holdout_loss=holdout_loss, holdout_accuracy=holdout_accuracy, history=history,
+            checkpoint_path=checkpoint_path, checkpoint_format=CHECKPOINT_FORMAT, config=config,
+            model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            callbacks=callbacks,
+            extra_state={
+                "crowd_layer": crowd_layer.state_dict() if crowd_layer is not None else None
             },
-            checkpoint_path,
         )
-        on_epoch_end = getattr(callbacks, "on_epoch_end", None)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
 
     model_path = save_model_file(
         model,

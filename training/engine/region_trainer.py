@@ -36,7 +36,6 @@ from training.engine.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_model_file,
-    save_checkpoint,
     save_model_file,
 )
 from training.engine.data import (
@@ -66,9 +65,11 @@ from training.engine.trainer import (
     MODEL_NAME,
     EpochRecord,
     _restore_rng,
-    _rng_state,
+    amp_autocast,
     build_optimization,
+    end_epoch,
     restore_state,
+    seed_epoch,
     seed_everything,
     stop_check,
 )
@@ -376,9 +377,7 @@ def train_regions(
     stop_requested = stop_check(callbacks)
     if resumed is not None and hasattr(callbacks, "on_resume"):
         callbacks.on_resume(start_epoch)
-    autocast = (
-        (lambda: torch.autocast(device_type="cuda", dtype=torch.float16)) if use_amp else nullcontext
-    )
+    autocast = amp_autocast(use_amp)
 
     def evaluate() -> tuple[float | None, list[dict[str, np.ndarray]], dict[str, Any]]:
         loss, predictions = _predict(model, holdout_dataset, config, device, memory_format, autocast)
@@ -404,8 +403,7 @@ def train_regions(
         if stop_requested():
             return result("cancelled", None)
         epoch_started = time.perf_counter()
-        epoch_seed = config.seed * 100_003 + epoch  # as train(): a resumed run replays the stream
-        seed_everything(epoch_seed)
+        epoch_seed = seed_epoch(config.seed, epoch)
         loader = make_loader(
             train_dataset, config.batch_size, shuffle=True, seed=epoch_seed,
             num_workers=config.num_workers, pin_memory=device.type == "cuda",
@@ -435,33 +433,14 @@ def train_regions(
         if holdout_dataset is not None:
             holdout_loss, _, scores = evaluate()
             holdout_score = scores["headline_value"]
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=float(loss_sum) / max(images_seen, 1),
-            holdout_loss=holdout_loss,
-            holdout_accuracy=holdout_score,
-            seconds=time.perf_counter() - epoch_started,
-            images_per_second=images_seen / max(train_seconds, 1e-9),
-            learning_rate=float(optimizer.param_groups[0]["lr"]),
+        end_epoch(
+            epoch=epoch, started=epoch_started, train_seconds=train_seconds,
+            samples_seen=images_seen, train_loss=float(loss_sum) / max(images_seen, 1),
+            holdout_loss=holdout_loss, holdout_accuracy=holdout_score, history=history,
+            checkpoint_path=checkpoint_path, checkpoint_format=CHECKPOINT_FORMAT, config=config,
+            model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            callbacks=callbacks,
         )
-        history.append(record)
-        save_checkpoint(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch + 1,
-                "config": dataclasses.asdict(config),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "history": [dataclasses.asdict(r) for r in history],
-                "rng": _rng_state(),
-            },
-            checkpoint_path,
-        )
-        on_epoch_end = getattr(callbacks, "on_epoch_end", None)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
 
     model_path = save_model_file(
         model, checkpoint_dir / MODEL_NAME, {"kind": "regions", **_model_metadata(config, preprocessing)}

@@ -22,7 +22,8 @@ import os
 import random
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -337,18 +338,12 @@ def train(
             class_balance=balance.summary(),
         )
 
-    autocast = (
-        (lambda: torch.autocast(device_type="cuda", dtype=torch.float16))
-        if use_amp
-        else nullcontext
-    )
+    autocast = amp_autocast(use_amp)
     for epoch in range(start_epoch, config.epochs):
         if stop_requested():
             return result("cancelled", None)
         epoch_started = time.perf_counter()
-        # each epoch reseeds from (seed, epoch): a resumed run replays exactly the same stream
-        epoch_seed = config.seed * 100_003 + epoch
-        seed_everything(epoch_seed)
+        epoch_seed = seed_epoch(config.seed, epoch)
         loader = make_loader(
             train_dataset,
             config.batch_size,
@@ -424,35 +419,17 @@ def train(
             )
             holdout_accuracy = float((probabilities.argmax(1) == expected.argmax(1)).mean())
 
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=train_loss,
-            holdout_loss=holdout_loss,
-            holdout_accuracy=holdout_accuracy,
-            seconds=time.perf_counter() - epoch_started,
-            images_per_second=images_seen / max(train_seconds, 1e-9),
-            learning_rate=float(optimizer.param_groups[0]["lr"]),
-        )
-        history.append(record)
-        save_checkpoint(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch + 1,
-                "config": dataclasses.asdict(config),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
+        end_epoch(
+            epoch=epoch, started=epoch_started, train_seconds=train_seconds,
+            samples_seen=images_seen, train_loss=train_loss, holdout_loss=holdout_loss,
+            holdout_accuracy=holdout_accuracy, history=history, checkpoint_path=checkpoint_path,
+            checkpoint_format=CHECKPOINT_FORMAT, config=config, model=model, optimizer=optimizer,
+            scheduler=scheduler, scaler=scaler, callbacks=callbacks,
+            extra_state={
                 "crowd_layer": crowd_layer.state_dict() if crowd_layer is not None else None,
                 "aggnet": aggnet.state_dict() if aggnet is not None else None,
-                "history": [dataclasses.asdict(r) for r in history],
-                "rng": _rng_state(),
             },
-            checkpoint_path,
         )
-        on_epoch_end = getattr(callbacks, "on_epoch_end", None)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
 
     model_path = save_model_file(
         model,
@@ -633,6 +610,76 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int) -> int:
+    """Reseed every generator from ``(seed, epoch)`` and return the epoch's seed: an epoch's
+    stream depends on nothing before it, so a resumed run replays exactly the same one."""
+    epoch_seed = seed * 100_003 + epoch
+    seed_everything(epoch_seed)
+    return epoch_seed
+
+
+def amp_autocast(use_amp: bool) -> Callable[[], AbstractContextManager]:
+    """A context factory: fp16 autocast on CUDA when mixed precision is on, else nothing."""
+    if use_amp:
+        return lambda: torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext
+
+
+def end_epoch(
+    *,
+    epoch: int,
+    started: float,
+    train_seconds: float,
+    samples_seen: int,
+    train_loss: float,
+    holdout_loss: float | None,
+    holdout_accuracy: float | None,
+    history: list[EpochRecord],
+    checkpoint_path: Path,
+    checkpoint_format: str,
+    config: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    callbacks: Any,
+    extra_state: dict[str, Any] | None = None,
+) -> EpochRecord:
+    """What every trainer does once an epoch (0-based ``epoch``) has run: record it, save the
+    checkpoint a resume starts from (the common state, the RNG state and the trainer's
+    ``extra_state``), then tell the callbacks. ``samples_seen`` are what the backbone processed
+    (images, or MIL's patches), so they measure throughput."""
+    record = EpochRecord(
+        epoch=epoch + 1,
+        train_loss=train_loss,
+        holdout_loss=holdout_loss,
+        holdout_accuracy=holdout_accuracy,
+        seconds=time.perf_counter() - started,
+        images_per_second=samples_seen / max(train_seconds, 1e-9),
+        learning_rate=float(optimizer.param_groups[0]["lr"]),
+    )
+    history.append(record)
+    save_checkpoint(
+        {
+            "format": checkpoint_format,
+            "epoch": epoch + 1,
+            "config": dataclasses.asdict(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            **(extra_state or {}),
+            "history": [dataclasses.asdict(r) for r in history],
+            "rng": _rng_state(),
+        },
+        checkpoint_path,
+    )
+    on_epoch_end = getattr(callbacks, "on_epoch_end", None)
+    if on_epoch_end is not None:
+        on_epoch_end(record)
+    return record
 
 
 def _rng_state() -> dict[str, Any]:
