@@ -18,6 +18,18 @@ from tests.lane_client import ServerAPIClient
 ARTIFACTS = Path(os.environ.get("QUORUM_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads() -> None:
+    # on a small shared machine, OpenMP threads spinning at barriers while descheduled cost
+    # far more than they gain; one thread keeps tiny models fast and timings predictable (a
+    # points run: 26 s with torch's default on a loaded 2-core machine, 3.6 s with one). Here,
+    # not in the engine's conftest, so the runs of the service, page and browser tests, which
+    # a full run collects before the engine's, get it too.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _media_in_tmp(settings, tmp_path):
     """Each test writes images into its own folder."""

@@ -1,4 +1,5 @@
-"""Fixtures for the training engine: few threads, a shared weights cache, a planted crowd."""
+"""Fixtures for the training engine: a shared weights cache, a planted crowd (one torch thread:
+the suite's conftest)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from training.engine import CrowdVotes
 
 REPO = Path(__file__).resolve().parents[3]
 NUM_CLASSES = 3
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _few_threads() -> None:
-    # on a small shared machine, OpenMP threads spinning at barriers while descheduled cost
-    # far more than they gain; one thread keeps tiny models fast and timings predictable
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

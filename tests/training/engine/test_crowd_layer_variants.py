@@ -330,7 +330,8 @@ def test_conal_learns_from_a_sparse_simulated_crowd():
     )
     majority = votes.vote_fractions(len(truth), 3).argmax(axis=1)
     layer = make_crowd_layer("conal", "identity", votes.n_workers, 3, feature_dim=x.shape[1])
-    probabilities = fit_jointly(layer, x, votes, steps=300)
+    # 200 steps: the same accuracy (.965) and expert-spammer gap (.55) as 300
+    probabilities = fit_jointly(layer, x, votes, steps=200)
     accuracy = (probabilities.argmax(1) == truth).mean()
     # far above chance (1/3) and above the crowd's own majority vote on the same items
     assert accuracy > 0.9

@@ -105,7 +105,7 @@ def crowd_config(label_source: str, tmp_path) -> TrainConfig:
         weights="none",
         in_chans=1,
         image_size=16,
-        epochs=8,
+        epochs=6,  # beats majority vote by .18 and recovers the diagonals within .08 (8: .22, .06)
         batch_size=32,
         lr=3e-3,
         augment=False,
