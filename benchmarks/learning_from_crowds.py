@@ -79,7 +79,8 @@ from training.engine import (  # noqa: E402
     plan_class_balance,
     train,
 )
-from training.engine.crossfit_em import cross_fitted_em, undo_class_weights  # noqa: E402
+from training.engine.aggnet import undo_class_weights  # noqa: E402
+from training.engine.crossfit_em import cross_fitted_em  # noqa: E402
 from training.engine.crowd_layer import (  # noqa: E402
     CROWD_LAYER_FORMS,
     CROWD_LAYER_INITS,

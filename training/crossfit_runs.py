@@ -5,8 +5,8 @@ with each item's prior predicted by a classifier that never trained on it. Here 
 is the run's own backbone, trained by the engine's trainer for ``min(FOLD_EPOCHS, epochs)``
 epochs (seeded per fold) on the other folds' current soft targets, its predictions on the
 held-out fold brought back under the training prior when class balancing weighted its loss.
-Gold and expert-answered training items keep their known answer as their prior, so EM keeps them
-clamped (as the Dawid-Skene fit it starts from does); the expert hold-out is never seen. The
+Gold and expert-answered training items stay clamped to their known answer in every E-step (as
+in the Dawid-Skene fit EM starts from); the expert hold-out is never seen. The
 final model then trains on every crowd item with the returned posteriors as soft targets, as
 the ``dawid_skene`` source does.
 
@@ -30,6 +30,7 @@ FOLD_EPOCHS = 2
 # the benchmark's settings (benchmarks/learning_from_crowds.py: --crossfit-folds/-rounds)
 FOLDS = 4
 MAX_ROUNDS = 3
+MIN_ITEMS = 4  # two folds of two: each fold classifier trains on items the other predicts
 TARGETS_NAME = "crossfit-targets.npz"
 
 
@@ -54,10 +55,17 @@ def cross_fitted_targets(run: TrainingRun, data, progress, train, make_config):
     if stored is not None:
         return stored
     from training.engine import ItemSet
-    from training.engine.crossfit_em import cross_fitted_em, undo_class_weights
+    from training.engine.aggnet import undo_class_weights
+    from training.engine.crossfit_em import cross_fitted_em
+    from training.engine.data import TooFewItems
 
     params = run.params or {}
     fold_epochs = min(run.epochs, FOLD_EPOCHS)
+    if len(data.train) < MIN_ITEMS:
+        raise TooFewItems(
+            f"crossfit_em needs at least {MIN_ITEMS} crowd-labelled training items "
+            f"(one per fold classifier to train on and one to predict), got {len(data.train)}"
+        )
     folds = min(params.get("crossfit_folds", FOLDS), len(data.train))
     known = data.known_labels if data.known_labels is not None else np.full(len(data.train), -1)
     images, ids = list(data.train.images), data.train.item_ids
@@ -80,11 +88,7 @@ def cross_fitted_targets(run: TrainingRun, data, progress, train, make_config):
             raise _Cancelled
         balance = result.class_balance or {}
         weights = balance.get("class_weights") if balance.get("applied", "none") != "none" else None
-        prior = undo_class_weights(result.holdout_probabilities, weights)
-        # a known answer is the item's prior: EM keeps it, as the Dawid-Skene fit clamps it
-        answered = known[held_out] >= 0
-        prior[answered] = np.eye(prior.shape[1])[known[held_out][answered]]
-        return prior
+        return undo_class_weights(result.holdout_probabilities, weights)
 
     try:
         result = cross_fitted_em(
@@ -95,6 +99,7 @@ def cross_fitted_targets(run: TrainingRun, data, progress, train, make_config):
             n_folds=folds,
             max_rounds=params.get("crossfit_rounds", MAX_ROUNDS),
             seed=run.seed,
+            known_labels=known,  # gold and expert answers stay clamped, as in Dawid-Skene's fit
         )
     except _Cancelled:
         return None

@@ -779,7 +779,7 @@ def _build_report(run: TrainingRun, data: TrainingData, result) -> dict[str, Any
 
 def _draw_annotator_confusions(run: TrainingRun, data: TrainingData, result, reliability) -> None:
     """The learned confusions of the most active annotators as a grid of heatmaps (a file in
-    the run's folder, like the MIL gallery), for crowd-layer, AggNet and CoNAL runs."""
+    the run's folder, like the MIL gallery), for crowd-layer, AggNet, CoNAL and crossfit_em runs."""
     from training.annotator_pictures import plot_annotator_confusions
     from training.engine.checkpoints import atomic_write
 

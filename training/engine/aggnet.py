@@ -66,6 +66,19 @@ def sensitivity_specificity(confusions: np.ndarray) -> tuple[np.ndarray, np.ndar
     return confusions[:, 1, 1], confusions[:, 0, 0]
 
 
+def undo_class_weights(probabilities: np.ndarray, class_weights: np.ndarray | None) -> np.ndarray:
+    """Probabilities of a classifier trained with per-class loss weights ``w_k`` back under the
+    training prior: divide by ``w_k`` and renormalise (Saerens, Latinne & Decaestecker, Neural
+    Computation 14(1), 2002)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if class_weights is None:
+        return probabilities
+    weights = np.asarray(class_weights, dtype=np.float64)
+    corrected = probabilities / np.where(weights > 0, weights, 1.0)
+    return corrected / corrected.sum(axis=1, keepdims=True)
+
+
+
 class AggNetEM:
     """The annotator side of AggNet: current soft targets ``posteriors_`` and ``confusions_``.
 
@@ -118,11 +131,7 @@ class AggNetEM:
                 f"expected probabilities of shape {self.posteriors_.shape}, "
                 f"got {classifier_probabilities.shape}"
             )
-        prior = np.asarray(classifier_probabilities, dtype=np.float64)
-        if class_weights is not None:
-            weights = np.asarray(class_weights, dtype=np.float64)
-            prior = prior / np.where(weights > 0, weights, 1.0)
-            prior = prior / prior.sum(axis=1, keepdims=True)
+        prior = undo_class_weights(classifier_probabilities, class_weights)
         self.posteriors_ = posteriors_from_votes(prior, self.confusions_, self.votes)
         return self.posteriors_
 

@@ -24,7 +24,7 @@ is then trained on all items with the returned posteriors as soft targets.
 The classifier is whatever ``fit_predict`` trains: ``fit_predict(train_items, targets,
 predict_items, fold_seed)`` returns ``[len(predict_items), K]`` probabilities under the training
 prior; a classifier trained with class-balancing weights should pass its predictions through
-:func:`undo_class_weights` first (the prior-shift correction :class:`AggNetEM` applies).
+:func:`training.engine.aggnet.undo_class_weights` first (the prior-shift correction :class:`AggNetEM` applies).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 from training.engine.aggnet import confusions_from_posteriors, posteriors_from_votes
 from training.engine.data import CrowdVotes
 
-__all__ = ["CrossFitResult", "FitPredict", "cross_fitted_em", "undo_class_weights"]
+__all__ = ["CrossFitResult", "FitPredict", "cross_fitted_em"]
 
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -51,18 +51,6 @@ class CrossFitResult:
     confusions: np.ndarray
     rounds: int
     changed: list[float] = field(default_factory=list)
-
-
-def undo_class_weights(probabilities: np.ndarray, class_weights: np.ndarray | None) -> np.ndarray:
-    """Probabilities of a classifier trained with per-class loss weights ``w_k`` back under the
-    training prior: divide by ``w_k`` and renormalise (Saerens, Latinne & Decaestecker, Neural
-    Computation 14(1), 2002)."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if class_weights is None:
-        return probabilities
-    weights = np.asarray(class_weights, dtype=np.float64)
-    corrected = probabilities / np.where(weights > 0, weights, 1.0)
-    return corrected / corrected.sum(axis=1, keepdims=True)
 
 
 def fold_assignment(n_items: int, n_folds: int, seed: int) -> np.ndarray:
@@ -80,12 +68,16 @@ def cross_fitted_em(
     tolerance: float = 0.01,
     smoothing: float = 1.0,
     seed: int = 0,
+    known_labels: np.ndarray | None = None,
 ) -> CrossFitResult:
     """Raykar/AggNet EM whose E-step prior is each item's out-of-fold classifier prediction.
 
     ``init_posteriors`` ``[N, K]`` (Dawid-Skene's, typically) are the first round's targets;
     ``init_confusions`` (Dawid-Skene's) the first E-step's, else estimated from the posteriors.
     Each round draws new folds (``seed`` + round), so no item keeps the same fold-mates.
+    ``known_labels`` ``[N]`` (a class, or -1) clamps gold and expert-answered items to their
+    answer in every E-step, as Dawid-Skene's fit does: however many votes contradict it, the
+    answer is what their confusions are estimated against.
     """
     posteriors = np.asarray(init_posteriors, dtype=np.float64)
     if posteriors.ndim != 2:
@@ -97,6 +89,13 @@ def cross_fitted_em(
         raise ValueError("max_rounds must be at least 1")
     votes.check(n_items, num_classes)
     posteriors = posteriors / posteriors.sum(axis=1, keepdims=True)
+    if known_labels is not None:
+        known_labels = np.asarray(known_labels, dtype=np.int64)
+        if known_labels.shape != (n_items,) or known_labels.max(initial=-1) >= num_classes:
+            raise ValueError(f"known_labels must be [{n_items}] classes below {num_classes} or -1")
+        answered = known_labels >= 0
+        clamp = np.eye(num_classes)[known_labels[answered]]
+        posteriors[answered] = clamp
     if init_confusions is None:
         confusions = confusions_from_posteriors(posteriors, votes, smoothing)
     else:
@@ -125,6 +124,8 @@ def cross_fitted_em(
                 )
             prior[held_out] = predicted / predicted.sum(axis=1, keepdims=True)
         updated = posteriors_from_votes(prior, confusions, votes)
+        if known_labels is not None:
+            updated[answered] = clamp
         changed.append(float((updated.argmax(axis=1) != posteriors.argmax(axis=1)).mean()))
         posteriors = updated
         confusions = confusions_from_posteriors(posteriors, votes, smoothing)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from training.engine import CrowdVotes
-from training.engine.aggnet import posteriors_from_votes
-from training.engine.crossfit_em import cross_fitted_em, undo_class_weights
+from training.engine.aggnet import posteriors_from_votes, undo_class_weights
+from training.engine.crossfit_em import cross_fitted_em
 
 N_ITEMS, N_WORKERS = 600, 40
 
@@ -106,3 +106,34 @@ def test_undo_class_weights_returns_the_training_prior():
         undo_class_weights(tilted, np.array([1.0, 3.0])), [[0.5, 0.5], [0.25, 0.75]]
     )
     np.testing.assert_array_equal(undo_class_weights(tilted, None), tilted)
+
+
+def test_known_answers_stay_clamped_however_many_votes_contradict_them():
+    """A gold item shown to 30 workers who all answer the other class keeps its answer, and the
+    confusions are estimated against it (without the clamp the votes flip it)."""
+    truth, features, votes, confusions, votes_only = sparse_crowd()
+    gold = 7
+    answer = int(truth[gold])
+    contradicting = CrowdVotes(
+        np.concatenate([votes.items, np.full(30, gold)]),
+        np.concatenate([votes.workers, np.arange(30)]),
+        np.concatenate([votes.labels, np.full(30, 1 - answer)]),
+        n_workers=N_WORKERS,
+    )
+    start = posteriors_from_votes(np.full((N_ITEMS, 2), 0.5), confusions, contradicting)
+    known = np.full(N_ITEMS, -1)
+    known[gold] = answer
+    unclamped = cross_fitted_em(
+        contradicting, start, centroid_classifier(features), confusions, n_folds=4, max_rounds=2
+    )
+    assert unclamped.posteriors[gold].argmax() != answer  # the votes win without the clamp
+    clamped = cross_fitted_em(
+        contradicting, start, centroid_classifier(features), confusions, n_folds=4, max_rounds=2,
+        known_labels=known,
+    )
+    np.testing.assert_array_equal(clamped.posteriors[gold], np.eye(2)[answer])
+    with pytest.raises(ValueError, match="known_labels"):
+        cross_fitted_em(
+            contradicting, start, centroid_classifier(features), confusions, n_folds=4,
+            known_labels=np.full(N_ITEMS, 2),
+        )
