@@ -605,10 +605,7 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
     progress = RunProgress(run, lease)
     crowd_model = _crowd_model(run, progress, train)
     if crowd_model is None:  # cancelled while auto tried its candidates
-        with transaction.atomic():
-            _still_held(run.pk, lease)
-            _finish(run.pk, Status.CANCELLED)
-        return
+        return _cancel_held(run, lease)
     chosen = (
         crowd_models.CrowdModel.parse(crowd_model["name"])
         if run.label_source == TrainingRun.LabelSource.AUTO
@@ -621,10 +618,7 @@ def _train_and_report(run: TrainingRun, lease: leases.Lease | None = None) -> No
         chosen = crowd_models.CrowdModel(TrainingRun.LabelSource.DAWID_SKENE)
         crossfit = _cross_fitted_targets(run, data, progress, train, chosen)
         if crossfit is None:  # cancelled while the fold classifiers trained
-            with transaction.atomic():
-                _still_held(run.pk, lease)
-                _finish(run.pk, Status.CANCELLED)
-            return
+            return _cancel_held(run, lease)
         crowd_model, data.init_posteriors, confusions = crossfit
     is_mil = run.label_source == TrainingRun.LabelSource.MIL
     config = mil_config(run, data) if is_mil else train_config(run, data, chosen)
@@ -694,9 +688,7 @@ def _crowd_model(run: TrainingRun, progress: RunProgress, train) -> dict[str, An
     )
     if record is None:
         return None
-    params = {**(run.params or {}), "crowd_model": record}
-    progress._mine().update(params=params)
-    run.params = params
+    _keep_crowd_model(run, progress, record)
     return record
 
 
@@ -707,10 +699,22 @@ def _cross_fitted_targets(run: TrainingRun, data: TrainingData, progress: RunPro
         run, data, progress, train, make_config=lambda fold_data: train_config(run, fold_data, model)
     )
     if outcome is not None and (run.params or {}).get("crowd_model") != outcome[0]:
-        params = {**(run.params or {}), "crowd_model": outcome[0]}
-        progress._mine().update(params=params)
-        run.params = params
+        _keep_crowd_model(run, progress, outcome[0])
     return outcome
+
+
+def _keep_crowd_model(run: TrainingRun, progress: RunProgress, record: dict[str, Any]) -> None:
+    """Store the crowd model's record in the run's params, so that a resumed run keeps it."""
+    params = {**(run.params or {}), "crowd_model": record}
+    progress._mine().update(params=params)
+    run.params = params
+
+
+def _cancel_held(run: TrainingRun, lease: leases.Lease | None) -> None:
+    """End a run cancelled before its final model trained, if this worker still holds it."""
+    with transaction.atomic():
+        _still_held(run.pk, lease)
+        _finish(run.pk, Status.CANCELLED)
 
 
 def _still_held(run_id: int, lease: leases.Lease | None) -> None:
