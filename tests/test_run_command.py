@@ -197,3 +197,13 @@ def test_seed_demo_region_project_is_fused_from_a_simulated_crowd(task_type, dat
         scores.append(detection_score(shapes_from_stored(c.regions), shapes_from_stored(expert), task_type, threshold))
     assert np.mean(scores) > 0.7, scores
     assert "Simulated crowd on" in seed.stdout.getvalue()
+
+
+def test_a_small_demo_takes_every_class_in_turn():
+    from labeling.management.commands.seed_demo import _spread_over_classes
+
+    rows = [{"c": c, "n": n} for n, c in enumerate("AAAAAAABBC")]
+    picked = _spread_over_classes(rows, "c", 5)
+    assert [r["c"] for r in picked] == ["A", "B", "C", "A", "B"]
+    assert [r["n"] for r in picked] == [0, 7, 9, 1, 8]  # file order within a class
+    assert _spread_over_classes(rows, "c", None) == rows and _spread_over_classes(rows, "c", 50) == rows

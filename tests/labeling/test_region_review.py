@@ -225,6 +225,7 @@ def test_dashboard_scores_region_methods_and_annotators_by_their_own_measures(sc
     assert "→ box_consensus" in row and "(default)" in row
     assert '<td class="num">1</td>' in row  # one hold-out item scored
     assert 'data-chart="methods"' not in html and 'data-chart="calibration"' not in html
+    assert "Cohen" not in html and 'data-testid="expert-agreement"' not in html  # class labels only
 
     annotators = _card(html, "annotators")
     assert "from the latest box_consensus run" in annotators and "dawid_skene" not in annotators

@@ -210,7 +210,7 @@ def test_disagreement_goes_to_a_third_expert(project, expert_user, admin_user):
     assert tiebreak.expert == third and tiebreak.note.startswith("consolidation")
 
 
-def test_cohen_kappa_over_items_both_experts_labelled(project, expert_user):
+def test_cohen_kappa_over_items_both_experts_labelled(project, expert_user, admin_user, client):
     second = expert(project, "expert2")
     first_says = ["normal", "normal", "pneumonia", "pneumonia", "normal", "pneumonia"]
     second_says = ["normal", "pneumonia", "pneumonia", "pneumonia", "normal", "normal"]
@@ -225,6 +225,10 @@ def test_cohen_kappa_over_items_both_experts_labelled(project, expert_user):
     assert agreement.n_items == 6
     assert agreement.observed == pytest.approx(4 / 6)
     assert agreement.kappa == pytest.approx(cohen_kappa_score(first_says, second_says))
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/").content.decode()  # the dashboard says it
+    line = html[html.index('data-testid="expert-agreement"') :].split("</p>")[0]
+    assert f"{agreement.kappa:.2f}" in line and "over 6 doubly labelled items" in line
 
 
 def test_holdout_refuses_regular_items_and_unknown_classes(project, expert_user):

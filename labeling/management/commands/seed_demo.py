@@ -73,6 +73,23 @@ BLIND_REGION_HOLDOUT_ITEMS = 2
 MIN_DEMO_ITEMS = 20
 
 
+def _spread_over_classes(rows: list[dict], key: str, n_items: int | None) -> list[dict]:
+    """At most ``n_items`` rows, taken from each class in turn (in file order within a class),
+    so a small demo shows every class rather than the first rows' (mostly neutrophils)."""
+    if n_items is None or n_items >= len(rows):
+        return rows
+    by_class: dict[str, list[dict]] = {}
+    for row in rows:
+        by_class.setdefault(row[key], []).append(row)
+    queues = list(by_class.values())
+    picked: list[dict] = []
+    while len(picked) < n_items:
+        for queue in queues:
+            if queue and len(picked) < n_items:
+                picked.append(queue.pop(0))
+    return picked
+
+
 @contextmanager
 def _import_bar(what: str):
     """A progress bar for an import, moved by the import's own (done, total) callback so it
@@ -139,7 +156,7 @@ class Command(BaseCommand):
         self.stdout.write("Importing the BCCD blood-smear demo project")
         with open(folder / "image_labels.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        labelled = [r for r in rows if r["wbc_type"]][:n_items]
+        labelled = _spread_over_classes([r for r in rows if r["wbc_type"]], "wbc_type", n_items)
         labels = {Path(r["image"]).name: r["wbc_type"] for r in labelled}
         with transaction.atomic():
             project = create_project(
