@@ -31,6 +31,8 @@ Source = TrainingRun.LabelSource
 # training.engine.crowd_layer's CROWD_LAYER_FORMS and CROWD_LAYER_INITS
 CROWD_LAYER_FORMS = ("confusion_trace", "mw", "vw", "vb", "vw+b", "conal")
 CROWD_LAYER_INITS = ("identity", "dawid_skene")
+# a crowd_layer run's form and init when its params name none (TrainConfig's defaults)
+LAUNCH_FORM, LAUNCH_INIT = "confusion_trace", "dawid_skene"
 FORM_NAMES = {
     "confusion_trace": "normalised confusion with trace penalty",
     "mw": "MW",
@@ -151,8 +153,8 @@ def launch_record(run: TrainingRun) -> dict[str, Any] | None:
     if source == Source.CROWD_LAYER:
         model = CrowdModel(
             source,
-            params.get("crowd_layer_form", "confusion_trace"),
-            params.get("crowd_layer_init", "dawid_skene"),
+            params.get("crowd_layer_form", LAUNCH_FORM),
+            params.get("crowd_layer_init", LAUNCH_INIT),
         )
     elif source in (Source.AGGNET, Source.CROSSFIT_EM):
         model = CrowdModel(source)

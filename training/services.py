@@ -162,13 +162,13 @@ def _check_crowd_model_params(source: str | None, params: dict[str, Any]) -> Non
     if layer and source != TrainingRun.LabelSource.CROWD_LAYER:
         hint = "; auto picks them by validation" if source == TrainingRun.LabelSource.AUTO else ""
         raise LaunchError("params", f"{sorted(layer)} apply to crowd_layer runs only{hint}")
-    form = params.get("crowd_layer_form", crowd_models.CROWD_LAYER_FORMS[0])
+    form = params.get("crowd_layer_form", crowd_models.LAUNCH_FORM)
     if form not in crowd_models.CROWD_LAYER_FORMS:
         raise LaunchError(
             "params",
             f"unknown crowd_layer_form {form!r}; one of {list(crowd_models.CROWD_LAYER_FORMS)}",
         )
-    init = params.get("crowd_layer_init", "dawid_skene")
+    init = params.get("crowd_layer_init", crowd_models.LAUNCH_INIT)
     if init not in crowd_models.CROWD_LAYER_INITS:
         raise LaunchError(
             "params",
@@ -548,24 +548,20 @@ class RunProgress:
     def on_epoch_end(self, record) -> None:
         with transaction.atomic():
             _store_epoch(self.run_id, record)
-            now = timezone.now()
-            updated = self._mine().update(
+            self.heartbeat(
                 current_epoch=record.epoch,
                 progress=min(record.epoch / self.epochs, 1.0),
                 checkpoint=self.checkpoint,
-                heartbeat_at=now,
-                **({"lease_until": leases.expiry(now)} if self.lease is not None else {}),
             )
-            if not updated:
-                raise leases.LeaseLost(f"training run {self.run_id} is held by another worker")
-        self._last_beat = time.monotonic()
 
-    def heartbeat(self) -> None:
-        """A sign of life between epochs that are not the run's own (auto's candidates)."""
+    def heartbeat(self, **fields: Any) -> None:
+        """A sign of life (with ``fields`` written beside it), fenced by the holder; alone, it
+        marks epochs that are not the run's own (auto's candidates, crossfit_em's folds)."""
         now = timezone.now()
         updated = self._mine().update(
             heartbeat_at=now,
             **({"lease_until": leases.expiry(now)} if self.lease is not None else {}),
+            **fields,
         )
         if not updated:
             raise leases.LeaseLost(f"training run {self.run_id} is held by another worker")

@@ -239,6 +239,12 @@ def test_the_web_lists_match_the_engine():
 
     assert crowd_models.CROWD_LAYER_FORMS == CROWD_LAYER_FORMS
     assert crowd_models.CROWD_LAYER_INITS == CROWD_LAYER_INITS
+    from training.engine.trainer import TrainConfig
+
+    defaults = TrainConfig(num_classes=2)
+    assert (crowd_models.LAUNCH_FORM, crowd_models.LAUNCH_INIT) == (
+        defaults.crowd_layer_form, defaults.crowd_layer_init
+    )
     for name in (*crowd_models.CANDIDATES, crowd_models.DEFAULT):
         assert crowd_models.CrowdModel.parse(name).name == name
 
