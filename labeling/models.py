@@ -586,6 +586,11 @@ class AggregationRun(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+    @property
+    def fitted_method(self) -> str:
+        """The method whose fit the run stored: an ``auto`` run's pick, else its own method."""
+        return self.selection.get("chosen") or self.method
+
 
 class ConsensusLabel(models.Model):
     run = models.ForeignKey(AggregationRun, on_delete=models.CASCADE, related_name="consensus")

@@ -143,15 +143,14 @@ def score_region_methods(project: Project) -> list[dict]:
     return rows
 
 
-def region_run(project: Project) -> dict | None:
-    """The latest region run experts and admins see (the default method's, else any): its
+def region_run(project: Project, run: AggregationRun | None) -> dict | None:
+    """The latest region run experts and admins see (``run``, :func:`review_run`'s): its
     method (auto's pick named), mean pairwise agreement and hold-out metric; None before one."""
-    run = review_run(project)
     if run is None:
         return None
     return {
         "run": run,
-        "method": run.selection.get("chosen") or run.method,
+        "method": run.fitted_method,
         "mean_agreement": run.selection.get("mean_agreement"),
         "holdout_metric": run.selection.get("holdout_metric", HOLDOUT_METRIC[project.task_type]),
     }
@@ -253,11 +252,11 @@ def agreement_series(project: Project, points: int = AGREEMENT_POINTS) -> list[d
     return series
 
 
-def annotators(project: Project) -> list[dict]:
-    """One row per crowd member or voter: votes, gold accuracy, and the estimate of them by the
-    :func:`reliability_run`: accuracy and confusion matrix (class runs) or sensitivity,
-    precision and specificity (region runs, ``WorkerReliability.detail``)."""
-    run = reliability_run(project)
+def annotators(project: Project, run: AggregationRun | None = None) -> list[dict]:
+    """One row per crowd member or voter: votes, gold accuracy, and the estimate of them by
+    ``run`` (default: the :func:`reliability_run`): accuracy and confusion matrix (class runs)
+    or sensitivity, precision and specificity (region runs, ``WorkerReliability.detail``)."""
+    run = run or reliability_run(project)
     per_worker = {
         row["worker_id"]: row
         for row in Vote.objects.filter(project=project, kind__in=COUNTED_KINDS)
@@ -316,12 +315,10 @@ def dashboard(project: Project) -> dict:
             "observed": agreement.observed,
             "cohen_kappa": agreement.kappa,
         },
-        "annotators": annotators(project),
+        "annotators": annotators(project, estimates),
         # the method whose estimates the annotator table shows (auto's pick named)
-        "reliability_method": (
-            (estimates.selection.get("chosen") or estimates.method) if estimates else None
-        ),
-        "region_run": region_run(project) if region else None,
+        "reliability_method": estimates.fitted_method if estimates else None,
+        "region_run": region_run(project, estimates) if region else None,  # review_run's
         # class scores (accuracy, recall, calibration) or a region project's own scores
         "methods": [] if region else [asdict(s) for s in score_methods(project)],
         "region_methods": score_region_methods(project) if region else [],

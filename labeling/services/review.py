@@ -481,7 +481,7 @@ def region_review_evidence(item: Item) -> dict:
     )
     reliability = {}
     if run is not None:
-        evidence["reliability_method"] = run.selection.get("chosen") or run.method
+        evidence["reliability_method"] = run.fitted_method
         reliability = {
             r.worker_id: r
             for r in WorkerReliability.objects.filter(run=run, worker_id__in=[v.worker_id for v in votes])

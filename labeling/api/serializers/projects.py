@@ -5,8 +5,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from labeling.models import REGION_TASK_TYPES, LabelClass, Membership, Project
-from labeling.services.projects import create_project, validate_class_names
 from labeling.services.aggregation import InvalidAggregation, check_method
+from labeling.services.projects import create_project, validate_class_names
 
 
 class LabelClassSerializer(serializers.ModelSerializer):
