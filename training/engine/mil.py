@@ -65,6 +65,7 @@ from training.engine.trainer import (
     build_crowd_layer,
     build_optimization,
     end_epoch,
+    holdout_scores,
     restore_state,
     seed_epoch,
     seed_everything,
@@ -487,11 +488,9 @@ def train_mil(
             probabilities, _ = predict_bags(
                 model, holdout_dataset, config.bags_per_batch * 2, device, config.channels_last
             )
-            expected = holdout_data.soft_targets(config.num_classes)
-            holdout_loss = float(
-                -(expected * np.log(np.clip(probabilities, 1e-12, None))).sum(1).mean()
+            holdout_loss, holdout_accuracy = holdout_scores(
+                probabilities, holdout_data.soft_targets(config.num_classes)
             )
-            holdout_accuracy = float((probabilities.argmax(1) == expected.argmax(1)).mean())
 
         end_epoch(
             epoch=epoch, started=epoch_started, train_seconds=train_seconds,

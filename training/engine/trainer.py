@@ -413,11 +413,9 @@ def train(
             probabilities = predict(
                 model, holdout_dataset, batch_size=config.batch_size * 2, device=device
             )
-            expected = holdout_data.soft_targets(config.num_classes)
-            holdout_loss = float(
-                -(expected * np.log(np.clip(probabilities, 1e-12, None))).sum(1).mean()
+            holdout_loss, holdout_accuracy = holdout_scores(
+                probabilities, holdout_data.soft_targets(config.num_classes)
             )
-            holdout_accuracy = float((probabilities.argmax(1) == expected.argmax(1)).mean())
 
         end_epoch(
             epoch=epoch, started=epoch_started, train_seconds=train_seconds,
@@ -625,6 +623,12 @@ def amp_autocast(use_amp: bool) -> Callable[[], AbstractContextManager]:
     if use_amp:
         return lambda: torch.autocast(device_type="cuda", dtype=torch.float16)
     return nullcontext
+
+
+def holdout_scores(probabilities: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """An epoch's hold-out cross-entropy against the soft ``expected`` targets, and accuracy."""
+    loss = float(-(expected * np.log(np.clip(probabilities, 1e-12, None))).sum(1).mean())
+    return loss, float((probabilities.argmax(1) == expected.argmax(1)).mean())
 
 
 def end_epoch(
