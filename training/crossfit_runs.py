@@ -30,7 +30,6 @@ FOLD_EPOCHS = 2
 # the benchmark's settings (benchmarks/learning_from_crowds.py: --crossfit-folds/-rounds)
 FOLDS = 4
 MAX_ROUNDS = 3
-MIN_ITEMS = 4  # two folds of two: each fold classifier trains on items the other predicts
 TARGETS_NAME = "crossfit-targets.npz"
 
 
@@ -61,12 +60,14 @@ def cross_fitted_targets(run: TrainingRun, data, progress, train, make_config):
 
     params = run.params or {}
     fold_epochs = min(run.epochs, FOLD_EPOCHS)
-    if len(data.train) < MIN_ITEMS:
+    n_items = len(data.train)
+    folds = min(params.get("crossfit_folds", FOLDS), n_items)
+    # the smallest fold classifier trains on all but the largest fold, and training needs two
+    if n_items - -(-n_items // folds) < 2:
         raise TooFewItems(
-            f"crossfit_em needs at least {MIN_ITEMS} crowd-labelled training items "
-            f"(one per fold classifier to train on and one to predict), got {len(data.train)}"
+            f"crossfit_em in {folds} folds needs more than {n_items} crowd-labelled training "
+            "items: each fold classifier trains on the other folds' items, two at least"
         )
-    folds = min(params.get("crossfit_folds", FOLDS), len(data.train))
     known = data.known_labels if data.known_labels is not None else np.full(len(data.train), -1)
     images, ids = list(data.train.images), data.train.item_ids
     base = make_config(data)

@@ -146,3 +146,19 @@ def test_launch_rules(project, admin_user, admin_page):
     assert 'value="crossfit_em"' not in region_page.content.decode()
     with pytest.raises(ValueError, match="unknown crowd model"):
         crowd_models.check_candidates("dawid_skene,crossfit_em")
+
+
+@pytest.mark.parametrize("n_train, folds", [(2, 2), (3, 2)])
+def test_too_few_crowd_items_for_the_folds_fail_the_run_with_the_reason(
+    project, admin_user, n_train, folds
+):
+    """Three items in two folds leave a fold classifier one item to train on."""
+    make_training_set(project, n_train=n_train, n_holdout=2, experts=False)
+    run = _launch(project, admin_user, params={"crossfit_folds": folds})
+    run_training.apply(args=(run.pk,))
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert run.failure_reason == (
+        f"crossfit_em in {folds} folds needs more than {n_train} crowd-labelled training items: "
+        "each fold classifier trains on the other folds' items, two at least"
+    )
